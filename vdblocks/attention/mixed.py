@@ -1,0 +1,113 @@
+"""EVDM's mixed self-attention: exact softmax attention for short sequences, FAVOR+ for long ones."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from performer_pytorch import FastAttention
+
+from .._validation import check_positive_int, check_tensor
+from .dispatch import BackendSpec, attention
+
+__all__ = ["MixedSelfAttention"]
+
+Algorithm = Literal["auto", "softmax", "favor"]
+
+
+class MixedSelfAttention(nn.Module):
+    """Self-attention that picks softmax or FAVOR+ by sequence length (EVDM section 3.3, eq. 14).
+
+    Projections follow eq. 11-12: ``Q, K, V = T W_{1,2,3} + b``, ``T_out = (softmax(Q K^T / sqrt(d)) V) W_4 + b_4``.
+    With ``algorithm="auto"`` the gate of eq. 14 applies: FAVOR+ (eq. 13, performer-pytorch's
+    positive orthogonal random features) when the token count ``L`` exceeds ``threshold * d``
+    (``d = dim_head``, the paper's ``lambda = 2``), exact attention otherwise. ``"softmax"`` and
+    ``"favor"`` force one algorithm. Exact attention runs through the backend dispatch
+    (:func:`vdblocks.attention.attention`, ``backend=`` forwarded).
+
+    Reading taken: eq. 11 writes the projections as per-head ``d x d`` matrices; we use the usual
+    multi-head projection ``dim -> heads * dim_head`` (as MCVD's attention block, which EVDM
+    modifies, does). The block is attention only: no normalisation and no residual, which the
+    surrounding network adds.
+
+    Shapes: tokens ``(b, n, dim) -> (b, n, dim)`` or feature maps ``(b, dim, h, w) -> (b, dim, h, w)``
+    (``L = h * w``).
+
+    Args:
+        dim: channels of the input.
+        heads: number of heads ``h_n``.
+        dim_head: per-head width ``d``.
+        threshold: ``lambda`` of eq. 14.
+        nb_features: random features of FAVOR+; None takes performer's default ``int(d ln d)``.
+        algorithm: ``"auto"``, ``"softmax"`` or ``"favor"``.
+        backend: attention backend spec for the exact path (see :mod:`vdblocks.attention.dispatch`).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        threshold: float = 2.0,
+        nb_features: int | None = None,
+        algorithm: Algorithm = "auto",
+        qkv_bias: bool = True,
+        backend: BackendSpec | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        self.heads = check_positive_int(heads, "heads")
+        self.dim_head = check_positive_int(dim_head, "dim_head")
+        if algorithm not in ("auto", "softmax", "favor"):
+            raise ValueError(f"algorithm must be 'auto', 'softmax' or 'favor', got {algorithm!r}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if nb_features is not None:
+            check_positive_int(nb_features, "nb_features")
+        self.threshold = float(threshold)
+        self.algorithm = algorithm
+        self.backend = backend
+        inner = heads * dim_head
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.to_out = nn.Linear(inner, dim)
+        # performer-pytorch owns the random projection (a buffer, saved with the state dict).
+        self.favor = FastAttention(dim_head, nb_features=nb_features)
+        self.nb_features = self.favor.nb_features
+
+    def select_algorithm(self, seq_len: int) -> Literal["softmax", "favor"]:
+        """The algorithm used for ``seq_len`` tokens: eq. 14's gate under ``"auto"``."""
+        check_positive_int(seq_len, "seq_len")
+        if self.algorithm != "auto":
+            return self.algorithm  # type: ignore[return-value]
+        return "favor" if seq_len > self.threshold * self.dim_head else "softmax"
+
+    @torch.no_grad()
+    def redraw_projection_matrix(self) -> None:
+        """Draw fresh FAVOR+ random features (performer redraws them periodically in training)."""
+        self.favor.redraw_projection_matrix(self.favor.projection_matrix.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and x.ndim == 4:
+            check_tensor(x, "x", "(b, dim, h, w)", sizes={"dim": self.dim})
+            h, w = x.shape[-2:]
+            tokens = rearrange(x, "b c h w -> b (h w) c")
+        else:
+            check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim})
+            tokens = x
+        q, k, v = rearrange(self.to_qkv(tokens), "b n (three k d) -> three b k n d", three=3, k=self.heads)
+        if self.select_algorithm(tokens.shape[1]) == "favor":
+            out = attention(q, k, v, backend="favor", projection_matrix=self.favor.projection_matrix)
+        else:
+            out = attention(q, k, v, backend=self.backend)  # b k n d
+        out = self.to_out(rearrange(out, "b k n d -> b n (k d)"))  # b n dim
+        if x.ndim == 4:
+            return rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, threshold={self.threshold}, "
+            f"nb_features={self.nb_features}, algorithm={self.algorithm!r}"
+        )

@@ -1,0 +1,54 @@
+"""Scale-shift modulation from a conditioning embedding (FiLM / adaGN / adaLN)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .._validation import check_positive_int, check_same_batch, check_tensor
+from .norm import group_norm
+
+__all__ = ["modulate", "ScaleShiftGroupNorm"]
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x * (1 + scale) + shift`` with ``shift``/``scale`` ``(b, c)`` broadcast over ``x``'s trailing axes.
+
+    ``x`` is ``(b, c, *spatial)`` (channels first); for tokens ``(b, n, c)`` pass ``shift[:, None]``
+    yourself (DiT's ``modulate``).
+    """
+    extra = x.ndim - shift.ndim
+    shift = shift.reshape(*shift.shape, *([1] * extra))
+    scale = scale.reshape(*scale.shape, *([1] * extra))
+    return x * (1 + scale) + shift
+
+
+class ScaleShiftGroupNorm(nn.Module):
+    """GroupNorm whose output is scaled and shifted by a projection of an embedding.
+
+    ``y = GN(x) * (1 + e_1) + e_2`` with ``[e_1, e_2] = Linear(SiLU(emb))`` (EVDM eq. 8, the BigGAN /
+    guided-diffusion "scale-shift norm"). Shapes: x ``(b, c, *spatial)``, emb ``(b, emb_dim)`` ->
+    ``(b, c, *spatial)``. The projection starts from PyTorch's default init; a model that wants the
+    branch to start as plain GroupNorm zeroes ``self.proj`` in its ``init_weights``.
+    """
+
+    def __init__(self, channels: int, emb_dim: int, max_groups: int = 32, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.channels = check_positive_int(channels, "channels")
+        self.emb_dim = check_positive_int(emb_dim, "emb_dim")
+        self.norm = group_norm(channels, max_groups, eps=eps)
+        self.act = nn.SiLU()
+        self.proj = nn.Linear(emb_dim, 2 * channels)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim < 3 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"expected x of shape (b, c, *spatial) with c={self.channels}, "
+                f"got {tuple(getattr(x, 'shape', ()))}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"expected x of a floating-point dtype, got {x.dtype}")
+        check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim})
+        check_same_batch(x, "x", emb, "emb")
+        scale, shift = self.proj(self.act(emb)).chunk(2, dim=1)  # b c, b c
+        return modulate(self.norm(x), shift, scale)
