@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -40,7 +41,7 @@ class MixedSelfAttention(nn.Module):
         heads: number of heads ``h_n``.
         dim_head: per-head width ``d``.
         threshold: ``lambda`` of eq. 14.
-        nb_features: random features of FAVOR+; None takes performer's default ``int(d ln d)``.
+        nb_features: random features of FAVOR+; None takes performer's default ``int(d ln d)`` (at least 1).
         algorithm: ``"auto"``, ``"softmax"`` or ``"favor"``.
         backend: attention backend spec for the exact path (see :mod:`vdblocks.attention.dispatch`).
     """
@@ -73,6 +74,9 @@ class MixedSelfAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.to_out = nn.Linear(inner, dim)
         # performer-pytorch owns the random projection (a buffer, saved with the state dict).
+        if nb_features is None:
+            # performer's default int(d ln d), kept >= 1 so tiny heads (d = 1) still work.
+            nb_features = max(1, int(dim_head * math.log(dim_head)))
         self.favor = FastAttention(dim_head, nb_features=nb_features)
         self.nb_features = self.favor.nb_features
 

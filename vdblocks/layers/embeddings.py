@@ -38,7 +38,7 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 100
     args = values.float()[:, None] * freqs[None]  # b D
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # b 2D
     if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+        emb = torch.cat([emb, emb.new_zeros(emb.shape[0], 1)], dim=-1)
     return emb
 
 

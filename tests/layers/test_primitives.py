@@ -1,0 +1,169 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vdblocks.layers import (
+    Attention,
+    ChannelShuffle,
+    ScaleShiftGroupNorm,
+    SinusoidalEmbedding,
+    TimestepEmbedding,
+    TransformerBlock,
+    channel_shuffle,
+    channel_shuffle_permutation,
+    group_norm,
+    modulate,
+    num_groups_for,
+    sincos_1d,
+    sincos_2d,
+    sinusoidal_embedding,
+)
+
+
+@given(values=st.lists(st.floats(0, 1000), min_size=1, max_size=6), dim=st.integers(1, 64))
+def test_sinusoidal_embedding_layout(values, dim):
+    t = torch.tensor(values)
+    emb = sinusoidal_embedding(t, dim)
+    assert emb.shape == (len(values), dim)
+    half = dim // 2
+    freqs = torch.tensor([10000.0 ** (-i / max(half, 1)) for i in range(half)])
+    expected = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], dim=1)
+    torch.testing.assert_close(emb[:, : 2 * half], expected, atol=1e-4, rtol=1e-4)
+    if dim % 2:
+        assert torch.all(emb[:, -1] == 0)
+
+
+def test_sinusoidal_embedding_matches_diffusers():
+    diffusers_embeddings = pytest.importorskip("diffusers.models.embeddings")
+    t = torch.tensor([0, 1, 17, 999])
+    ours = sinusoidal_embedding(t, 64)
+    theirs = diffusers_embeddings.get_timestep_embedding(t, 64, flip_sin_to_cos=True, downscale_freq_shift=0)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@given(b=st.integers(1, 5), dim=st.integers(1, 48), freq=st.one_of(st.none(), st.integers(1, 48)))
+def test_timestep_embedding_shape_and_grad(b, dim, freq):
+    m = TimestepEmbedding(dim, frequency_dim=freq)
+    out = m(torch.randint(0, 1000, (b,)))
+    assert out.shape == (b, dim)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    assert isinstance(m.sinusoid, SinusoidalEmbedding) and m.sinusoid.dim == (freq or dim)
+
+
+def test_timestep_embedding_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(b,\)"):
+        TimestepEmbedding(8)(torch.zeros(2, 1))
+
+
+@given(dim=st.sampled_from([2, 4, 8, 32]), n=st.integers(1, 40))
+def test_sincos_1d_distinct_and_bounded(dim, n):
+    emb = sincos_1d(dim, torch.arange(n))
+    assert emb.shape == (n, dim)
+    assert emb.abs().max() <= 1
+    # sin^2 + cos^2 = 1 per frequency
+    torch.testing.assert_close(emb[:, : dim // 2] ** 2 + emb[:, dim // 2 :] ** 2, torch.ones(n, dim // 2))
+
+
+@given(dim=st.sampled_from([4, 8, 16, 64]), h=st.integers(1, 12), w=st.integers(1, 12))
+def test_sincos_2d_rows_and_columns(dim, h, w):
+    emb = sincos_2d(dim, h, w).reshape(h, w, dim)
+    # the first half depends only on the row, the second only on the column
+    assert torch.equal(emb[:, :1, : dim // 2].expand(h, w, dim // 2), emb[..., : dim // 2])
+    assert torch.equal(emb[:1, :, dim // 2 :].expand(h, w, dim // 2), emb[..., dim // 2 :])
+    flat = emb.reshape(h * w, dim)
+    if h * w > 1:
+        assert torch.cdist(flat, flat).add(torch.eye(h * w) * 10).min() > 1e-3
+
+
+def test_sincos_rejects_bad_dims():
+    with pytest.raises(ValueError, match="even"):
+        sincos_1d(3, torch.arange(4))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(6, 2, 2)
+
+
+@given(b=st.integers(1, 3), groups=st.integers(1, 4), per=st.integers(1, 5), hw=st.integers(1, 4))
+def test_channel_shuffle_is_the_shufflenet_permutation(b, groups, per, hw):
+    c = groups * per
+    x = torch.randn(b, c, hw, hw)
+    y = channel_shuffle(x, groups)
+    perm = channel_shuffle_permutation(c, groups)
+    assert torch.equal(y, x[:, perm])
+    assert sorted(perm.tolist()) == list(range(c))
+    for i in range(groups):
+        for j in range(per):
+            assert torch.equal(y[:, j * groups + i], x[:, i * per + j])
+    assert torch.equal(ChannelShuffle(groups)(x), y)
+
+
+def test_channel_shuffle_rejects_indivisible():
+    with pytest.raises(ValueError, match="divisible by groups=3"):
+        channel_shuffle(torch.randn(1, 4, 2, 2), 3)
+
+
+@given(c=st.integers(1, 200))
+def test_num_groups_divides(c):
+    g = num_groups_for(c)
+    assert c % g == 0 and 1 <= g <= 32
+    assert group_norm(c).num_groups == g
+
+
+def test_modulate_formula():
+    x = torch.randn(2, 3, 4, 5)
+    shift, scale = torch.randn(2, 3), torch.randn(2, 3)
+    torch.testing.assert_close(modulate(x, shift, scale), x * (1 + scale[..., None, None]) + shift[..., None, None])
+
+
+@given(b=st.integers(1, 3), c=st.sampled_from([4, 8, 12]), e=st.integers(1, 16), spatial=st.lists(st.integers(2, 5), min_size=1, max_size=3))
+def test_scale_shift_group_norm(b, c, e, spatial):
+    m = ScaleShiftGroupNorm(c, e)
+    x = torch.randn(b, c, *spatial)
+    emb = torch.randn(b, e)
+    y = m(x, emb)
+    assert y.shape == x.shape
+    scale, shift = m.proj(torch.nn.functional.silu(emb)).chunk(2, dim=1)
+    torch.testing.assert_close(y, modulate(m.norm(x), shift, scale))
+
+
+def test_scale_shift_group_norm_rejects():
+    m = ScaleShiftGroupNorm(8, 4)
+    with pytest.raises(ValueError, match="c=8"):
+        m(torch.randn(2, 6, 3, 3), torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"\(b, e\) with e=4"):
+        m(torch.randn(2, 8, 3, 3), torch.randn(2, 5))
+    with pytest.raises(ValueError, match="batch"):
+        m(torch.randn(2, 8, 3, 3), torch.randn(3, 4))
+
+
+@given(b=st.integers(1, 3), n=st.integers(1, 20), m=st.integers(1, 20))
+def test_attention_and_transformer_block_shapes(b, n, m):
+    torch.manual_seed(0)
+    x = torch.randn(b, n, 16)
+    ctx = torch.randn(b, m, 12)
+    assert Attention(16, heads=2, dim_head=8)(x).shape == (b, n, 16)
+    assert Attention(16, heads=2, dim_head=8, context_dim=12)(x, ctx).shape == (b, n, 16)
+    block = TransformerBlock(16, heads=2, dim_head=8, context_dim=12)
+    out = block(x, ctx)
+    assert out.shape == (b, n, 16)
+    out.sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_self_attention_is_permutation_equivariant():
+    torch.manual_seed(0)
+    attn = Attention(16, heads=2, dim_head=8)
+    x = torch.randn(2, 7, 16)
+    perm = torch.randperm(7)
+    torch.testing.assert_close(attn(x)[:, perm], attn(x[:, perm]), atol=1e-6, rtol=1e-5)
+
+
+def test_transformer_block_requires_context_when_built_with_it():
+    with pytest.raises(ValueError, match="context"):
+        TransformerBlock(8, heads=1, dim_head=8, context_dim=4)(torch.randn(1, 3, 8))
+    with pytest.raises(ValueError, match=r"\(b, n, dim\) with dim=8"):
+        Attention(8, heads=1, dim_head=8)(torch.randn(1, 3, 9))
