@@ -1,0 +1,236 @@
+"""EVDM's three-path channel split (section 3.4, Figure 2): bottleneck conv, pointwise conv, direct link.
+
+Shapes: x ``(b, c_in, h, w)`` -> ``(b, c_out, h, w)``; frames live in the channel axis (EVDM's 2D U-Net).
+
+Reading of the paper (section 3.4), with ``d`` the direct-link width and ``m = c_out - d`` the width the
+convolution pathways produce:
+
+* ``c_in < c_out`` (down path, widths grow): the whole input goes into the bottleneck convolution *and*,
+  unchanged, into the direct link: ``d = c_in``, the two conv pathways give ``m = c_out - c_in`` channels
+  (``ceil(m/2)`` from the 3x3 path, ``floor(m/2)`` from the pointwise path: the paper's
+  ``(c_out - c_in)/2`` each), and ``c_in + m = c_out``.
+* ``c_in >= c_out`` (up path, where the U-Net concatenates skips): the paper splits the input into
+  ``c_out/2`` and ``c_in - c_out/2`` channels, "the former is sent into the bottleneck convolution, and
+  the latter is concatenated with the output of the convolution pathways that have ``c_out/2`` channels".
+  Taken literally that gives ``(c_in - c_out/2) + c_out/2 = c_in`` output channels, which is ``c_out``
+  only when ``c_in == c_out``. We swap the two groups: the direct link takes ``d = floor(c_out/2)``
+  input channels (the first ``d``), the bottleneck takes the other ``c_in - d``, and the conv pathways
+  give ``m = c_out - d = ceil(c_out/2)``; so ``d + m = c_out`` exactly for every width, odd ones
+  included, and no input channel is dropped. This is also the reading that reproduces the paper's
+  numbers: inside :class:`~vdblocks.layers.bottleneck.BottleneckResidualPathway` with group shortcut
+  (4 groups) and ``delta = 8`` it gives EVDM-L's Table 1 convolution parameters per level
+  (1.36 / 2.99 / 4.73 / 7.26 M, total 16.33 M against the paper's 16.33 M); the literal
+  reading with the surplus direct channels trimmed gives 16.23 M and drops input channels.
+
+The bottleneck width is ``c_out // bottleneck_ratio`` (EVDM's ``C_0 / delta``, ``C_0`` the block's output
+width), the same as the plain BRP stage; this too is what matches Table 1 / Table 8 (a width of
+``m // delta`` would give 14.82 M for EVDM-L). After the concatenation ``[direct, 3x3, 1x1]`` a channel
+shuffle (ShuffleNet) mixes the direct-link channels in, so that "the channel split [does not choose] a
+fixed part of channels" in the next block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .._validation import check_positive_int, check_same_batch, check_tensor
+from .modulation import ScaleShiftGroupNorm
+from .norm import group_norm
+from .shuffle import channel_shuffle, channel_shuffle_permutation
+
+__all__ = ["ChannelSplit"]
+
+
+def _default_shuffle_groups(channels: int) -> int:
+    """2 for even widths (ShuffleNet v2's two-branch shuffle), else the smallest divisor > 1.
+
+    For a prime width that divisor is the width itself, where the shuffle is the identity.
+    """
+    if channels == 1:
+        return 1
+    for g in range(2, channels + 1):
+        if channels % g == 0:
+            return g
+    return channels  # unreachable: channels divides itself
+
+
+def _check_param_dtype(module: nn.Module, x: torch.Tensor, name: str = "x") -> None:
+    """Turn a float64-input-into-float32-weights mix into a boundary TypeError (autocast exempt)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return
+    param = next(module.parameters(), None)
+    if param is not None and x.dtype != param.dtype:
+        raise TypeError(
+            f"expected {name} of shape (b, c, h, w) with dtype {param.dtype} (the block's parameter dtype), "
+            f"got {x.dtype}; cast the input or the module, or run under torch.autocast"
+        )
+
+
+def _check_group_norm_size(module: nn.Module, x: torch.Tensor) -> None:
+    """GroupNorm cannot normalize a group holding one value (b = h = w = 1 with one channel per group)."""
+    b, _, h, w = x.shape
+    if b * h * w > 1:
+        return
+    for m in module.modules():
+        if isinstance(m, nn.GroupNorm) and m.num_channels // m.num_groups == 1:
+            raise ValueError(
+                f"expected x of shape (b, c, h, w) with b*h*w > 1 for this block, got {tuple(x.shape)}: "
+                f"its GroupNorm over {m.num_channels} channels in {m.num_groups} groups would normalize "
+                "single values"
+            )
+
+
+class _BottleneckConv(nn.Module):
+    """EVDM eqs. 9-10 after the ReLU: pointwise bottleneck, (scale-shift) GroupNorm, 3x3 || 1x1.
+
+    ``(b, c_in, h, w) -> (b, c_out, h, w)``: ``1x1 (c_in -> w)``, then ``GN(.) * (1 + e_1) + e_2`` with
+    ``[e_1, e_2]`` from the embedding when ``emb_dim`` is given (plain affine GroupNorm otherwise), then
+    the concatenation ``[3x3 (w -> ceil(c_out/2)), 1x1 (w -> floor(c_out/2))]``. The pointwise path
+    is left out when ``c_out == 1``. Shared by the plain BRP stage and :class:`ChannelSplit`; the
+    caller validates inputs.
+    """
+
+    def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int, emb_dim: int | None) -> None:
+        super().__init__()
+        self.bottleneck = nn.Conv2d(in_channels, bottleneck_channels, kernel_size=1)
+        self.norm: nn.Module
+        if emb_dim is None:
+            self.norm = group_norm(bottleneck_channels)
+        else:
+            self.norm = ScaleShiftGroupNorm(bottleneck_channels, emb_dim)
+        self.conv3x3 = nn.Conv2d(bottleneck_channels, out_channels - out_channels // 2, kernel_size=3, padding=1)
+        self.conv1x1 = (
+            nn.Conv2d(bottleneck_channels, out_channels // 2, kernel_size=1) if out_channels // 2 else None
+        )
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        y = self.bottleneck(x)  # b c_bottleneck h w
+        y = self.norm(y) if emb is None else self.norm(y, emb)  # b c_bottleneck h w
+        paths = [self.conv3x3(y)]  # b ceil(c_out/2) h w
+        if self.conv1x1 is not None:
+            paths.append(self.conv1x1(y))  # b floor(c_out/2) h w
+        return torch.cat(paths, dim=1)  # b c_out h w
+
+
+class ChannelSplit(nn.Module):
+    """Three-path channel split of EVDM (section 3.4, Figure 2), ``(b, c_in, h, w) -> (b, c_out, h, w)``.
+
+    ``y = shuffle([x_d, paths(bottleneck(x_b))])`` with the direct link ``x_d`` (``d`` channels copied
+    unchanged) and the bottleneck input ``x_b``:
+
+    * ``c_in < c_out``: ``x_d = x_b = x``, ``d = c_in``;
+    * ``c_in >= c_out``: ``x_d = x[:, :d]``, ``x_b = x[:, d:]``, ``d = c_out // 2``;
+
+    ``paths`` is eq. 10 on the bottleneck of eq. 9: ``1x1 (c_b -> w)``, GroupNorm (scale-shift from
+    ``emb`` when ``emb_dim`` is set: EVDM's temporal enhancement), then ``[3x3, 1x1]`` giving
+    ``ceil(m/2) + floor(m/2) = m = c_out - d`` channels, with ``w = c_out // bottleneck_ratio``. The
+    module expects the caller to have applied the pre-activation (inside the BRP: scale-shift
+    GroupNorm and ReLU), so the direct link carries exactly what the block received. See the module
+    docstring for the paper reading and the arithmetic.
+
+    Args:
+        in_channels: ``c_in``.
+        out_channels: ``c_out``; ``c_out // bottleneck_ratio >= 1`` is required.
+        emb_dim: width of the conditioning embedding ``(b, emb_dim)``; ``None`` (default) builds a
+            plain GroupNorm on the bottleneck and ``forward`` takes no ``emb``.
+        bottleneck_ratio: EVDM's ``delta`` (4 for EVDM, 8 for EVDM-L).
+        shuffle_groups: groups of the final channel shuffle; must divide ``c_out``. ``None`` picks 2
+            for even ``c_out``, else its smallest divisor > 1 (the identity for a prime width).
+
+    Attributes: ``direct_channels`` (``d``), ``conv_channels`` (``m``), ``bottleneck_in_channels``
+    (``c_b``), ``bottleneck_channels`` (``w``), ``shuffle_groups``; :meth:`direct_link_map` says which
+    output channel copies which input channel.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_dim: int | None = None,
+        bottleneck_ratio: int = 4,
+        shuffle_groups: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.emb_dim = None if emb_dim is None else check_positive_int(emb_dim, "emb_dim")
+        self.bottleneck_ratio = check_positive_int(bottleneck_ratio, "bottleneck_ratio")
+        if out_channels // bottleneck_ratio < 1:
+            raise ValueError(
+                f"expected out_channels >= bottleneck_ratio so the bottleneck (out_channels // "
+                f"bottleneck_ratio channels) keeps at least one channel, got out_channels={out_channels}, "
+                f"bottleneck_ratio={bottleneck_ratio}"
+            )
+        if shuffle_groups is None:
+            shuffle_groups = _default_shuffle_groups(out_channels)
+        self.shuffle_groups = check_positive_int(shuffle_groups, "shuffle_groups")
+        if out_channels % shuffle_groups:
+            raise ValueError(
+                f"expected shuffle_groups to divide out_channels, got shuffle_groups={shuffle_groups}, "
+                f"out_channels={out_channels}"
+            )
+
+        if in_channels < out_channels:
+            self.direct_channels = in_channels
+            self.bottleneck_in_channels = in_channels
+        else:
+            self.direct_channels = out_channels // 2
+            self.bottleneck_in_channels = in_channels - self.direct_channels
+        self.conv_channels = out_channels - self.direct_channels
+        self.bottleneck_channels = out_channels // bottleneck_ratio
+        self.paths = _BottleneckConv(
+            self.bottleneck_in_channels, self.bottleneck_channels, self.conv_channels, self.emb_dim
+        )
+        # Where each output channel comes from in the pre-shuffle concatenation [direct, conv].
+        self.register_buffer(
+            "_source", channel_shuffle_permutation(out_channels, self.shuffle_groups), persistent=False
+        )
+
+    @property
+    def splits_input(self) -> bool:
+        """True in the ``c_in >= c_out`` case, where direct link and bottleneck see disjoint channels."""
+        return self.in_channels >= self.out_channels
+
+    def direct_link_map(self) -> list[tuple[int, int]]:
+        """``[(out_idx, in_idx), ...]``: ``y[:, out_idx]`` is an exact copy of ``x[:, in_idx]``.
+
+        Sorted by ``out_idx``; one entry per direct-link channel (``direct_channels`` entries). In both
+        cases the direct link is the first ``d`` input channels, so the pre-shuffle position equals
+        the input index.
+        """
+        return [(i, int(src)) for i, src in enumerate(self._source.tolist()) if src < self.direct_channels]
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor(x, "x", "(b, c, h, w)", sizes={"c": self.in_channels})
+        if self.emb_dim is None:
+            if emb is not None:
+                raise ValueError(
+                    "ChannelSplit was built with emb_dim=None and takes no emb; build it with emb_dim=e "
+                    f"to condition on an emb of shape (b, e), got {type(emb).__name__} "
+                    f"{tuple(getattr(emb, 'shape', ()))}"
+                )
+        else:
+            if emb is None:
+                raise ValueError(f"expected emb of shape (b, e) with e={self.emb_dim}, got None")
+            check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim})
+            check_same_batch(x, "x", emb, "emb")
+        _check_param_dtype(self, x)
+        _check_group_norm_size(self, x)
+
+        d = self.direct_channels
+        if self.splits_input:
+            direct, x_b = x[:, :d], x[:, d:]  # b d h w, b (c_in - d) h w
+        else:
+            direct, x_b = x, x  # b c_in h w, both paths see the whole input
+        conv = self.paths(x_b, emb)  # b m h w
+        y = torch.cat([direct, conv], dim=1)  # b c_out h w
+        return channel_shuffle(y, self.shuffle_groups)  # b c_out h w
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, emb_dim={self.emb_dim}, "
+            f"bottleneck_ratio={self.bottleneck_ratio}, direct={self.direct_channels}, "
+            f"conv={self.conv_channels}, bottleneck={self.bottleneck_channels}, "
+            f"shuffle_groups={self.shuffle_groups}"
+        )
