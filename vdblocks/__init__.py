@@ -1,6 +1,82 @@
-"""vdblocks: efficient video-diffusion building blocks."""
+"""vdblocks: efficient video-diffusion building blocks.
 
-from .attention import MixedSelfAttention, attention, attention_backend
+The seven blocks from the papers:
 
-__all__ = ["MixedSelfAttention", "attention", "attention_backend"]
+* EVDM: :class:`BottleneckResidualPathway`, :class:`ChannelSplit`, :class:`MixedSelfAttention`
+* PVDM: :class:`TriplaneProjector`
+* CMD: :class:`ContentFrameHead` (and :class:`MotionLatentHead`)
+* ETC: :class:`SpatialTemporalMixedEmbedding` (with :func:`video_to_grid` / :func:`grid_to_video`),
+  :class:`FPSEmbedding`
+
+plus the primitives they need. Attention kernels and their dispatch live in
+:mod:`vdblocks.attention` (``vdblocks.attention.attention`` is the kernel function), FLOP accounting in :mod:`vdblocks.flops`.
+"""
+
+from .attention import (
+    AttentionBackendError,
+    MixedSelfAttention,
+    attention_backend,
+    list_backends,
+    select_backend,
+)
+from .layers import (
+    Attention,
+    AxisProjector,
+    BottleneckResidualPathway,
+    ChannelShuffle,
+    ChannelSplit,
+    ContentFrameHead,
+    FeedForward,
+    FPSEmbedding,
+    MotionLatentHead,
+    ScaleShiftGroupNorm,
+    SinusoidalEmbedding,
+    SpatialTemporalMixedEmbedding,
+    TimestepEmbedding,
+    TransformerBlock,
+    TriplaneProjector,
+    channel_shuffle,
+    grid_for,
+    grid_to_video,
+    group_norm,
+    modulate,
+    sincos_1d,
+    sincos_2d,
+    sinusoidal_embedding,
+    triplane_expand,
+    video_to_grid,
+)
+
+__all__ = [
+    "Attention",
+    "AttentionBackendError",
+    "AxisProjector",
+    "BottleneckResidualPathway",
+    "ChannelShuffle",
+    "ChannelSplit",
+    "ContentFrameHead",
+    "FPSEmbedding",
+    "FeedForward",
+    "MixedSelfAttention",
+    "MotionLatentHead",
+    "ScaleShiftGroupNorm",
+    "SinusoidalEmbedding",
+    "SpatialTemporalMixedEmbedding",
+    "TimestepEmbedding",
+    "TransformerBlock",
+    "TriplaneProjector",
+    "attention_backend",
+    "channel_shuffle",
+    "grid_for",
+    "grid_to_video",
+    "group_norm",
+    "list_backends",
+    "modulate",
+    "select_backend",
+    "sincos_1d",
+    "sincos_2d",
+    "sinusoidal_embedding",
+    "triplane_expand",
+    "video_to_grid",
+]
 __version__ = "0.1.0"

@@ -1,25 +1,44 @@
 """Layers: one concept per module; this file only re-exports."""
 
+from .bottleneck import BottleneckResidualPathway
+from .channel_split import ChannelSplit
+from .content_frame import ContentFrameHead, MotionLatentHead
 from .embeddings import SinusoidalEmbedding, TimestepEmbedding, sincos_1d, sincos_2d, sinusoidal_embedding
+from .fps import FPSEmbedding
+from .grid import SpatialTemporalMixedEmbedding, grid_for, grid_to_video, video_to_grid
 from .modulation import ScaleShiftGroupNorm, modulate
 from .norm import group_norm, num_groups_for
 from .shuffle import ChannelShuffle, channel_shuffle, channel_shuffle_permutation
 from .transformer import Attention, FeedForward, TransformerBlock
+from .triplane import AxisProjector, TriplaneProjector, triplane_expand, triplane_latent_size
 
 __all__ = [
     "Attention",
+    "AxisProjector",
+    "BottleneckResidualPathway",
     "ChannelShuffle",
+    "ChannelSplit",
+    "ContentFrameHead",
+    "FPSEmbedding",
     "FeedForward",
+    "MotionLatentHead",
     "ScaleShiftGroupNorm",
     "SinusoidalEmbedding",
+    "SpatialTemporalMixedEmbedding",
     "TimestepEmbedding",
     "TransformerBlock",
+    "TriplaneProjector",
     "channel_shuffle",
     "channel_shuffle_permutation",
+    "grid_for",
+    "grid_to_video",
     "group_norm",
     "modulate",
     "num_groups_for",
     "sincos_1d",
     "sincos_2d",
     "sinusoidal_embedding",
+    "triplane_expand",
+    "triplane_latent_size",
+    "video_to_grid",
 ]
