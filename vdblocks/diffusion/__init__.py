@@ -1,0 +1,29 @@
+"""Model-independent diffusion math: noise schedules, q_sample and losses, DDPM / DDIM, guidance."""
+
+from .forward import DiffusionLossOutput, ModelFn, diffusion_loss, masked_mse, q_sample, sample_timesteps
+from .guidance import Condition, cfg_model_fn, guided_eps
+from .samplers import SamplerStep, ddim_step, ddpm_step, make_timesteps, sample_ddim, sample_ddpm
+from .schedules import SCHEDULE_NAMES, NoiseSchedule, cosine_betas, linear_betas, scaled_linear_betas
+
+__all__ = [
+    "Condition",
+    "DiffusionLossOutput",
+    "ModelFn",
+    "NoiseSchedule",
+    "SCHEDULE_NAMES",
+    "SamplerStep",
+    "cfg_model_fn",
+    "cosine_betas",
+    "ddim_step",
+    "ddpm_step",
+    "diffusion_loss",
+    "guided_eps",
+    "linear_betas",
+    "make_timesteps",
+    "masked_mse",
+    "q_sample",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_timesteps",
+    "scaled_linear_betas",
+]

@@ -1,0 +1,156 @@
+"""Training side of diffusion: draw timesteps and noise, noise the data, and the epsilon loss.
+
+``diffusion_loss`` is DDPM's simplified objective (Ho et al. 2020, eq. 14):
+``L = E_{t, x_0, eps} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2``,
+with ``t`` uniform on ``{0, ..., T-1}`` and an optional mask that keeps entries out of the mean
+(e.g. the conditioning frames of a video-prediction model, which are not generated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .schedules import NoiseSchedule
+
+__all__ = ["sample_timesteps", "q_sample", "masked_mse", "diffusion_loss", "DiffusionLossOutput", "ModelFn"]
+
+# model_fn(x_t (b, ...), t (b,) int64) -> eps prediction (b, ...)
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _randn(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved (as diffusers' ``randn_tensor``).
+
+    Drawing where the generator lives makes a CPU generator reproduce the same numbers whatever
+    device the sample is on.
+    """
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
+def sample_timesteps(
+    schedule: NoiseSchedule,
+    batch: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Uniform training timesteps ``t (b,)`` (int64) on ``{0, ..., T-1}``."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"expected batch to be a positive int, got {batch!r}")
+    draw_device = generator.device if generator is not None else device
+    t = torch.randint(0, schedule.num_steps, (batch,), generator=generator, device=draw_device)
+    return t.to(device)
+
+
+def q_sample(
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    t: torch.Tensor | int,
+    noise: torch.Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (DDPM eq. 4); draws ``eps`` when ``noise`` is None.
+
+    Shapes: ``x0 (b, ...)``, ``t (b,)`` or an int, ``noise (b, ...)`` -> ``x_t (b, ...)``.
+    """
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"expected x0 to be a torch.Tensor of shape (b, ...), got {type(x0).__name__}")
+    if noise is None:
+        noise = _randn(tuple(x0.shape), generator, x0.device, x0.dtype)
+    return schedule.q_sample(x0, t, noise)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error over the entries where ``mask`` is nonzero (a weighted mean for soft masks).
+
+    ``pred, target (b, ...)``; ``mask`` broadcastable to them, e.g. ``(b, 1, t, 1, 1)`` for a
+    per-frame mask of a video ``(b, c, t, h, w)``. ``sum(mask * (pred - target)^2) / sum(mask)``
+    with the mask expanded to the full shape, so masked-out entries add nothing to the numerator
+    nor to the count. An all-zero mask gives 0 (there is nothing to fit) rather than NaN.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"expected pred and target of the same shape (b, ...), got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    sq = (pred - target).pow(2)  # b ...
+    if mask is None:
+        return sq.mean()
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(
+            f"expected mask to be a torch.Tensor broadcastable to {tuple(pred.shape)}, got {type(mask).__name__}"
+        )
+    try:
+        weights = torch.broadcast_to(mask, sq.shape).to(sq.dtype)  # b ...
+    except RuntimeError:
+        raise ValueError(
+            f"expected mask broadcastable to x of shape {tuple(pred.shape)} "
+            f"(e.g. (b, 1, t, 1, 1) for videos (b, c, t, h, w)), got {tuple(mask.shape)}"
+        ) from None
+    return (weights * sq).sum() / weights.sum().clamp_min(torch.finfo(sq.dtype).tiny)
+
+
+@dataclass
+class DiffusionLossOutput:
+    """Everything :func:`diffusion_loss` drew and computed: scalar ``loss``, ``t (b,)``,
+    ``noise``, ``x_t`` and the model's ``prediction`` (all ``(b, ...)``)."""
+
+    loss: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    x_t: torch.Tensor
+    prediction: torch.Tensor
+
+
+def diffusion_loss(
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_details: bool = False,
+) -> torch.Tensor | DiffusionLossOutput:
+    """Epsilon-prediction loss (DDPM eq. 14) for one batch ``x0 (b, ...)``.
+
+    Draws ``t (b,)`` uniformly (first) and ``noise`` like ``x0`` (second) from ``generator`` when
+    they are not given, forms ``x_t = q_sample(x0, t, noise)``, calls ``model_fn(x_t, t)`` and
+    returns :func:`masked_mse` of the prediction against ``noise``. The whole ``x0`` is noised;
+    ``mask`` (broadcastable to ``x0``; 1 = counts, 0 = ignored) only decides which entries enter
+    the loss. That matches the samplers' ``known``/``known_mask`` hook, which also shows the model
+    the known frames noised to the current level. Conditioning that must reach the model clean
+    (MCVD's past frames stacked on channels) belongs inside ``model_fn``.
+
+    Returns the scalar loss, or a :class:`DiffusionLossOutput` with ``return_details=True``.
+    """
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"expected x0 to be a torch.Tensor of shape (b, ...), got {type(x0).__name__}")
+    if not x0.is_floating_point():
+        raise TypeError(f"expected x0 of shape (b, ...) to have a floating-point dtype, got {x0.dtype}")
+    if x0.ndim < 1:
+        raise ValueError("expected x0 of shape (b, ...), got a 0-d tensor")
+    batch = x0.shape[0]
+    if t is None:
+        t = sample_timesteps(schedule, batch, generator=generator, device=x0.device)
+    t = schedule.check_timesteps(t, batch, x0.device)
+    if noise is None:
+        noise = _randn(tuple(x0.shape), generator, x0.device, x0.dtype)
+    x_t = schedule.q_sample(x0, t, noise)  # b ...
+    prediction = model_fn(x_t, t)  # b ...
+    if not isinstance(prediction, torch.Tensor) or prediction.shape != x0.shape:
+        got = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__
+        raise ValueError(f"expected model_fn(x_t, t) to return eps of shape {tuple(x0.shape)} like x0, got {got}")
+    loss = masked_mse(prediction, noise, mask)
+    if return_details:
+        return DiffusionLossOutput(loss=loss, t=t, noise=noise, x_t=x_t, prediction=prediction)
+    return loss
