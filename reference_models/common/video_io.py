@@ -1,0 +1,241 @@
+"""Video and frame-grid files: write ``(c, t, h, w)`` float tensors, read videos back with timestamps.
+
+Formats are chosen by suffix:
+
+* ``.mp4``: H.264 (libx264) through PyAV. Even sizes use ``yuv420p``, the pixel format every player
+  understands. 4:2:0 chroma cannot represent an odd width or height (H.264 crops in steps of two
+  pixels there), so odd sizes are written in ``yuv444p`` instead: the decoded frames keep the exact
+  ``h x w`` of the tensor, at the price of needing a player that supports the High 4:4:4 profile
+  (ffmpeg, VLC, browsers built on ffmpeg; not QuickTime). We chose exact round trips over padding
+  because these files are read back by our own data pipeline and tests.
+* ``.gif``: PyAV's GIF encoder on ``pal8`` frames. One 256-colour palette is fitted (Pillow median
+  cut) to the whole clip, so colours do not flicker between frames. Pillow's own GIF writer is not
+  used because it merges identical consecutive frames, which would break ``decoded frames == t``.
+  GIF delays are whole centiseconds, so a 30 fps clip is stored with delays of 3 or 4 cs (average
+  30 fps over the clip, each frame within 5 ms of its nominal time).
+
+Every writer creates the parent directory and writes to a hidden temporary name in the same
+directory, then renames it over ``path``, so a crash never leaves a half-written file under the
+final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import einops
+import numpy as np
+import torch
+from PIL import Image
+
+from vdblocks._validation import check_tensor
+
+__all__ = ["write_video", "save_frame_grid", "read_video", "VIDEO_SUFFIXES"]
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+"""Suffixes ``write_video`` can write. ``read_video`` reads anything PyAV can demux."""
+
+# Constant-quality x264: visually lossless for the small synthetic clips this library writes, and
+# small enough that sample grids stay cheap to keep around.
+_X264_CRF = "18"
+
+
+def _check_value_range(value_range: Sequence[float]) -> tuple[float, float]:
+    if len(value_range) != 2:
+        raise ValueError(f"expected value_range as (low, high), got {value_range!r}")
+    low, high = float(value_range[0]), float(value_range[1])
+    if not high > low:
+        raise ValueError(f"expected value_range with low < high, got {value_range!r}")
+    return low, high
+
+
+def _to_uint8_rgb(video: torch.Tensor, value_range: Sequence[float]) -> np.ndarray:
+    """Map ``(c, t, h, w)`` floats in ``value_range`` to uint8 ``(t, h, w, 3)`` (gray repeated)."""
+    low, high = _check_value_range(value_range)
+    if not torch.isfinite(video).all():
+        raise ValueError("expected video with finite values, got NaN or inf")
+    x = video.detach().to("cpu", torch.float32)
+    # Samples from a diffusion model overshoot the range a little; clamping is the usual convention.
+    x = ((x - low) / (high - low)).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1, -1)
+    return einops.rearrange(x, "c t h w -> t h w c").contiguous().numpy()
+
+
+def _check_video(video: object) -> torch.Tensor:
+    video = check_tensor(video, "video", "(c, t, h, w)")
+    if video.shape[0] not in (1, 3):
+        raise ValueError(
+            f"expected video of shape (c, t, h, w) with c in {{1, 3}}, got {tuple(video.shape)}"
+        )
+    return video
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Run ``write(tmp_name)`` then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _frame_rate(fps: float) -> Fraction:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)):
+        raise TypeError(f"expected fps to be a positive number, got {fps!r}")
+    if not (fps > 0 and np.isfinite(float(fps))):
+        raise ValueError(f"expected fps to be a positive finite number, got {fps!r}")
+    # NTSC-style rates (29.97 = 30000/1001) survive the limit exactly.
+    return Fraction(fps).limit_denominator(1001 * 1000)
+
+
+def _encode(tmp: str, container_format: str, frames: list[av.VideoFrame], codec: str, pix_fmt: str,
+            rate: Fraction, width: int, height: int, options: dict[str, str]) -> None:
+    with av.open(tmp, "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.options = options
+        for i, frame in enumerate(frames):
+            frame.pts = i
+            frame.time_base = 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())  # flush: x264 holds back frames for lookahead
+
+
+def _gif_frames(rgb: np.ndarray) -> list[av.VideoFrame]:
+    """Quantise ``(t, h, w, 3)`` uint8 to one shared palette, as PyAV ``pal8`` frames."""
+    t, h, w, _ = rgb.shape
+    # A vertical mosaic of (a subsample of) all frames: the palette sees every colour of the clip.
+    step = max(1, t // 32)
+    mosaic = Image.fromarray(einops.rearrange(rgb[::step], "t h w c -> (t h) w c"))
+    palette_image = mosaic.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette = np.asarray(palette_image.getpalette(), dtype=np.uint8)[: 256 * 3].reshape(-1, 3)
+    argb = np.zeros((256, 4), dtype=np.uint8)
+    argb[:, 0] = 255
+    argb[: len(palette), 1:] = palette
+    frames = []
+    for image in rgb:
+        index = Image.fromarray(image).quantize(palette=palette_image, dither=Image.Dither.NONE)
+        frames.append(av.VideoFrame.from_ndarray((np.asarray(index), argb), format="pal8"))
+    return frames
+
+
+def write_video(
+    path: str | os.PathLike,
+    video: torch.Tensor,
+    fps: float,
+    *,
+    value_range: Sequence[float] = (-1.0, 1.0),
+) -> Path:
+    """Write a video tensor to ``path`` (``.mp4`` or ``.gif``) and return the path.
+
+    ``video`` is ``(c, t, h, w)`` float with ``c`` in {1, 3}; values in ``value_range`` map linearly
+    to 0..255 (values outside are clamped); one channel is written as gray RGB. The file decodes to
+    exactly ``t`` frames of ``h x w`` pixels (see the module docstring for odd sizes in mp4).
+    """
+    video = _check_video(video)
+    rate = _frame_rate(fps)
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"expected a path ending in one of {VIDEO_SUFFIXES}, got {str(path)!r}")
+    rgb = _to_uint8_rgb(video, value_range)  # (t, h, w, 3)
+    t, h, w, _ = rgb.shape
+
+    if suffix == ".mp4":
+        pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
+
+        def write(tmp: str) -> None:
+            frames = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in rgb]
+            _encode(tmp, "mp4", frames, "libx264", pix_fmt, rate, w, h, {"crf": _X264_CRF})
+
+    else:
+
+        def write(tmp: str) -> None:
+            _encode(tmp, "gif", _gif_frames(rgb), "gif", "pal8", rate, w, h, {})
+
+    return _atomic_write(path, write)
+
+
+def save_frame_grid(
+    path: str | os.PathLike,
+    video: torch.Tensor,
+    *,
+    value_range: Sequence[float] = (-1.0, 1.0),
+    pad: int = 2,
+) -> Path:
+    """Save the frames of one video ``(c, t, h, w)`` (one row) or a batch ``(b, c, t, h, w)``
+    (``b`` rows of ``t`` frames) as a PNG and return the path.
+
+    Frames are separated and framed by ``pad`` black pixels, so the image is
+    ``(b * h + (b + 1) * pad)`` pixels high and ``(t * w + (t + 1) * pad)`` wide (``b = 1`` for a
+    single video), the layout of torchvision's ``make_grid``.
+    """
+    if isinstance(video, torch.Tensor) and video.ndim == 4:
+        video = einops.rearrange(video, "c t h w -> 1 c t h w")
+    video = check_tensor(video, "video", "(b, c, t, h, w)")
+    if video.shape[1] not in (1, 3):
+        raise ValueError(
+            f"expected video of shape (b, c, t, h, w) or (c, t, h, w) with c in {{1, 3}}, "
+            f"got {tuple(video.shape)}"
+        )
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"expected pad to be a non-negative int, got {pad!r}")
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"expected a path ending in .png, got {str(path)!r}")
+    b, _, t, h, w = video.shape
+    rows = _to_uint8_rgb(einops.rearrange(video, "b c t h w -> c (b t) h w"), value_range)
+    rows = einops.rearrange(rows, "(b t) h w c -> b t h w c", b=b)
+    grid = np.zeros((b * h + (b + 1) * pad, t * w + (t + 1) * pad, 3), dtype=np.uint8)
+    for i in range(b):
+        for j in range(t):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            grid[top : top + h, left : left + w] = rows[i, j]
+    return _atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+
+
+def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Decode every frame of the first video stream of ``path`` with PyAV.
+
+    Returns ``(frames, timestamps, fps)``: frames uint8 ``(t, h, w, c)`` RGB (``c = 3``),
+    presentation timestamps in seconds ``(t,)`` float64, and the average frame rate over the clip,
+    ``(t - 1) / (timestamps[-1] - timestamps[0])`` (the container's nominal rate for a single
+    frame; for GIF this reflects the centisecond delays actually stored).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file with no decodable
+    video frames (the PyAV error is chained).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file at {str(path)!r}")
+    frames, times = [], []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"no video stream in {str(path)!r}")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            nominal = stream.average_rate or stream.guessed_rate
+            for i, frame in enumerate(container.decode(stream)):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                # Some demuxers leave pts unset; fall back to the nominal rate.
+                times.append(float(frame.time) if frame.pts is not None else i / float(nominal or 1))
+    except av.error.FFmpegError as error:
+        raise ValueError(f"could not decode video {str(path)!r}: {error}") from error
+    if not frames:
+        raise ValueError(f"no decodable video frames in {str(path)!r}")
+    timestamps = torch.tensor(times, dtype=torch.float64)
+    span = times[-1] - times[0]
+    fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else float(nominal or 0.0)
+    return torch.from_numpy(np.stack(frames)), timestamps, fps
