@@ -1,0 +1,534 @@
+"""Crash-safe training checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+Layout of a checkpoint directory::
+
+    step_00001000.json                    manifest: step, data position, RNG states, config,
+                                          optimizer/scheduler/EMA non-tensor state, tensor file name
+    step_00001000.<sha12>.safetensors     model, EMA and optimizer tensors (named "model.<param>",
+                                          "ema.shadow.<param>", "optimizer.state.<i>.exp_avg", ...)
+    latest                                one line: the file name of the newest manifest
+
+Atomicity. Each file is written to a temporary name in the same directory, flushed with ``fsync``
+and moved into place with ``os.replace`` (atomic on POSIX and Windows). The tensor file is named by
+its content hash, so it never overwrites a file a manifest refers to; the manifest is replaced next,
+then ``latest``. A crash at any point leaves ``latest`` naming a complete, loadable checkpoint (the
+previous one until the final rename). ``load_checkpoint`` checks the tensor file's SHA-256 against
+the manifest.
+
+No pickle. Nested state (``optimizer.state_dict()``, an LR scheduler's, EMA's) is split by
+``encode_state``: tensors go to the safetensors file under their dotted path; the rest becomes
+JSON, with tuples, non-string dict keys (optimizer state is keyed by parameter index) and bytes
+tagged so that ``decode_state`` rebuilds the exact same structure. Loading uses only
+``safetensors.torch.load_file`` and ``json.load``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from .ema import EMA, unwrap_model
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "encode_state",
+    "decode_state",
+    "capture_rng_state",
+    "restore_rng_state",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "resolve_checkpoint",
+    "checkpoint_path",
+]
+
+FORMAT = "vdblocks-checkpoint"
+VERSION = 1
+LATEST = "latest"
+_MANIFEST_RE = re.compile(r"^step_(\d+)\.json$")
+_TENSORS_RE = re.compile(r"^step_(\d+)\.[0-9a-f]+\.safetensors$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, malformed, or does not match the objects it is loaded into."""
+
+
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` read besides the tensors it copied into the given objects.
+
+    ``state`` holds the decoded component states (``"model"``, ``"ema"``, ``"optimizer"``, ...)
+    for callers that want them without passing objects.
+    """
+
+    path: Path
+    step: int
+    data_state: dict | None
+    rng_state: dict | None
+    config: dict | None
+    extra: dict | None
+    state: dict = field(repr=False, default_factory=dict)
+
+
+# --------------------------------------------------------------------------- state encoding
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"))
+
+
+def encode_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Split ``obj`` into JSON-able data and tensors, which are added to ``tensors`` under their
+    dotted path from ``prefix`` and replaced by ``{"__tensor__": path}``."""
+    if isinstance(obj, torch.Tensor):
+        if prefix in tensors:
+            raise CheckpointError(f"two tensors would share the checkpoint name {prefix!r}")
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return {
+            "__ndarray__": _b64(np.ascontiguousarray(obj).tobytes()),
+            "dtype": obj.dtype.str,
+            "shape": list(obj.shape),
+        }
+    if isinstance(obj, (bytes, bytearray)):
+        return {"__bytes__": _b64(bytes(obj))}
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [encode_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        plain = all(isinstance(k, str) and not k.startswith("__") for k in obj)
+        if plain:
+            return {k: encode_state(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+        items = []
+        for k, v in obj.items():
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise CheckpointError(
+                    f"cannot store dict key {k!r} at {prefix!r} (need str or int)"
+                )
+            items.append([k, encode_state(v, f"{prefix}.{k}", tensors)])
+        return {"__dict__": items}
+    raise CheckpointError(
+        f"cannot store a {type(obj).__name__} at {prefix!r} in a checkpoint "
+        "(tensors, numbers, strings, bytes, lists, tuples and dicts are supported)"
+    )
+
+
+def decode_state(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of ``encode_state``: rebuild the structure, taking tensors from ``tensors``."""
+    if isinstance(obj, list):
+        return [decode_state(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        name = obj["__tensor__"]
+        if name not in tensors:
+            raise CheckpointError(f"tensor {name!r} is named in the manifest but not in the file")
+        return tensors[name]
+    if "__tuple__" in obj:
+        return tuple(decode_state(v, tensors) for v in obj["__tuple__"])
+    if "__dict__" in obj:
+        return {k: decode_state(v, tensors) for k, v in obj["__dict__"]}
+    if "__bytes__" in obj:
+        return _unb64(obj["__bytes__"])
+    if "__ndarray__" in obj:
+        data = np.frombuffer(_unb64(obj["__ndarray__"]), dtype=np.dtype(obj["dtype"]))
+        return data.reshape(obj["shape"]).copy()
+    return {k: decode_state(v, tensors) for k, v in obj.items()}
+
+
+def _plain_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors with no shared storage (safetensors refuses tied tensors,
+    e.g. tied input/output embeddings, so later aliases are cloned)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach()
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        t = t.to("cpu").contiguous()
+        if key in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        seen.add(key)
+        out[name] = t
+    return out
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict:
+    """Every RNG state as JSON-able data: Python ``random``, NumPy's global RNG, torch's CPU RNG,
+    each CUDA device's RNG (when CUDA is in use) and the explicit ``generators`` by name."""
+    version, internal, gauss_next = random.getstate()
+    np_name, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state = {
+        "python": {
+            "version": version,
+            "state": _b64(np.asarray(internal, dtype=np.uint32).tobytes()),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "name": np_name,
+            "key": _b64(np.asarray(np_key, dtype=np.uint32).tobytes()),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "torch": _b64(torch.get_rng_state().numpy().tobytes()),
+        "cuda": [],
+        "generators": {},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [_b64(s.numpy().tobytes()) for s in torch.cuda.get_rng_state_all()]
+    for name, gen in (generators or {}).items():
+        state["generators"][name] = _b64(gen.get_state().numpy().tobytes())
+    return state
+
+
+def _byte_tensor(text: str) -> torch.Tensor:
+    return torch.tensor(list(_unb64(text)), dtype=torch.uint8)
+
+
+def restore_rng_state(
+    state: Mapping, generators: Mapping[str, torch.Generator] | None = None
+) -> None:
+    """Set every RNG from ``capture_rng_state``'s output (and the named ``generators``)."""
+    py = state["python"]
+    internal = tuple(int(v) for v in np.frombuffer(_unb64(py["state"]), dtype=np.uint32))
+    random.setstate((py["version"], internal, py["gauss_next"]))
+    npst = state["numpy"]
+    key = np.frombuffer(_unb64(npst["key"]), dtype=np.uint32).copy()
+    np.random.set_state(
+        (npst["name"], key, npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    torch.set_rng_state(_byte_tensor(state["torch"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda_states = [_byte_tensor(s) for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    for name, gen in (generators or {}).items():
+        if name not in state.get("generators", {}):
+            raise CheckpointError(f"the checkpoint holds no state for the generator {name!r}")
+        gen.set_state(_byte_tensor(state["generators"][name]))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync makes the renames durable; Windows cannot open directories, and there
+    # os.replace is already durable enough.
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a synced temporary file and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _manifest_name(step: int) -> str:
+    return f"step_{step:08d}.json"
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    """The manifest path ``save_checkpoint(directory, step=step, ...)`` writes."""
+    return Path(directory) / _manifest_name(step)
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """The manifests in ``directory``, oldest step first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        m = _MANIFEST_RE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The manifest that ``directory/latest`` names, or ``None`` when there is no checkpoint."""
+    pointer = Path(directory) / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    path = Path(directory) / name
+    if not path.is_file():
+        raise CheckpointError(f"{pointer} names {name!r}, which does not exist")
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Turn a manifest path, a checkpoint directory (following ``latest``), a ``latest`` file or a
+    training output directory holding ``checkpoints/`` into a manifest path."""
+    path = Path(path)
+    if path.is_file() and path.name == LATEST:
+        path = path.parent
+    if path.is_dir():
+        for directory in (path, path / "checkpoints"):
+            found = latest_checkpoint(directory)
+            if found is not None:
+                return found
+        raise FileNotFoundError(f"no checkpoint in {path} (no '{LATEST}' pointer file)")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def _prune(directory: Path, keep_last: int) -> None:
+    """Delete all but the ``keep_last`` newest checkpoints (never the one ``latest`` names), then
+    tensor files no manifest refers to (left by a crash between the two renames)."""
+    latest = latest_checkpoint(directory)
+    manifests = list_checkpoints(directory)
+    for old in manifests[: max(0, len(manifests) - keep_last)]:
+        if latest is not None and old.name == latest.name:
+            continue
+        old.unlink(missing_ok=True)
+    referenced = set()
+    for m in list_checkpoints(directory):
+        referenced.add(json.loads(m.read_text(encoding="utf-8"))["tensors_file"])
+    for p in directory.iterdir():
+        if _TENSORS_RE.match(p.name) and p.name not in referenced:
+            p.unlink(missing_ok=True)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    model: nn.Module,
+    step: int,
+    ema: EMA | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    data_state: Mapping | None = None,
+    rng_state: Mapping | None = None,
+    config: Mapping | None = None,
+    extra: Mapping | None = None,
+    keep_last: int | None = None,
+) -> Path:
+    """Write a checkpoint of ``step`` into ``directory`` atomically and point ``latest`` at it.
+
+    ``model`` may be DDP-wrapped (its inner module is saved). ``scheduler`` is anything with
+    ``state_dict``/``load_state_dict`` whose state is numbers, lists and dicts (PyTorch LR
+    schedulers with the ``optim.WarmupCosine`` factor qualify). ``config`` should hold the model
+    configuration (and training configuration) so the checkpoint is self-describing.
+    ``keep_last=k`` deletes all but the ``k`` newest checkpoints afterwards.
+    Returns the manifest path. Call it on one process only (rank 0).
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"expected step to be a non-negative int, got {step!r}")
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"expected keep_last >= 1 or None, got {keep_last}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    components: dict[str, Any] = {"model": unwrap_model(model).state_dict()}
+    if ema is not None:
+        components["ema"] = ema.state_dict()
+    if optimizer is not None:
+        components["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        components["scheduler"] = scheduler.state_dict()
+    if scaler is not None:
+        components["scaler"] = scaler.state_dict()
+    raw: dict[str, torch.Tensor] = {}
+    tree = {name: encode_state(value, name, raw) for name, value in components.items()}
+    tensors = _plain_tensors(raw)
+
+    no_tensors: dict[str, torch.Tensor] = {}
+    meta = {
+        name: encode_state(value, name, no_tensors)
+        for name, value in (
+            ("data_state", data_state),
+            ("rng_state", rng_state),
+            ("config", config),
+            ("extra", extra),
+        )
+    }
+    if no_tensors:
+        raise CheckpointError(
+            f"data_state/rng_state/config/extra must not hold tensors, found {sorted(no_tensors)}"
+        )
+
+    tmp = directory / f".tmp-{uuid.uuid4().hex}.safetensors"
+    created: Path | None = None
+    try:
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        _fsync_file(tmp)
+        digest = _sha256(tmp)
+        tensor_path = directory / f"step_{step:08d}.{digest[:12]}.safetensors"
+        existed = tensor_path.exists()
+        os.replace(tmp, tensor_path)
+        created = None if existed else tensor_path
+
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "step": step,
+            "tensors_file": tensor_path.name,
+            "tensors_sha256": digest,
+            "torch_version": torch.__version__,
+            "state": tree,
+            **meta,
+        }
+        manifest_path = directory / _manifest_name(step)
+        _write_text_atomic(manifest_path, json.dumps(manifest, indent=1, allow_nan=True))
+        created = None
+        _fsync_dir(directory)
+        _write_text_atomic(directory / LATEST, manifest_path.name + "\n")
+        _fsync_dir(directory)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        if created is not None:
+            created.unlink(missing_ok=True)
+        raise
+    # A rewrite of the same step leaves the old tensor file unreferenced; _prune removes it.
+    _prune(directory, keep_last if keep_last is not None else len(list_checkpoints(directory)))
+    return manifest_path
+
+
+def _read_manifest(path: Path, verify: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint manifest {path} is not valid JSON: {err}") from err
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has format version {manifest.get('version')}, this code reads {VERSION}"
+        )
+    tensor_path = path.parent / manifest["tensors_file"]
+    if not tensor_path.is_file():
+        raise CheckpointError(f"{path} refers to {tensor_path.name}, which does not exist")
+    if verify and _sha256(tensor_path) != manifest["tensors_sha256"]:
+        raise CheckpointError(f"{tensor_path} does not match the SHA-256 recorded in {path}")
+    tensors = safetensors.torch.load_file(str(tensor_path), device="cpu")
+    return manifest, tensors
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module | None = None,
+    ema: EMA | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    strict: bool = True,
+    verify: bool = True,
+) -> Checkpoint:
+    """Load a checkpoint into the given objects and return its step, data position, RNG states,
+    config and extra data. ``path`` is anything ``resolve_checkpoint`` accepts.
+
+    Tensors are read to CPU and copied into the objects (``load_state_dict`` moves optimizer state to
+    the parameters' device). Never unpickles. Raises ``CheckpointError`` when an object is passed
+    whose state the checkpoint does not hold; ``verify`` checks the tensor file's SHA-256.
+    """
+    manifest_path = resolve_checkpoint(path)
+    manifest, tensors = _read_manifest(manifest_path, verify)
+    state = {name: decode_state(value, tensors) for name, value in manifest["state"].items()}
+
+    def component(name: str) -> Any:
+        if name not in state:
+            raise CheckpointError(f"{manifest_path} holds no {name} state")
+        return state[name]
+
+    if model is not None:
+        unwrap_model(model).load_state_dict(component("model"), strict=strict)
+    if ema is not None:
+        ema.load_state_dict(component("ema"))
+    if optimizer is not None:
+        optimizer.load_state_dict(component("optimizer"))
+    if scheduler is not None:
+        scheduler.load_state_dict(component("scheduler"))
+    if scaler is not None and scaler.is_enabled():
+        scaler_state = component("scaler")
+        if scaler_state:  # a disabled scaler saved {}; keep the fresh scale
+            scaler.load_state_dict(scaler_state)
+    return Checkpoint(
+        path=manifest_path,
+        step=int(manifest["step"]),
+        data_state=decode_state(manifest.get("data_state"), {}),
+        rng_state=decode_state(manifest.get("rng_state"), {}),
+        config=decode_state(manifest.get("config"), {}),
+        extra=decode_state(manifest.get("extra"), {}),
+        state=state,
+    )
+
+
+def load_weights(
+    path: str | os.PathLike, model: nn.Module, *, use_ema: bool = True, strict: bool = True
+) -> Checkpoint:
+    """Load only weights into ``model``: the EMA shadow when the checkpoint has one and ``use_ema``,
+    otherwise the trained weights. For sampling scripts."""
+    ckpt = load_checkpoint(path)
+    if use_ema and "ema" in ckpt.state:
+        weights = ckpt.state["ema"]["shadow"]
+    else:
+        weights = ckpt.state["model"]
+    unwrap_model(model).load_state_dict(weights, strict=strict)
+    return ckpt
