@@ -1,0 +1,1 @@
+"""Reference systems assembled from vdblocks (EVDM, PVDM, CMD, ETC) and their shared machinery."""

@@ -1,0 +1,40 @@
+"""What every reference system shares: data, video IO, the training loop, checkpoints, distributed."""
+
+from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .data import ImageFolder, MovingShapes, MovingShapesImages, VideoFolder
+from .distributed import DistInfo, cleanup, init_distributed, wrap_model
+from .ema import EMA
+from .logging import MetricsLogger
+from .optim import build_optimizer, build_scheduler
+from .precision import autocast
+from .trainer import NonFiniteLossError, TrainConfig, TrainState, check_data_dir, check_dataset, train
+from .video_io import read_video, save_frame_grid, write_video
+
+__all__ = [
+    "DistInfo",
+    "EMA",
+    "ImageFolder",
+    "MetricsLogger",
+    "MovingShapes",
+    "MovingShapesImages",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainState",
+    "VideoFolder",
+    "autocast",
+    "build_optimizer",
+    "build_scheduler",
+    "check_data_dir",
+    "check_dataset",
+    "cleanup",
+    "init_distributed",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "read_video",
+    "save_checkpoint",
+    "save_frame_grid",
+    "train",
+    "wrap_model",
+    "write_video",
+]
