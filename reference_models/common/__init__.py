@@ -8,7 +8,7 @@ from .logging import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .precision import autocast
 from .trainer import NonFiniteLossError, TrainConfig, TrainState, check_data_dir, check_dataset, train
-from .video_io import read_video, save_frame_grid, write_video
+from .video_io import read_video, save_frame_grid, write_samples, write_video
 
 __all__ = [
     "DistInfo",
@@ -36,5 +36,6 @@ __all__ = [
     "save_frame_grid",
     "train",
     "wrap_model",
+    "write_samples",
     "write_video",
 ]

@@ -35,7 +35,7 @@ from PIL import Image
 
 from vdblocks._validation import check_tensor
 
-__all__ = ["write_video", "save_frame_grid", "read_video", "VIDEO_SUFFIXES"]
+__all__ = ["write_video", "write_samples", "save_frame_grid", "read_video", "VIDEO_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 """Suffixes ``write_video`` can write. ``read_video`` reads anything PyAV can demux."""
@@ -239,3 +239,30 @@ def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, flo
     span = times[-1] - times[0]
     fps = (len(times) - 1) / span if len(times) > 1 and span > 0 else float(nominal or 0.0)
     return torch.from_numpy(np.stack(frames)), timestamps, fps
+
+
+def write_samples(
+    videos: torch.Tensor,
+    out_dir: str | os.PathLike,
+    *,
+    stem: str,
+    fps: float,
+    value_range: Sequence[float] = (-1.0, 1.0),
+    captions: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write a batch of sampled videos ``(b, c, t, h, w)``: one ``.mp4`` each and one PNG frame grid.
+
+    Files are ``{stem}_{i:02d}.mp4`` for each sample and ``{stem}_grid.png`` (one row per sample),
+    under ``out_dir``. ``captions`` (one per sample), when given, are written beside them in
+    ``{stem}_captions.txt``. Returns the paths written: the videos, then the grid, then the captions file if any.
+    """
+    videos = check_tensor(videos, "videos", "(b, c, t, h, w)")
+    if captions is not None and len(captions) != videos.shape[0]:
+        raise ValueError(f"expected one caption per sample ({videos.shape[0]}), got {len(captions)}")
+    out = Path(out_dir)
+    paths = [write_video(out / f"{stem}_{i:02d}.mp4", v, fps, value_range=value_range) for i, v in enumerate(videos)]
+    paths.append(save_frame_grid(out / f"{stem}_grid.png", videos, value_range=value_range))
+    if captions is not None:
+        text = "".join(f"{stem}_{i:02d}.mp4\t{c}\n" for i, c in enumerate(captions))
+        paths.append(_atomic_write(out / f"{stem}_captions.txt", lambda tmp: Path(tmp).write_text(text)))
+    return paths

@@ -166,3 +166,17 @@ def test_read_video_reads_a_plain_pyav_file(tmp_path):
     assert tuple(frames.shape) == (7, 16, 32, 3)
     assert fps == pytest.approx(25)
     assert torch.all(frames.float().mean((1, 2, 3)).diff() > 0)  # brightness order survives
+
+
+def test_write_samples_writes_each_video_grid_and_captions(tmp_path):
+    from reference_models.common.video_io import write_samples
+
+    videos = torch.rand(2, 3, 5, 16, 24) * 2 - 1
+    paths = write_samples(videos, tmp_path / "samples", stem="step_10", fps=8, captions=["a", "b"])
+    assert [p.name for p in paths] == ["step_10_00.mp4", "step_10_01.mp4", "step_10_grid.png", "step_10_captions.txt"]
+    for p in paths[:2]:
+        frames, _, _ = read_video(p)
+        assert tuple(frames.shape) == (5, 16, 24, 3)
+    assert (tmp_path / "samples" / "step_10_captions.txt").read_text().splitlines() == ["step_10_00.mp4\ta", "step_10_01.mp4\tb"]
+    with pytest.raises(ValueError, match="one caption per sample"):
+        write_samples(videos, tmp_path, stem="x", fps=8, captions=["a"])
