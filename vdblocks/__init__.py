@@ -19,6 +19,7 @@ from .attention import (
     list_backends,
     select_backend,
 )
+from .flops import FlopCounter, FlopReport, count_flops
 from .layers import (
     Attention,
     AxisProjector,
@@ -57,6 +58,8 @@ __all__ = [
     "ContentFrameHead",
     "FPSEmbedding",
     "FeedForward",
+    "FlopCounter",
+    "FlopReport",
     "MixedSelfAttention",
     "MotionLatentHead",
     "ScaleShiftGroupNorm",
@@ -67,6 +70,7 @@ __all__ = [
     "TriplaneProjector",
     "attention_backend",
     "channel_shuffle",
+    "count_flops",
     "grid_for",
     "grid_to_video",
     "group_norm",
