@@ -661,6 +661,7 @@ def train(
     resume: bool | str | os.PathLike = False,
     stop_at: int | None = None,
     dist_info: DistInfo | None = None,
+    preflight: Callable[[nn.Module, Any], None] | None = None,
 ) -> TrainState:
     """Train ``model`` on ``dataset`` for ``cfg.steps`` steps and return the final ``TrainState``.
 
@@ -674,12 +675,18 @@ def train(
     spans ``cfg.steps``. ``dist_info`` defaults to the current process group (``init_distributed``
     must be called first under ``torchrun``) or a single process.
 
+    ``preflight(model, dataset[0])`` runs before anything else is built: a system passes a check
+    that raises a clear error when the data's resolution or frame count is one its model cannot
+    take, so a bad setup fails before the first step rather than deep inside it.
+
     Every RNG is seeded from ``cfg.seed`` and the rank. Raises ``NonFiniteLossError`` on a NaN/inf
     loss when ``cfg.nonfinite == "stop"``; bad datasets are rejected before anything runs.
     """
     info = dist_info or current_dist_info(cfg.device)
     check_precision(cfg.precision, info.device)
     dataset_len = check_dataset(dataset, batch_size=cfg.batch_size, world_size=info.world_size)
+    if preflight is not None:
+        preflight(model, dataset[0])
     target = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     if target < 0:
         raise ValueError(f"expected stop_at >= 0, got {stop_at}")

@@ -260,6 +260,18 @@ def test_bad_dataset_rejected_before_training(tmp_path: Path, dataset, error, ma
     assert loss.calls == 0 and not (tmp_path / "metrics.csv").exists()
 
 
+def test_preflight_rejects_unfit_resolution_before_training(tmp_path: Path) -> None:
+    def needs_8x8(model: nn.Module, item: dict) -> None:
+        h, w = item["video"].shape[-2:]
+        if h % 8 or w % 8:
+            raise ValueError(f"expected frames whose size is a multiple of 8, got {h}x{w}")
+
+    loss = PoisonedLoss(bad=0)
+    with pytest.raises(ValueError, match="multiple of 8, got 4x4"):
+        train(make_cfg(tmp_path), fresh_model(), loss, ToyVideos(), preflight=needs_8x8)
+    assert loss.calls == 0 and not (tmp_path / "metrics.csv").exists()
+
+
 def test_check_dataset_counts_all_processes() -> None:
     assert check_dataset(ToyVideos(n=8), batch_size=4, world_size=2) == 8
     with pytest.raises(ValueError, match="batch_size 4 x 3 process"):
