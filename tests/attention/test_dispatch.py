@@ -85,12 +85,16 @@ def test_priority_list_with_nothing_fitting_lists_every_reason():
     q = k = v = torch.randn(1, 1, 4, 8, dtype=torch.float64)
 
     class Fp32Only(AttentionBackend):
-        pass
+        def __call__(self, q, k, v, *, scale, projection_matrix=None):
+            return attention(q, k, v, scale=scale, backend="math")
 
     fp32 = Fp32Only(name="fp32only", dtypes=(torch.float32,))
     with pytest.raises(AttentionBackendError) as err:
         select_backend(q, k, v, backend=["xformers", fp32])
     assert "xformers:" in str(err.value) and "fp32only: dtype=float64" in str(err.value)
+    q32 = q.float()
+    assert select_backend(q32, q32, q32, backend=[fp32]) is fp32
+    torch.testing.assert_close(attention(q32, q32, q32, backend=fp32), attention(q32, q32, q32, backend="math"))
 
 
 def test_precedence_argument_over_context_over_env(monkeypatch):

@@ -20,6 +20,7 @@ Backends here:
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
-class AttentionBackend:
-    """Base class: a named attention kernel with declared support.
+class AttentionBackend(abc.ABC):
+    """Base class: a named attention kernel with declared support; subclasses implement ``__call__``.
 
     Attributes:
         name: short name used by dispatch, the context manager and the environment variable.
@@ -83,6 +84,7 @@ class AttentionBackend:
             reasons.append(f"head dim d={d} > {self.max_head_dim}")
         return reasons
 
+    @abc.abstractmethod
     def __call__(
         self,
         q: torch.Tensor,
@@ -92,7 +94,7 @@ class AttentionBackend:
         scale: float,
         projection_matrix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """Attention of ``q (b, k, n, d)`` over ``k, v (b, k, m, d)`` -> ``(b, k, n, d)``."""
 
 
 @dataclass(frozen=True)
