@@ -1,0 +1,252 @@
+"""ETC's configuration: one frozen dataclass, named presets, JSON round trip.
+
+The config holds everything needed to rebuild the U-Net (:class:`~reference_models.etc.model.ETCUNet`),
+its conditioner (:class:`~reference_models.etc.conditioning.ETCConditioner`) and the noise schedule,
+and is saved with every checkpoint (``to_dict`` / ``from_dict``), as nanoGPT's ``GPTConfig`` and
+DiT's ``DiT_models`` do.
+
+Presets:
+
+* ``"tiny"``: trains on CPU in minutes: 8 RGB frames of 16x16 (a 3x3 grid, 48x48 image), 32 base
+  channels, 2 levels, attention at the lower level, a 1-layer word-hash text encoder and the 5
+  shape labels of :class:`~reference_models.common.MovingShapes`. With 3 channels the ME (eq. 4)
+  has one spatial and two temporal channels: frames stay well apart, positions inside a frame
+  are only coarsely coded (see ``SpatialTemporalMixedEmbedding``); SD latents (4) give 2 + 2;
+* ``"small"``: the same at 32x32 frames with 64 base channels and 3 levels, for a single GPU;
+* ``"sd21"``: shaped like Stable Diffusion 2.1's U-Net (ETC initialises its spatial modules from
+  SD 2.1, section 5.1): 4 latent channels, 320 base channels, mult (1, 2, 4, 4), 2 res blocks,
+  attention at levels 0-2, 64 channels per head, context 1024 (OpenCLIP ViT-H), the scaled-linear
+  schedule 0.00085 -> 0.012; 16 frames of 32x32 latents (256x256 video through SD's 8x VAE, the
+  paper's base setting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vdblocks.diffusion import SCHEDULE_NAMES
+
+__all__ = ["ETCConfig", "PRESETS", "get_config"]
+
+_TUPLE_FIELDS = ("channel_mult", "attention_levels", "grid")
+_GRID_ORDERS = ("column", "row")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ETCConfig:
+    """Everything that defines an ETC model, its conditioning and its noise schedule.
+
+    Architecture (SD-style U-Net on the frame grid, section 4.1):
+    ``in_channels`` (3 for pixels, 4 for SD latents), ``model_channels`` (base width),
+    ``channel_mult`` (width multiplier per level; ``len`` = number of levels), ``num_res_blocks``
+    per level, ``attention_levels`` (levels with spatial transformers; the middle block always has
+    one), ``num_head_channels`` (channels per attention head), ``transformer_depth`` (transformer
+    blocks per spatial transformer), ``norm_groups`` (GroupNorm groups, at most), ``dropout``.
+
+    Conditioning: ``context_dim`` (cross-attention width), ``num_classes`` (None: no label
+    conditioning), ``text_vocab_size`` (hash buckets of the built-in word encoder; None: no
+    built-in text encoder), ``text_max_len``, ``text_layers``, ``text_heads``, ``cond_dropout``
+    (classifier-free guidance drop probability).
+
+    Video: ``frames``, ``height``, ``width`` (training frame count and frame size; any size that
+    fits works at inference, see ``ETCUNet.check_input``), ``grid`` (``(rows, cols)``; None picks
+    ``vdblocks.grid_for(t)`` for each clip), ``grid_order`` (eq. 1's ``"column"`` or ``"row"``),
+    ``theta`` (the ME's base Θ, eqs. 2-3), ``max_fps`` (section 4.2: 120).
+
+    Diffusion: ``schedule`` (``"linear"``, ``"scaled_linear"`` or ``"cosine"``), ``num_train_steps``,
+    ``beta_start``, ``beta_end``.
+    """
+
+    in_channels: int = 3
+    model_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (1,)
+    num_head_channels: int = 32
+    transformer_depth: int = 1
+    norm_groups: int = 8
+    dropout: float = 0.0
+    context_dim: int = 64
+    num_classes: int | None = 5
+    text_vocab_size: int | None = 512
+    text_max_len: int = 16
+    text_layers: int = 1
+    text_heads: int = 4
+    cond_dropout: float = 0.1
+    frames: int = 8
+    height: int = 16
+    width: int = 16
+    grid: tuple[int, int] | None = None
+    grid_order: str = "column"
+    theta: float = 10000.0
+    max_fps: float = 120.0
+    schedule: str = "linear"
+    num_train_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; the dataclass is frozen and hashable, so store tuples.
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        for name in ("in_channels", "model_channels", "num_res_blocks", "num_head_channels",
+                     "transformer_depth", "norm_groups", "context_dim", "text_max_len", "text_heads",
+                     "frames", "height", "width", "num_train_steps"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
+        if not _is_int(self.text_layers) or self.text_layers < 0:
+            raise ValueError(f"expected text_layers to be an int >= 0, got {self.text_layers!r}")
+        for name in ("num_classes", "text_vocab_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ValueError(f"expected {name} to be a positive int or None, got {value!r}")
+        if self.text_vocab_size is not None and self.text_vocab_size < 2:
+            raise ValueError(f"expected text_vocab_size >= 2 (id 0 is padding), got {self.text_vocab_size}")
+        if self.text_vocab_size is not None and (self.context_dim % 2 or self.context_dim % self.text_heads):
+            raise ValueError(
+                f"expected context_dim even and divisible by text_heads for the word encoder, "
+                f"got context_dim={self.context_dim}, text_heads={self.text_heads}"
+            )
+        mult = self.channel_mult
+        if not isinstance(mult, tuple) or not mult or not all(_is_int(m) and m > 0 for m in mult):
+            raise ValueError(f"expected channel_mult to be a non-empty tuple of positive ints, got {mult!r}")
+        levels = self.attention_levels
+        if not isinstance(levels, tuple) or not all(_is_int(i) and 0 <= i < len(mult) for i in levels):
+            raise ValueError(
+                f"expected attention_levels to be a tuple of level indices in [0, {len(mult)}), got {levels!r}"
+            )
+        # The middle block (at the last level's width) always attends.
+        for level in (*levels, len(mult) - 1):
+            width = self.model_channels * mult[level]
+            if width % self.num_head_channels:
+                raise ValueError(
+                    f"expected the width of attention level {level} ({width} = model_channels * "
+                    f"channel_mult[{level}]) to be divisible by num_head_channels={self.num_head_channels}"
+                )
+        if self.grid is not None:
+            g = self.grid
+            if not isinstance(g, tuple) or len(g) != 2 or not all(_is_int(v) and v > 0 for v in g):
+                raise ValueError(f"expected grid to be None or a pair (rows, cols) of positive ints, got {g!r}")
+            if self.frames > g[0] * g[1]:
+                raise ValueError(f"expected frames <= rows*cols of grid {g}, got frames={self.frames}")
+        if self.grid_order not in _GRID_ORDERS:
+            raise ValueError(f"expected grid_order in {_GRID_ORDERS}, got {self.grid_order!r}")
+        if not _is_number(self.theta) or not self.theta > 1:
+            raise ValueError(f"expected theta to be a number > 1, got {self.theta!r}")
+        if not _is_number(self.max_fps) or not 0 < self.max_fps < math.inf:
+            raise ValueError(f"expected max_fps to be a positive finite number, got {self.max_fps!r}")
+        for name in ("dropout", "cond_dropout"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"expected {name} in [0, 1], got {value!r}")
+        if self.schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"expected schedule in {SCHEDULE_NAMES}, got {self.schedule!r}")
+        betas = (self.beta_start, self.beta_end)
+        if not (all(_is_number(v) for v in betas) and 0 < self.beta_start < self.beta_end < 1):
+            raise ValueError(
+                f"expected 0 < beta_start < beta_end < 1, "
+                f"got beta_start={self.beta_start!r}, beta_end={self.beta_end!r}"
+            )
+
+    @property
+    def num_levels(self) -> int:
+        """Resolution levels of the U-Net (``len(channel_mult)``)."""
+        return len(self.channel_mult)
+
+    @property
+    def size_multiple(self) -> int:
+        """Frame height and width must be multiples of this: ``2 ** (num_levels - 1)``."""
+        return 2 ** (self.num_levels - 1)
+
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the timestep (and FPS) embedding: ``4 * model_channels``, as in SD."""
+        return 4 * self.model_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (tuples become lists); ``from_dict`` inverts it."""
+        out = dataclasses.asdict(self)
+        for name in _TUPLE_FIELDS:
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ETCConfig:
+        """Rebuild a config from ``to_dict()`` output (or its JSON); unknown keys raise ``TypeError``."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"expected a mapping of ETCConfig fields, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TypeError(f"unknown ETCConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**dict(data))
+
+
+PRESETS: dict[str, ETCConfig] = {
+    "tiny": ETCConfig(),
+    "small": ETCConfig(
+        model_channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(1, 2),
+        num_head_channels=32,
+        norm_groups=32,
+        context_dim=256,
+        text_vocab_size=4096,
+        text_max_len=24,
+        text_layers=2,
+        text_heads=4,
+        frames=16,
+        height=32,
+        width=32,
+    ),
+    "sd21": ETCConfig(
+        in_channels=4,
+        model_channels=320,
+        channel_mult=(1, 2, 4, 4),
+        num_res_blocks=2,
+        attention_levels=(0, 1, 2),
+        num_head_channels=64,
+        transformer_depth=1,
+        norm_groups=32,
+        context_dim=1024,
+        num_classes=None,
+        text_vocab_size=49408,
+        text_max_len=77,
+        text_layers=2,
+        text_heads=16,
+        frames=16,
+        height=32,
+        width=32,
+        schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+    ),
+}
+
+
+def get_config(name: str, **overrides: Any) -> ETCConfig:
+    """The preset ``name`` with ``overrides`` applied (validated like any config)."""
+    if name not in PRESETS:
+        raise ValueError(f"expected a preset name in {sorted(PRESETS)}, got {name!r}")
+    known = {f.name for f in dataclasses.fields(ETCConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown ETCConfig fields {unknown}; known fields: {sorted(known)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
