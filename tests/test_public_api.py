@@ -31,7 +31,7 @@ def test_seven_blocks_at_top_level():
     assert set(SEVEN) <= set(vdblocks.__all__)
 
 
-@pytest.mark.parametrize("module", ["vdblocks", "vdblocks.layers", "vdblocks.attention", "vdblocks.diffusion", "reference_models.common", "reference_models.common.data"])
+@pytest.mark.parametrize("module", ["vdblocks", "vdblocks.layers", "vdblocks.attention", "vdblocks.diffusion", "reference_models.common", "reference_models.common.data", "reference_models.etc", "reference_models.evdm"])
 def test_all_names_resolve(module):
     module = importlib.import_module(module)
     assert inspect.ismodule(module)

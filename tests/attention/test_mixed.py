@@ -150,3 +150,11 @@ def test_rejects_bad_arguments():
         MixedSelfAttention(16, threshold=0)
     with pytest.raises(TypeError, match="dim"):
         MixedSelfAttention(16.0)
+
+
+def test_builds_and_runs_on_meta_device():
+    with torch.device("meta"):
+        m = MixedSelfAttention(32, heads=2, dim_head=16)
+    assert m.favor.projection_matrix.device.type == "meta"
+    out = m(torch.empty(2, 64, 32, device="meta"))
+    assert out.shape == (2, 64, 32) and out.device.type == "meta"

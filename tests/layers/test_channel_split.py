@@ -164,3 +164,10 @@ def test_rejects_bad_construction():
         ChannelSplit(8, 9, shuffle_groups=2)
     with pytest.raises(TypeError):
         ChannelSplit(8, 8, bottleneck_ratio=2.0)
+
+
+def test_runs_on_meta_device():
+    with torch.device("meta"):
+        block = ChannelSplit(8, 16, emb_dim=4)
+        out = block(torch.empty(2, 8, 4, 4), torch.empty(2, 4))
+    assert out.shape == (2, 16, 4, 4) and out.device.type == "meta"

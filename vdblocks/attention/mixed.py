@@ -77,7 +77,12 @@ class MixedSelfAttention(nn.Module):
         if nb_features is None:
             # performer's default int(d ln d), kept >= 1 so tiny heads (d = 1) still work.
             nb_features = max(1, int(dim_head * math.log(dim_head)))
-        self.favor = FastAttention(dim_head, nb_features=nb_features)
+        # performer draws its orthogonal features with a QR decomposition, which the meta device
+        # (used to trace costs of big models) cannot run: draw on the CPU, then move.
+        default_device = torch.get_default_device()
+        with torch.device("cpu"):
+            self.favor = FastAttention(dim_head, nb_features=nb_features)
+        self.favor.to(default_device)
         self.nb_features = self.favor.nb_features
 
     def select_algorithm(self, seq_len: int) -> Literal["softmax", "favor"]:

@@ -57,7 +57,11 @@ def _default_shuffle_groups(channels: int) -> int:
 
 def _check_param_dtype(module: nn.Module, x: torch.Tensor, name: str = "x") -> None:
     """Turn a float64-input-into-float32-weights mix into a boundary TypeError (autocast exempt)."""
-    if torch.is_autocast_enabled(x.device.type):
+    try:
+        autocasting = torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # device types without autocast (meta, used for shape/cost tracing)
+        autocasting = False
+    if autocasting:
         return
     param = next(module.parameters(), None)
     if param is not None and x.dtype != param.dtype:
