@@ -1,0 +1,383 @@
+"""Train ETC: one readable ``main`` from flags to checkpoints and sample videos (section 4.2).
+
+With no flags it trains the ``tiny`` preset on built-in moving shapes with triple-data batches
+(caption-videos at 1-60 FPS, label-image groups at FPS 0, caption-images at FPS 120; eq. 6) on
+the CPU in a few minutes, then writes a checkpoint and sample videos::
+
+    python examples/train_etc.py                                   # moving shapes, tiny, CPU
+    python examples/train_etc.py --data-videos clips/ --data-images photos/ --preset small
+    torchrun --nproc_per_node=4 examples/train_etc.py --preset small --device cuda --precision bf16
+
+Pieces: ``ETCSystem`` (the ``ETCUNet`` and its ``ETCConditioner``, ``sample.py``), the noise
+schedule the config names, the eps-prediction loss (DDPM eq. 14 through
+``vdblocks.diffusion.diffusion_loss``) with classifier-free condition dropout
+(``cfg.cond_dropout``), a ``TripleDataset`` (``data.py``), and ``reference_models.common.train``
+(AdamW, warm-up, clipping, EMA, autocast, DDP, exact resume). Samples are written every
+``--sample-every`` steps and at the end: a few captions at 8 and 30 FPS and as stills (120 FPS),
+and label groups (FPS 0) when the model has labels, with DDIM (``--sample-steps``, paper 50) and
+guidance scale 7 (appendix E.1).
+
+User data: ``--data-videos DIR`` (videos under DIR, captions in ``DIR/captions.csv`` with columns
+``file, caption`` or ``DIR/captions.json``, or ``--video-captions``) and/or ``--data-images DIR``
+(``DIR/<label>/...`` class folders for label-image groups, captions as for videos for
+caption-image pairs). Frames are resized and centre-cropped to the config's size.
+
+Which condition each kind trains: caption-videos and caption-images their caption (and the null
+label); label-image groups their label (and the empty caption) when the model has a label
+embedding (``cfg.num_classes``), otherwise their class name as the caption. So sampling with a
+caption alone or a label alone asks for exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from reference_models.common.data import MovingShapes
+from reference_models.common.distributed import DistInfo, cleanup, init_distributed
+from reference_models.common.ema import unwrap_model
+from reference_models.common.trainer import TrainConfig, TrainState, train
+from reference_models.common.video_io import write_samples
+from vdblocks.diffusion import NoiseSchedule, diffusion_loss
+
+from .config import PRESETS, ETCConfig, get_config
+from .data import (
+    CAPTION_IMAGE_FPS,
+    DEFAULT_RATIOS,
+    FPS_CHOICES,
+    LABEL_IMAGE_FPS,
+    TripleDataset,
+    collate_etc,
+    folder_triple,
+    moving_shapes_triple,
+)
+from .sample import ETCSystem, playback_fps, sample, schedule_from_config
+
+__all__ = [
+    "SAMPLE_FPS",
+    "build_parser",
+    "build_config",
+    "build_dataset",
+    "condition_inputs",
+    "etc_loss",
+    "SamplePrompt",
+    "sample_prompts",
+    "make_sample_fn",
+    "main",
+]
+
+# What the sample videos show: two video rates and a still (section 4.2, eq. 6).
+SAMPLE_FPS: tuple[float, ...] = (8.0, 30.0, CAPTION_IMAGE_FPS)
+# Built-in data: one shape per clip, large enough to read at 16x16, so the tiny run learns it fast.
+_SHAPES = {"max_shapes": 1, "size_range": (0.15, 0.3)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="examples/train_etc.py",
+        description="Train ETC (spatial-only text-to-video diffusion) with triple-data batches.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override an ETCConfig field, e.g. --set frames=16 --set channel_mult=[1,2,2] (JSON values)")
+    g = p.add_argument_group("data (default: built-in moving shapes)")
+    g.add_argument("--data-videos", default=None, help="directory of videos (captions.csv/json sidecar)")
+    g.add_argument("--data-images", default=None, help="directory of images (<label>/ folders and/or captions)")
+    g.add_argument("--video-captions", default=None, help="caption file for --data-videos")
+    g.add_argument("--image-captions", default=None, help="caption file for --data-images")
+    g.add_argument("--ratios", type=float, nargs=3, default=list(DEFAULT_RATIOS),
+                   metavar=("VIDEO", "LABEL_IMAGES", "CAPTION_IMAGE"), help="mixing ratios of the three kinds")
+    g.add_argument("--num-videos", type=int, default=4096, help="moving shapes: number of video scenes")
+    g.add_argument("--num-images", type=int, default=4096, help="moving shapes: number of still scenes")
+    g.add_argument("--max-shapes", type=int, default=_SHAPES["max_shapes"], help="moving shapes per clip")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=400)
+    g.add_argument("--batch-size", type=int, default=8, help="per process")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--warmup-steps", type=int, default=50)
+    g.add_argument("--ema-decay", type=float, default=None,
+                   help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="runs/etc", help="output directory (checkpoints/, samples/, metrics.csv)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out (or from CHECKPOINT)")
+    g.add_argument("--log-every", type=int, default=25)
+    g.add_argument("--ckpt-every", type=int, default=1000)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("samples")
+    g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
+    g.add_argument("--sample-steps", type=int, default=50, help="DDIM steps (paper: 50)")
+    g.add_argument("--guidance-scale", type=float, default=7.0, help="paper: 7")
+    g.add_argument("--num-prompts", type=int, default=3, help="captions (and labels) to sample")
+    return p
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected --set FIELD=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value  # a bare string, e.g. --set schedule=linear
+    return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def build_config(args: argparse.Namespace) -> ETCConfig:
+    """The preset with the ``--set`` overrides."""
+    return get_config(args.preset, **dict(_parse_override(o) for o in args.overrides))
+
+
+def build_dataset(args: argparse.Namespace, cfg: ETCConfig) -> TripleDataset:
+    """Moving shapes at the config's size, or the user folders; either way triple-data items."""
+    if cfg.in_channels not in (1, 3):
+        raise ValueError(
+            f"preset {args.preset!r} models {cfg.in_channels}-channel latents; this trainer feeds pixel "
+            "videos (1 or 3 channels): pick a pixel preset or --set in_channels=3"
+        )
+    size = dict(frames=cfg.frames, height=cfg.height, width=cfg.width, channels=cfg.in_channels)
+    if args.data_videos is None and args.data_images is None:
+        return moving_shapes_triple(**size, num_videos=args.num_videos, num_images=args.num_images,
+                                    ratios=args.ratios, seed=args.seed, max_shapes=args.max_shapes,
+                                    size_range=_SHAPES["size_range"])
+    return folder_triple(args.data_videos, args.data_images, **size, video_captions=args.video_captions,
+                         image_captions=args.image_captions, ratios=args.ratios, seed=args.seed)
+
+
+def _label_source(dataset: TripleDataset) -> Any:
+    return dataset.sources[1] if dataset.ratios[1] > 0 else None
+
+
+def _fit_labels(cfg: ETCConfig, dataset: TripleDataset) -> ETCConfig:
+    """Give the label embedding as many classes as the label-image data has."""
+    source = _label_source(dataset)
+    if source is None or cfg.num_classes is None or cfg.num_classes == source.num_classes:
+        return cfg
+    return dataclasses.replace(cfg, num_classes=source.num_classes)
+
+
+def condition_inputs(batch: dict, cfg: ETCConfig) -> tuple[torch.Tensor | None, list[str] | None]:
+    """``(labels (b,) or None, captions or None)`` for ``ETCConditioner`` from a collated batch.
+
+    Label-image groups are conditioned on their label (empty caption) when the model has labels,
+    else on their class name; the caption kinds on their caption (label -1: the null label).
+    """
+    labels = batch["label"] if cfg.num_classes is not None else None
+    has_text = cfg.text_vocab_size is not None
+    captions = None
+    if has_text:
+        captions = [
+            "" if kind == "label_images" and labels is not None else caption
+            for caption, kind in zip(batch["caption"], batch["kind"])
+        ]
+    return labels, captions
+
+
+def etc_loss(
+    model: nn.Module,
+    batch: dict,
+    generator: torch.Generator | None = None,
+    *,
+    cfg: ETCConfig,
+    schedule: NoiseSchedule,
+) -> torch.Tensor:
+    """DDPM's eps loss (eq. 14) on a triple-data batch, with classifier-free condition dropout.
+
+    ``t`` uniform and the noise are drawn first (``diffusion_loss``), the dropout mask after, all
+    from ``generator``; ``model`` is the (possibly DDP-wrapped) ``ETCSystem``.
+    """
+    labels, captions = condition_inputs(batch, cfg)
+    fps = batch["fps"]
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x_t, t, fps, labels, captions, cond_dropout=cfg.cond_dropout, generator=generator)
+
+    return diffusion_loss(model_fn, batch["video"], schedule, generator=generator)
+
+
+class SamplePrompt(NamedTuple):
+    """One sample clip: its ``caption`` (may be empty), ``label`` (-1: none), ``fps`` and the
+    ``name`` written beside the video."""
+
+    caption: str
+    label: int
+    fps: float
+    name: str
+
+
+def _captions(dataset: TripleDataset, k: int) -> list[tuple[str, str]]:
+    """The first ``k`` distinct captions of the video data (or of the caption images), each with
+    the caption its still should get: the same text, without motion words for moving shapes."""
+    videos, _, images = dataset.sources
+    if isinstance(videos, MovingShapes) and dataset.ratios[0] > 0:
+        color = videos.channels == 3
+        pairs = ((" and ".join(s.phrase(color=color, motion=True) for s in videos.shapes(j)),
+                  " and ".join(s.phrase(color=color, motion=False) for s in videos.shapes(j)))
+                 for j in range(len(videos)))
+    elif dataset.ratios[0] > 0 and isinstance(getattr(videos, "captions", None), list):
+        pairs = ((c, c) for c in videos.captions)
+    elif dataset.ratios[2] > 0:
+        pairs = ((str(images[j]["caption"]),) * 2 for j in range(len(images)))
+    else:
+        pairs = iter(())
+    found: dict[str, str] = {}
+    for caption, still in pairs:
+        if caption.strip() and caption not in found:
+            found[caption] = still
+        if len(found) == k:
+            break
+    return list(found.items())
+
+
+def _class_names(source: Any) -> list[str]:
+    names = getattr(source, "class_names", None) or getattr(source, "classes", None) or []
+    return [str(n) for n in names]
+
+
+def sample_prompts(dataset: TripleDataset, cfg: ETCConfig, k: int) -> list[SamplePrompt]:
+    """What the training run samples (section 4.2, eq. 6): ``k`` captions of the data as videos at
+    8 and 30 FPS and as stills at 120 FPS, and ``k`` labels as label-image groups at FPS 0 (by label
+    when the model has a label embedding, by class name when it only reads text)."""
+    prompts: list[SamplePrompt] = []
+    if cfg.text_vocab_size is not None:
+        pairs = _captions(dataset, k)
+        prompts += [SamplePrompt(c, -1, f, c) for f in SAMPLE_FPS if f != CAPTION_IMAGE_FPS for c, _ in pairs]
+        if CAPTION_IMAGE_FPS in SAMPLE_FPS:
+            prompts += [SamplePrompt(still, -1, CAPTION_IMAGE_FPS, still) for _, still in pairs]
+    source = _label_source(dataset)
+    if source is not None:
+        names = _class_names(source)
+        for lab in range(min(k, source.num_classes)):
+            name = names[lab] if lab < len(names) else str(lab)
+            if cfg.num_classes is not None:
+                prompts.append(SamplePrompt("", lab, LABEL_IMAGE_FPS, f"label {lab} ({name})"))
+            elif cfg.text_vocab_size is not None:
+                prompts.append(SamplePrompt(name, -1, LABEL_IMAGE_FPS, name))
+    return prompts
+
+
+def make_sample_fn(cfg: ETCConfig, prompts: Sequence[SamplePrompt], *, steps: int, guidance_scale: float,
+                   seed: int):
+    """``sample_fn(ema_system, step, out_dir)`` for the trainer: all ``prompts`` in one guided DDIM
+    batch (``steps`` steps, ``guidance_scale``, noise from ``seed``), then one ``write_samples``
+    call per frame rate: ``step<N>_fps<F>_<i>.mp4``, ``..._grid.png`` and ``..._captions.txt``."""
+    prompts = list(prompts)
+
+    def sample_fn(system: nn.Module, step: int, out_dir: Path) -> list[Path]:
+        if not prompts:
+            return []
+        system = unwrap_model(system)
+        text = [p.caption for p in prompts] if cfg.text_vocab_size is not None else None
+        labels = torch.tensor([p.label for p in prompts]) if cfg.num_classes is not None else None
+        fps = [p.fps for p in prompts]
+        generator = torch.Generator().manual_seed(seed)
+        videos = sample(system.unet, system.conditioner, captions=text, labels=labels, fps=fps, steps=steps,
+                        guidance_scale=guidance_scale, generator=generator)  # b c t h w
+        paths: list[Path] = []
+        for rate in dict.fromkeys(fps):
+            rows = [i for i, f in enumerate(fps) if f == rate]
+            paths += write_samples(videos[rows], out_dir, stem=f"step{step:06d}_fps{rate:g}",
+                                   fps=playback_fps(rate), captions=[prompts[i].name for i in rows])
+        return paths
+
+    return sample_fn
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / args.steps))
+    sample_every = args.steps if args.sample_every is None else args.sample_every
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps),
+        ema_decay=ema, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
+        log_every=min(args.log_every, args.steps), sample_every=sample_every, ckpt_every=args.ckpt_every,
+        out_dir=args.out, seed=args.seed, num_workers=args.num_workers, device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
+    """Train ETC as the flags say (``--help``); returns the final ``TrainState``.
+
+    Runs unchanged under ``torchrun`` (one process per device; only rank 0 prints, samples and
+    writes checkpoints).
+    """
+    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
+    info: DistInfo = init_distributed(args.device)
+    say = print if info.is_main else (lambda *a, **k: None)
+    try:
+        start = time.perf_counter()
+        tcfg = _train_config(args)
+        cfg = build_config(args)
+        dataset = build_dataset(args, cfg)
+        cfg = _fit_labels(cfg, dataset)
+        torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+        system = ETCSystem(cfg)
+        schedule = schedule_from_config(cfg)
+        params = sum(p.numel() for p in system.parameters())
+        counts = {k: dataset.kinds.count(k) for k in ("video", "label_images", "caption_image")}
+        say(f"ETC preset {args.preset!r}: {params / 1e6:.2f} M parameters, clips of {cfg.frames} frames "
+            f"{cfg.height}x{cfg.width}; {len(dataset)} triple-data items {counts}; device {info.device}, "
+            f"{info.world_size} process(es)")
+
+        prompts = sample_prompts(dataset, cfg, args.num_prompts)
+        sample_fn = make_sample_fn(cfg, prompts, steps=args.sample_steps, guidance_scale=args.guidance_scale,
+                                   seed=args.seed)
+        captions = list(dict.fromkeys(p.caption for p in prompts if p.caption and 0 < p.fps < CAPTION_IMAGE_FPS))
+        config_dict = {
+            "etc": cfg.to_dict(),
+            "preset": args.preset,
+            "data": {"videos": args.data_videos, "images": args.data_images, "ratios": list(dataset.ratios),
+                     "fps_choices": list(FPS_CHOICES), "num_items": len(dataset)},
+            "samples": {"captions": captions, "prompts": [p._asdict() for p in prompts],
+                        "class_names": _class_names(_label_source(dataset)),
+                        "fps": list(SAMPLE_FPS), "steps": args.sample_steps,
+                        "guidance_scale": args.guidance_scale},
+        }
+
+        def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+            return etc_loss(model, batch, generator, cfg=cfg, schedule=schedule)
+
+        def preflight(model: nn.Module, item: dict) -> None:
+            unwrap_model(model).unet.check_input(item["video"].shape)
+
+        state = train(tcfg, system, loss_fn, dataset, sample_fn=sample_fn, collate_fn=collate_etc,
+                      config_dict=config_dict, resume=args.resume, dist_info=info, preflight=preflight)
+
+        out = Path(args.out)
+        losses = [row["loss"] for row in state.history if "loss" in row]
+        if losses:
+            say(f"loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over {state.step} steps; "
+                f"{time.perf_counter() - start:.0f} s")
+        say(f"checkpoint: {state.last_checkpoint}")
+        say(f"metrics:    {out / 'metrics.csv'}")
+        grids = sorted((out / "samples").glob(f"step{state.step:06d}_fps*_grid.png")) if info.is_main else []
+        if grids:
+            say(f"samples:    {out / 'samples'}/step{state.step:06d}_fps<F>_<i>.mp4 (prompts in *_captions.txt), "
+                "frame grids:")
+            for grid in grids:
+                say(f"            {grid}")
+        example = json.dumps(captions[0] if captions else "a red circle moving left")
+        say(f"sample more: python -m reference_models.etc.sample --checkpoint {out} --caption {example} "
+            f"--fps 8 --out {out / 'cli_samples'}")
+        return state
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,242 @@
+"""ETC training and sampling: guidance, the loss falling, checkpoints, the sampling CLI, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference_models.common.checkpoint import latest_checkpoint, load_checkpoint
+from reference_models.common.video_io import read_video, save_frame_grid, write_video
+from reference_models.etc import sample as sample_mod
+from reference_models.etc import train as train_mod
+from reference_models.etc.config import get_config
+from reference_models.etc.data import collate_etc
+from reference_models.etc.sample import ETCSystem, guided_model_fn, load_system, sample, schedule_from_config
+
+# A very small ETC: two levels of 8 and 16 channels, 4 frames of 8x8.
+OVERRIDES = {
+    "model_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_head_channels": 8,
+    "norm_groups": 4, "context_dim": 8, "text_heads": 2, "text_vocab_size": 64, "text_max_len": 6,
+    "frames": 4, "height": 8, "width": 8,
+}
+STEPS = 40
+
+
+def tiny_cfg(**kw):
+    return get_config("tiny", **{k: tuple(v) if isinstance(v, list) else v for k, v in {**OVERRIDES, **kw}.items()})
+
+
+def flags(out, steps=STEPS, *extra):
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in OVERRIDES.items()]
+    return [*sets, "--out", str(out), "--steps", str(steps), "--batch-size", "8", "--lr", "3e-3",
+            "--warmup-steps", "5", "--log-every", "1", "--sample-steps", "2", "--num-prompts", "2",
+            "--num-videos", "64", "--num-images", "64", "--device", "cpu", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are far too small to gain from intra-op threads, and on a busy machine
+    OpenMP threads waiting for a descheduled sibling slow every op down a hundredfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One short training run shared by the tests below."""
+    out = tmp_path_factory.mktemp("etc_run")
+    torch.manual_seed(0)
+    state = train_mod.main(flags(out))
+    return out, state
+
+
+def fixed_batch_loss(system, batch, cfg):
+    """Eval loss on a fixed batch with fixed timesteps and noise (no dropout)."""
+    schedule = schedule_from_config(cfg)
+    g = torch.Generator().manual_seed(1)
+    x0 = batch["video"]
+    t = torch.linspace(50, 950, x0.shape[0]).long()
+    noise = torch.randn(x0.shape, generator=g)
+    labels, captions = train_mod.condition_inputs(batch, cfg)
+    with torch.no_grad():
+        eps = system.eval()(schedule.q_sample(x0, t, noise), t, batch["fps"], labels, captions)
+    return float((eps - noise).pow(2).mean())
+
+
+def test_short_training_lowers_the_loss(run):
+    out, state = run
+    cfg = state.model.cfg
+    args = train_mod.build_parser().parse_args(flags(out))
+    dataset = train_mod.build_dataset(args, cfg)
+    batch = collate_etc([dataset[i] for i in range(16)])
+    torch.manual_seed(args.seed)  # main builds the model right after seeding with --seed
+    initial = ETCSystem(cfg)
+    assert fixed_batch_loss(state.model, batch, cfg) < 0.8 * fixed_batch_loss(initial, batch, cfg)
+    losses = [row["loss"] for row in state.history]
+    assert len(losses) == STEPS and sum(losses[-5:]) < sum(losses[:5])
+    assert state.step == STEPS
+
+
+def test_run_writes_checkpoint_with_config_and_samples_for_every_rate(run):
+    out, state = run
+    ckpt = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    assert ckpt.step == STEPS
+    model_config = ckpt.config["model"]
+    assert model_config["etc"] == state.model.cfg.to_dict()
+    captions = model_config["samples"]["captions"]
+    assert len(captions) == 2 and all(captions)
+    for rate in (8, 30, 120, 0):  # two video rates, a still, label groups
+        grid = out / "samples" / f"step{STEPS:06d}_fps{rate}_grid.png"
+        assert grid.is_file()
+        frames, _, _ = read_video(out / "samples" / f"step{STEPS:06d}_fps{rate}_00.mp4")
+        assert frames.shape == (OVERRIDES["frames"], 8, 8, 3)
+
+
+def test_sampling_cli_writes_decodable_videos_with_the_requested_frames(run, tmp_path):
+    out, _ = run
+    written = sample_mod.main(["--checkpoint", str(out), "--caption", "a red circle moving left", "--label", "1",
+                               "--fps", "8", "--fps", "0", "--frames", "6", "--steps", "2", "--out", str(tmp_path)])
+    videos = [p for p in written if p.suffix == ".mp4"]
+    assert len(videos) == 4 and (tmp_path / "fps8_grid.png").is_file() and (tmp_path / "fps0_grid.png").is_file()
+    for path in videos:
+        frames, _, _ = read_video(path)
+        assert frames.shape == (6, 8, 8, 3)
+    assert "a red circle moving left" in (tmp_path / "fps8_captions.txt").read_text()
+
+
+def test_resume_flag_continues_the_run(run, tmp_path):
+    out, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    state = train_mod.main(flags(copy, STEPS + 2, "--resume"))
+    assert state.step == STEPS + 2
+    assert [row["step"] for row in state.history] == [STEPS + 1, STEPS + 2]  # only the new steps ran
+    assert load_checkpoint(latest_checkpoint(copy / "checkpoints")).step == STEPS + 2
+
+
+def test_training_on_user_folders(tmp_path):
+    videos, images = tmp_path / "videos", tmp_path / "images"
+    for k in range(2):
+        write_video(videos / f"clip{k}.mp4", torch.rand(3, 80, 8, 8) * 2 - 1, 20)  # 4 s: fits 4 frames at 1 fps
+    (videos / "captions.csv").write_text("file,caption\nclip0.mp4,a noisy clip\nclip1.mp4,another clip\n")
+    for label in ("ants", "bees", "cats"):
+        for k in range(4):
+            save_frame_grid(images / label / f"{k}.png", torch.rand(3, 1, 8, 8) * 2 - 1, pad=0)
+    out = tmp_path / "run"
+    state = train_mod.main(flags(out, 2, "--data-videos", str(videos), "--data-images", str(images),
+                                 "--batch-size", "4"))
+    cfg = state.model.cfg
+    assert state.step == 2 and cfg.num_classes == 3  # the label embedding fits the class folders
+    stored = load_checkpoint(latest_checkpoint(out / "checkpoints")).config["model"]
+    assert stored["samples"]["captions"] == ["a noisy clip", "another clip"]
+    assert stored["samples"]["class_names"] == ["ants", "bees", "cats"]
+    assert stored["data"]["ratios"][2] == 0  # no captioned images: no caption-image pairs
+    assert (out / "samples" / "step000002_fps0_grid.png").is_file()
+
+
+def test_load_system_uses_the_ema_weights(run):
+    out, state = run
+    system, ckpt = load_system(out)
+    assert system.cfg == state.model.cfg and ckpt.step == STEPS
+    ema = dict(ckpt.state["ema"]["shadow"])
+    for name, value in system.state_dict().items():
+        assert torch.equal(value, ema[name])
+
+
+# ----------------------------------------------------------------------------- guidance and sampling
+
+
+@pytest.fixture(scope="module")
+def system():
+    torch.manual_seed(0)
+    system = ETCSystem(tiny_cfg()).eval()
+    with torch.no_grad():  # leave the zero init, so conditional and null predictions differ
+        for p in system.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return system
+
+
+@given(scale=st.floats(-2.0, 9.0), seed=st.integers(0, 2**16))
+def test_guidance_is_the_linear_combination_of_one_batched_call(system, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 700])
+    fps = torch.tensor([8.0, 0.0])
+    context = system.conditioner(labels=torch.tensor([-1, 2]), captions=["a red circle moving left", ""])
+    null = system.conditioner.null_context(2)
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape[0])
+        return system.unet(*args)
+
+    with torch.no_grad():
+        guided = guided_model_fn(counted, context, null, fps, scale)(x, t)
+        cond = system.unet(x, t, fps, context)
+        uncond = system.unet(x, t, fps, null)
+        one = guided_model_fn(system.unet, context, null, fps, 1.0)(x, t)
+    assert calls == [4]  # conditional and null in one batch of 2b
+    assert torch.allclose(one, cond, atol=1e-5)  # scale 1 is the conditional model
+    assert torch.allclose(guided, uncond + scale * (cond - uncond), atol=1e-4)
+    assert not torch.allclose(cond, uncond, atol=1e-4)
+
+
+def test_sample_shapes_rates_and_determinism(system):
+    def draw(seed, **kw):
+        return sample(system.unet, system.conditioner, captions=["a blue square", "a red circle"], fps=[8.0, 120.0],
+                      steps=3, generator=torch.Generator().manual_seed(seed), **kw)
+
+    a, b, c = draw(0), draw(0), draw(1)
+    assert a.shape == (2, 3, 4, 8, 8) and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.abs().max() <= 1 + 1e-6  # pixel model: DDIM's last step returns the clipped x0 estimate
+    longer = draw(0, frames=7, height=8, width=16)  # any size the U-Net takes, without retraining
+    assert longer.shape == (2, 3, 7, 8, 16)
+    labelled = sample(system.unet, system.conditioner, labels=[0, 3], fps=0.0, steps=2)
+    assert labelled.shape == (2, 3, 4, 8, 8)
+    assert system.training is False
+    with pytest.raises(ValueError, match=r"fps in \[0, 120\]"):
+        sample(system.unet, system.conditioner, captions=["x"], fps=200.0, steps=2)
+    with pytest.raises(ValueError, match="captions"):
+        sample(system.unet, system.conditioner, fps=8.0, steps=2)
+    with pytest.raises(ValueError, match="divisible"):
+        sample(system.unet, system.conditioner, captions=["x"], fps=8.0, height=7, steps=2)
+
+
+class OracleUNet(torch.nn.Module):
+    """The exact eps of a data set holding one clip: ``(x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``."""
+
+    def __init__(self, cfg, clip):
+        super().__init__()
+        self.cfg, self.clip = cfg, clip
+        self.schedule = schedule_from_config(cfg)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # sample() reads the device from a parameter
+
+    def forward(self, x, timesteps, fps, context):
+        abar = self.schedule.alphas_cumprod[timesteps].to(x.dtype).view(-1, 1, 1, 1, 1)
+        return (x - abar.sqrt() * self.clip) / (1 - abar).sqrt()
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 7.0])
+def test_sampling_the_exact_denoiser_of_one_clip_returns_that_clip(system, guidance_scale):
+    cfg = system.cfg
+    clip = torch.rand(3, cfg.frames, cfg.height, cfg.width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = sample(OracleUNet(cfg, clip), system.conditioner, captions=["a", "b"], fps=[8.0, 30.0], steps=50,
+                 guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(out, clip.expand_as(out), atol=1e-4)
+
+
+def test_condition_inputs_route_each_kind_to_its_condition():
+    batch = {"label": torch.tensor([-1, 3, -1]), "caption": ["a clip", "circle", "a still"],
+             "kind": ["video", "label_images", "caption_image"]}
+    labels, captions = train_mod.condition_inputs(batch, tiny_cfg())
+    assert labels.tolist() == [-1, 3, -1] and captions == ["a clip", "", "a still"]
+    labels, captions = train_mod.condition_inputs(batch, tiny_cfg(num_classes=None))
+    assert labels is None and captions == ["a clip", "circle", "a still"]  # the class name as text
