@@ -3,24 +3,33 @@ spatial-temporal mixed embedding (eqs. 2-4), FPS conditioning and triple-data tr
 
 from .conditioning import CallableTextEncoder, ETCConditioner, HashWordTokenizer, LabelEmbedding, WordTextEncoder
 from .config import PRESETS, ETCConfig, get_config
+from .data import FPS_CHOICES, MultiRateVideoFolder, TripleDataset, collate_etc
 from .diffusers_adapter import ETCDiffusersVideoModel, from_diffusers
 from .filter import PAPER_EPSILON, VideoFilter, clip_score, keep_top
 from .model import ETCUNet
+from .sample import ETCSystem, load_system, sample
 
 __all__ = [
     "CallableTextEncoder",
     "ETCConditioner",
     "ETCConfig",
     "ETCDiffusersVideoModel",
+    "ETCSystem",
     "ETCUNet",
+    "FPS_CHOICES",
     "HashWordTokenizer",
     "LabelEmbedding",
+    "MultiRateVideoFolder",
     "PAPER_EPSILON",
     "PRESETS",
+    "TripleDataset",
     "VideoFilter",
     "WordTextEncoder",
     "clip_score",
+    "collate_etc",
     "from_diffusers",
     "get_config",
     "keep_top",
+    "load_system",
+    "sample",
 ]
