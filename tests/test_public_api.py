@@ -52,3 +52,18 @@ def test_vdblocks_never_imports_reference_models():
     root = pathlib.Path(vdblocks.__file__).parent
     for path in root.rglob("*.py"):
         assert "reference_models" not in path.read_text(), path
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["vdblocks", "vdblocks.layers", "vdblocks.attention", "vdblocks.diffusion", "reference_models.common",
+     "reference_models.etc", "reference_models.evdm"],
+)
+def test_re_exports_do_not_shadow_submodules(package):
+    import pkgutil
+
+    module = importlib.import_module(package)
+    submodules = {m.name for m in pkgutil.iter_modules(module.__path__)}
+    assert not submodules & set(module.__all__)
+    for name in submodules:
+        assert inspect.ismodule(importlib.import_module(f"{package}.{name}"))

@@ -7,7 +7,7 @@ from .data import FPS_CHOICES, MultiRateVideoFolder, TripleDataset, collate_etc
 from .diffusers_adapter import ETCDiffusersVideoModel, from_diffusers
 from .filter import PAPER_EPSILON, VideoFilter, clip_score, keep_top
 from .model import ETCUNet
-from .sample import ETCSystem, load_system, sample
+from .sample import ETCSystem, load_system
 
 __all__ = [
     "CallableTextEncoder",
@@ -31,5 +31,4 @@ __all__ = [
     "get_config",
     "keep_top",
     "load_system",
-    "sample",
 ]
