@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from reference_models.common.cli import parse_override
 from reference_models.common.data import MovingShapes
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
@@ -127,20 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"expected --set FIELD=VALUE, got {text!r}")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value  # a bare string, e.g. --set schedule=linear
-    return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
-
-
 def build_config(args: argparse.Namespace) -> ETCConfig:
     """The preset with the ``--set`` overrides."""
-    return get_config(args.preset, **dict(_parse_override(o) for o in args.overrides))
+    return get_config(args.preset, **dict(parse_override(o) for o in args.overrides))
 
 
 def build_dataset(args: argparse.Namespace, cfg: ETCConfig) -> TripleDataset:

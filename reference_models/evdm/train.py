@@ -38,18 +38,25 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from reference_models.common.cli import parse_override
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainConfig, TrainState, train
 from vdblocks.diffusion import NoiseSchedule, diffusion_loss
 
 from .config import PRESETS, EVDMConfig, get_config
-from .data import SHAPES_DEFAULTS, build_clips, check_clip, data_record, stack_videos, videos_from_record
+from .data import (
+    SHAPES_DEFAULTS,
+    build_clips,
+    check_clip,
+    data_record,
+    stack_videos,
+    videos_from_record,
+)
 from .sample import SAMPLERS, run_task, schedule_from_config, task_frames, write_task
 from .unet import EVDMUNet
 
@@ -109,20 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"expected --set FIELD=VALUE, got {text!r}")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value  # a bare string, e.g. --set schedule=linear
-    return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
-
-
 def build_config(args: argparse.Namespace) -> EVDMConfig:
     """The preset with the ``--set`` overrides."""
-    return get_config(args.preset, **dict(_parse_override(o) for o in args.overrides))
+    return get_config(args.preset, **dict(parse_override(o) for o in args.overrides))
 
 
 def draw_condition_masks(

@@ -189,7 +189,7 @@ def test_no_two_grid_positions_share_an_embedding(channels, grid, frame):
 def test_collision_check_catches_the_summed_embedding_of_eq22():
     # Appendix C.3: adding spatial and temporal codes on the same channels lets frame q at in-frame
     # position (p, p) and frame p at (q, q) share a vector; the split of eq. 4 is what avoids it.
-    channels, rows, cols, h = 8, 2, 2, 4
+    channels, rows, h = 8, 2, 4
     freq = 1e4 ** (-torch.arange(channels, dtype=torch.float64) / channels)
     x = torch.arange(rows * h, dtype=torch.float64)
     xi, yi = (x % h)[:, None], (x % h)[None, :]
