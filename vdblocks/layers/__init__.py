@@ -3,14 +3,32 @@
 from .bottleneck import BottleneckResidualPathway
 from .channel_split import ChannelSplit
 from .content_frame import ContentFrameHead, MotionLatentHead
-from .embeddings import SinusoidalEmbedding, TimestepEmbedding, sincos_1d, sincos_2d, sinusoidal_embedding
+from .embeddings import (
+    SinusoidalEmbedding,
+    TimestepEmbedding,
+    sincos_1d,
+    sincos_2d,
+    sinusoidal_embedding,
+)
 from .fps import FPSEmbedding
 from .grid import SpatialTemporalMixedEmbedding, grid_for, grid_to_video, video_to_grid
 from .modulation import ScaleShiftGroupNorm, modulate
 from .norm import group_norm, num_groups_for
 from .shuffle import ChannelShuffle, channel_shuffle, channel_shuffle_permutation
 from .transformer import Attention, FeedForward, TransformerBlock
-from .triplane import AxisProjector, TriplaneProjector, triplane_expand, triplane_latent_size
+from .triplane import (
+    AxisProjector,
+    TriplaneProjector,
+    triplane_expand,
+    triplane_latent_size,
+)
+from .video_transformer import (
+    DividedSpaceTimeBlock,
+    VideoPatchEmbed,
+    VideoPatchUnembed,
+    VideoTransformer,
+    video_positions,
+)
 
 __all__ = [
     "Attention",
@@ -19,6 +37,7 @@ __all__ = [
     "ChannelShuffle",
     "ChannelSplit",
     "ContentFrameHead",
+    "DividedSpaceTimeBlock",
     "FPSEmbedding",
     "FeedForward",
     "MotionLatentHead",
@@ -28,6 +47,9 @@ __all__ = [
     "TimestepEmbedding",
     "TransformerBlock",
     "TriplaneProjector",
+    "VideoPatchEmbed",
+    "VideoPatchUnembed",
+    "VideoTransformer",
     "channel_shuffle",
     "channel_shuffle_permutation",
     "grid_for",
@@ -40,5 +62,6 @@ __all__ = [
     "sinusoidal_embedding",
     "triplane_expand",
     "triplane_latent_size",
+    "video_positions",
     "video_to_grid",
 ]
