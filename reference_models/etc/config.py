@@ -22,30 +22,28 @@ Presets:
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from vdblocks.diffusion import SCHEDULE_NAMES
+from ..common.config import (
+    ConfigBase,
+    check_channel_mult,
+    check_config_fractions,
+    check_config_ints,
+    check_noise_schedule,
+    get_preset,
+    is_int,
+    is_number,
+)
 
 __all__ = ["ETCConfig", "PRESETS", "get_config"]
 
-_TUPLE_FIELDS = ("channel_mult", "attention_levels", "grid")
 _GRID_ORDERS = ("column", "row")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
-class ETCConfig:
+class ETCConfig(ConfigBase):
     """Everything that defines an ETC model, its conditioning and its noise schedule.
 
     Architecture (SD-style U-Net on the frame grid, section 4.1):
@@ -97,24 +95,15 @@ class ETCConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
+    _tuple_fields: ClassVar[tuple[str, ...]] = ("channel_mult", "attention_levels", "grid")
+
     def __post_init__(self) -> None:
-        # JSON gives lists; the dataclass is frozen and hashable, so store tuples.
-        for name in _TUPLE_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        for name in ("in_channels", "model_channels", "num_res_blocks", "num_head_channels",
-                     "transformer_depth", "norm_groups", "context_dim", "text_max_len", "text_heads",
-                     "frames", "height", "width", "num_train_steps"):
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
-        if not _is_int(self.text_layers) or self.text_layers < 0:
-            raise ValueError(f"expected text_layers to be an int >= 0, got {self.text_layers!r}")
-        for name in ("num_classes", "text_vocab_size"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value <= 0):
-                raise ValueError(f"expected {name} to be a positive int or None, got {value!r}")
+        super().__post_init__()
+        check_config_ints(self, ("in_channels", "model_channels", "num_res_blocks", "num_head_channels",
+                                 "transformer_depth", "norm_groups", "context_dim", "text_max_len", "text_heads",
+                                 "frames", "height", "width", "num_train_steps"))
+        check_config_ints(self, ("text_layers",), minimum=0)
+        check_config_ints(self, ("num_classes", "text_vocab_size"), optional=True)
         if self.text_vocab_size is not None and self.text_vocab_size < 2:
             raise ValueError(f"expected text_vocab_size >= 2 (id 0 is padding), got {self.text_vocab_size}")
         if self.text_vocab_size is not None and (self.context_dim % 2 or self.context_dim % self.text_heads):
@@ -123,10 +112,9 @@ class ETCConfig:
                 f"got context_dim={self.context_dim}, text_heads={self.text_heads}"
             )
         mult = self.channel_mult
-        if not isinstance(mult, tuple) or not mult or not all(_is_int(m) and m > 0 for m in mult):
-            raise ValueError(f"expected channel_mult to be a non-empty tuple of positive ints, got {mult!r}")
+        check_channel_mult(mult)
         levels = self.attention_levels
-        if not isinstance(levels, tuple) or not all(_is_int(i) and 0 <= i < len(mult) for i in levels):
+        if not isinstance(levels, tuple) or not all(is_int(i) and 0 <= i < len(mult) for i in levels):
             raise ValueError(
                 f"expected attention_levels to be a tuple of level indices in [0, {len(mult)}), got {levels!r}"
             )
@@ -140,28 +128,18 @@ class ETCConfig:
                 )
         if self.grid is not None:
             g = self.grid
-            if not isinstance(g, tuple) or len(g) != 2 or not all(_is_int(v) and v > 0 for v in g):
+            if not isinstance(g, tuple) or len(g) != 2 or not all(is_int(v) and v > 0 for v in g):
                 raise ValueError(f"expected grid to be None or a pair (rows, cols) of positive ints, got {g!r}")
             if self.frames > g[0] * g[1]:
                 raise ValueError(f"expected frames <= rows*cols of grid {g}, got frames={self.frames}")
         if self.grid_order not in _GRID_ORDERS:
             raise ValueError(f"expected grid_order in {_GRID_ORDERS}, got {self.grid_order!r}")
-        if not _is_number(self.theta) or not self.theta > 1:
+        if not is_number(self.theta) or not self.theta > 1:
             raise ValueError(f"expected theta to be a number > 1, got {self.theta!r}")
-        if not _is_number(self.max_fps) or not 0 < self.max_fps < math.inf:
+        if not is_number(self.max_fps) or not 0 < self.max_fps < math.inf:
             raise ValueError(f"expected max_fps to be a positive finite number, got {self.max_fps!r}")
-        for name in ("dropout", "cond_dropout"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0 <= value <= 1:
-                raise ValueError(f"expected {name} in [0, 1], got {value!r}")
-        if self.schedule not in SCHEDULE_NAMES:
-            raise ValueError(f"expected schedule in {SCHEDULE_NAMES}, got {self.schedule!r}")
-        betas = (self.beta_start, self.beta_end)
-        if not (all(_is_number(v) for v in betas) and 0 < self.beta_start < self.beta_end < 1):
-            raise ValueError(
-                f"expected 0 < beta_start < beta_end < 1, "
-                f"got beta_start={self.beta_start!r}, beta_end={self.beta_end!r}"
-            )
+        check_config_fractions(self, ("dropout", "cond_dropout"))
+        check_noise_schedule(self)
 
     @property
     def num_levels(self) -> int:
@@ -177,25 +155,6 @@ class ETCConfig:
     def time_embed_dim(self) -> int:
         """Width of the timestep (and FPS) embedding: ``4 * model_channels``, as in SD."""
         return 4 * self.model_channels
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types only (tuples become lists); ``from_dict`` inverts it."""
-        out = dataclasses.asdict(self)
-        for name in _TUPLE_FIELDS:
-            if out[name] is not None:
-                out[name] = list(out[name])
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ETCConfig:
-        """Rebuild a config from ``to_dict()`` output (or its JSON); unknown keys raise ``TypeError``."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"expected a mapping of ETCConfig fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TypeError(f"unknown ETCConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**dict(data))
 
 
 PRESETS: dict[str, ETCConfig] = {
@@ -243,10 +202,4 @@ PRESETS: dict[str, ETCConfig] = {
 
 def get_config(name: str, **overrides: Any) -> ETCConfig:
     """The preset ``name`` with ``overrides`` applied (validated like any config)."""
-    if name not in PRESETS:
-        raise ValueError(f"expected a preset name in {sorted(PRESETS)}, got {name!r}")
-    known = {f.name for f in dataclasses.fields(ETCConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown ETCConfig fields {unknown}; known fields: {sorted(known)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return get_preset(PRESETS, name, **overrides)

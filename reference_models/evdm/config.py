@@ -50,12 +50,19 @@ Readings taken where the paper leaves a gap (each chosen to match Tables 1, 2 an
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from vdblocks.diffusion import SCHEDULE_NAMES
+from ..common.config import (
+    ConfigBase,
+    check_channel_mult,
+    check_config_fractions,
+    check_config_ints,
+    check_noise_schedule,
+    get_preset,
+    is_int,
+    is_number,
+)
 
 __all__ = [
     "EVDMConfig",
@@ -66,19 +73,8 @@ __all__ = [
     "get_config",
 ]
 
-_TUPLE_FIELDS = ("channel_mult", "attn_levels")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
-class EVDMConfig:
+class EVDMConfig(ConfigBase):
     """Everything that defines an MCVD-baseline or EVDM model and its diffusion.
 
     Data: ``channels`` (1 grayscale, 3 RGB), ``image_size`` (training frame size; any size that is
@@ -136,34 +132,23 @@ class EVDMConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
+    _tuple_fields: ClassVar[tuple[str, ...]] = ("channel_mult", "attn_levels")
+
     def __post_init__(self) -> None:
-        # JSON gives lists; the dataclass is frozen and hashable, so store tuples.
-        for name in _TUPLE_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        for name in ("channels", "image_size", "num_frames", "base_channels", "num_res_blocks",
-                     "head_channels", "emb_mult", "bottleneck_ratio", "shortcut_groups", "num_train_steps"):
-            value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"expected {name} to be a positive int, got {value!r}")
-        for name in ("num_past", "num_future"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise ValueError(f"expected {name} to be an int >= 0, got {value!r}")
-        for name in ("favor_features", "past_encoder_channels"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value <= 0):
-                raise ValueError(f"expected {name} to be a positive int or None, got {value!r}")
+        super().__post_init__()
+        check_config_ints(self, ("channels", "image_size", "num_frames", "base_channels", "num_res_blocks",
+                                 "head_channels", "emb_mult", "bottleneck_ratio", "shortcut_groups",
+                                 "num_train_steps"))
+        check_config_ints(self, ("num_past", "num_future"), minimum=0)
+        check_config_ints(self, ("favor_features", "past_encoder_channels"), optional=True)
         for name in ("use_brp", "temporal_enhancement", "mixed_attention", "shortcut_optimization",
                      "channel_split", "fir_resample"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"expected {name} to be a bool, got {getattr(self, name)!r}")
         mult = self.channel_mult
-        if not isinstance(mult, tuple) or not mult or not all(_is_int(m) and m > 0 for m in mult):
-            raise ValueError(f"expected channel_mult to be a non-empty tuple of positive ints, got {mult!r}")
+        check_channel_mult(mult)
         levels = self.attn_levels
-        if not isinstance(levels, tuple) or not all(_is_int(i) and 0 <= i < len(mult) for i in levels):
+        if not isinstance(levels, tuple) or not all(is_int(i) and 0 <= i < len(mult) for i in levels):
             raise ValueError(f"expected attn_levels to be a tuple of level indices in [0, {len(mult)}), got {levels!r}")
         if self.image_size % self.size_multiple:
             raise ValueError(
@@ -193,21 +178,11 @@ class EVDMConfig:
                 f"expected shortcut_groups to divide base_channels (every width is a multiple of c_0), "
                 f"got shortcut_groups={self.shortcut_groups}, base_channels={self.base_channels}"
             )
-        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
-            raise ValueError(f"expected dropout in [0, 1), got {self.dropout!r}")
-        for name in ("prob_mask_past", "prob_mask_future"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0 <= value <= 1:
-                raise ValueError(f"expected {name} in [0, 1], got {value!r}")
-        if not _is_number(self.attn_threshold) or not self.attn_threshold > 0:
+        check_config_fractions(self, ("dropout",), below_one=True)
+        check_config_fractions(self, ("prob_mask_past", "prob_mask_future"))
+        if not is_number(self.attn_threshold) or not self.attn_threshold > 0:
             raise ValueError(f"expected attn_threshold > 0, got {self.attn_threshold!r}")
-        if self.schedule not in SCHEDULE_NAMES:
-            raise ValueError(f"expected schedule in {SCHEDULE_NAMES}, got {self.schedule!r}")
-        if not (_is_number(self.beta_start) and _is_number(self.beta_end) and 0 < self.beta_start < self.beta_end < 1):
-            raise ValueError(
-                f"expected 0 < beta_start < beta_end < 1, "
-                f"got beta_start={self.beta_start!r}, beta_end={self.beta_end!r}"
-            )
+        check_noise_schedule(self)
 
     @property
     def num_levels(self) -> int:
@@ -241,24 +216,6 @@ class EVDMConfig:
             if all(getattr(self, k) == v for k, v in {**_NO_EVDM, **flags}.items()):
                 return name
         return "custom"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types only (tuples become lists); ``from_dict`` inverts it."""
-        out = dataclasses.asdict(self)
-        for name in _TUPLE_FIELDS:
-            out[name] = list(out[name])
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EVDMConfig:
-        """Rebuild a config from ``to_dict()`` output (or its JSON); unknown keys raise ``TypeError``."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"expected a mapping of EVDMConfig fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TypeError(f"unknown EVDMConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**dict(data))
 
 
 # Table 8's columns for the baseline, then each row's changes from it.
@@ -310,10 +267,4 @@ PRESETS: dict[str, EVDMConfig] = {
 
 def get_config(name: str, **overrides: Any) -> EVDMConfig:
     """The preset ``name`` (see :data:`PRESETS`) with ``overrides`` applied (validated like any config)."""
-    if name not in PRESETS:
-        raise ValueError(f"expected a preset name in {sorted(PRESETS)}, got {name!r}")
-    known = {f.name for f in dataclasses.fields(EVDMConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown EVDMConfig fields {unknown}; known fields: {sorted(known)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return get_preset(PRESETS, name, **overrides)
