@@ -32,7 +32,7 @@ import random
 import re
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_weights",
+    "load_model_from_checkpoint",
+    "read_checkpoint_config",
     "list_checkpoints",
     "latest_checkpoint",
     "resolve_checkpoint",
@@ -532,3 +534,36 @@ def load_weights(
         weights = ckpt.state["model"]
     unwrap_model(model).load_state_dict(weights, strict=strict)
     return ckpt
+
+
+def read_checkpoint_config(checkpoint: str | os.PathLike) -> tuple[Path, dict]:
+    """``(manifest path, config)`` of a checkpoint, read from its JSON only (no tensors, no pickle).
+
+    ``checkpoint`` is a manifest, a checkpoint directory or a training output directory.
+    """
+    path = resolve_checkpoint(checkpoint)
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    return path, decode_state(manifest.get("config") or {}, {})
+
+
+def load_model_from_checkpoint(
+    checkpoint: str | os.PathLike,
+    key: str,
+    build: Callable[[Mapping[str, Any]], nn.Module],
+    *,
+    device: str | torch.device = "cpu",
+    use_ema: bool = True,
+) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild a model from the config a training run stored and load its EMA (or trained) weights.
+
+    Training scripts store ``config_dict={"model": {key: Config.to_dict()}}``; ``build`` turns that
+    dict into the model (e.g. ``lambda d: EVDMUNet(EVDMConfig.from_dict(d))``). The model comes back
+    on ``device`` in eval mode with the checkpoint it was loaded from.
+    """
+    path, config = read_checkpoint_config(checkpoint)
+    entry = (config.get("model") or {}).get(key)
+    if entry is None:
+        raise ValueError(f"checkpoint {path} holds no {key!r} model config (expected config['model'][{key!r}])")
+    model = build(entry)
+    ckpt = load_weights(path, model, use_ema=use_ema)
+    return model.to(device).eval(), ckpt

@@ -19,7 +19,6 @@ writes ``<out>/fps<F>_00.mp4 ...`` (one video per caption and sample) and ``<out
 from __future__ import annotations
 
 import argparse
-import json
 import numbers
 import sys
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reference_models.common.checkpoint import Checkpoint, decode_state, load_weights, resolve_checkpoint
+from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
 from reference_models.common.distributed import resolve_device
 from reference_models.common.video_io import write_samples
 from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
@@ -207,12 +206,6 @@ def sample(
             module.train(mode)
 
 
-def _checkpoint_config(path: Path) -> dict:
-    """The ``config`` of a checkpoint manifest, read from its JSON (no tensors, no pickle)."""
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    return decode_state(manifest.get("config") or {}, {})
-
-
 def load_system(
     checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
 ) -> tuple[ETCSystem, Checkpoint]:
@@ -221,14 +214,9 @@ def load_system(
     ``checkpoint`` is a manifest, a checkpoint directory or a training output directory. The
     config is the ``{"model": {"etc": ETCConfig.to_dict()}}`` entry ``train.py`` stores.
     """
-    path = resolve_checkpoint(checkpoint)
-    config = _checkpoint_config(path)
-    etc = (config.get("model") or {}).get("etc")
-    if etc is None:
-        raise ValueError(f"checkpoint {path} holds no ETC config (expected config['model']['etc'])")
-    system = ETCSystem(ETCConfig.from_dict(etc))
-    ckpt = load_weights(path, system, use_ema=use_ema)
-    return system.to(device).eval(), ckpt
+    return load_model_from_checkpoint(
+        checkpoint, "etc", lambda d: ETCSystem(ETCConfig.from_dict(d)), device=device, use_ema=use_ema
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from reference_models.common.checkpoint import Checkpoint, decode_state, load_weights, resolve_checkpoint
+from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
 from reference_models.common.distributed import resolve_device
 from reference_models.common.ema import unwrap_model
 from reference_models.common.video_io import write_samples
@@ -338,12 +338,6 @@ def write_task(result: TaskResult, out_dir: str | Path, stem: str, *, fps: float
 # ----------------------------------------------------------------------------- checkpoints and CLI
 
 
-def _checkpoint_config(path: Path) -> dict:
-    """The ``config`` of a checkpoint manifest, read from its JSON (no tensors, no pickle)."""
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    return decode_state(manifest.get("config") or {}, {})
-
-
 def load_model(
     checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
 ) -> tuple[EVDMUNet, Checkpoint]:
@@ -352,13 +346,9 @@ def load_model(
     ``checkpoint``: a manifest, a checkpoint directory or a training output directory. The config
     is the ``{"model": {"evdm": EVDMConfig.to_dict()}}`` entry ``train.py`` stores.
     """
-    path = resolve_checkpoint(checkpoint)
-    evdm = (_checkpoint_config(path).get("model") or {}).get("evdm")
-    if evdm is None:
-        raise ValueError(f"checkpoint {path} holds no EVDM config (expected config['model']['evdm'])")
-    model = EVDMUNet(EVDMConfig.from_dict(evdm))
-    ckpt = load_weights(path, model, use_ema=use_ema)
-    return model.to(device).eval(), ckpt
+    return load_model_from_checkpoint(
+        checkpoint, "evdm", lambda d: EVDMUNet(EVDMConfig.from_dict(d)), device=device, use_ema=use_ema
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from reference_models.common.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_model_from_checkpoint,
     load_weights,
     restore_rng_state,
     save_checkpoint,
@@ -175,6 +176,22 @@ def test_load_weights_prefers_ema(tmp_path: Path) -> None:
     assert_tree_equal(target.state_dict(), ema.module.state_dict())
     load_weights(path, target, use_ema=False)
     assert_tree_equal(target.state_dict(), model.state_dict())
+
+
+def test_model_is_rebuilt_from_the_stored_config(tmp_path: Path) -> None:
+    model, ema, _, _ = trained(seed=0)
+    save_checkpoint(tmp_path, model=model, ema=ema, step=3, config={"model": {"tiny": {"seed": 7}}})
+    seen = []
+
+    def build(entry):
+        seen.append(dict(entry))
+        return Tiny()
+
+    rebuilt, ckpt = load_model_from_checkpoint(tmp_path, "tiny", build)
+    assert seen == [{"seed": 7}] and ckpt.step == 3 and not rebuilt.training
+    assert_tree_equal(rebuilt.state_dict(), ema.module.state_dict())
+    with pytest.raises(ValueError, match=r"no 'other' model config"):
+        load_model_from_checkpoint(tmp_path, "other", build)
 
 
 def test_tied_weights_are_saved(tmp_path: Path) -> None:
