@@ -12,8 +12,9 @@ from vdblocks.diffusion.samplers import (
     make_timesteps,
     sample_ddim,
     sample_ddpm,
+    split_prediction,
 )
-from vdblocks.diffusion.schedules import NoiseSchedule
+from vdblocks.diffusion.schedules import PREDICTION_TYPES, NoiseSchedule
 
 NAMES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 TOL = dict(rtol=1e-4, atol=1e-5)  # our float64 coefficients vs diffusers' float32 tables
@@ -72,22 +73,25 @@ def test_timesteps_match_set_timesteps(spacing, num_train):
 @pytest.mark.parametrize("name", list(NAMES))
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("clip", [False, True])
-def test_ddpm_step_matches_diffusers(name, variance, clip):
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+def test_ddpm_step_matches_diffusers(name, variance, clip, prediction):
     schedule = NoiseSchedule.from_name(name, 1000)
-    reference = DDPMScheduler(beta_schedule=NAMES[name], variance_type=variance, clip_sample=clip)
+    reference = DDPMScheduler(beta_schedule=NAMES[name], variance_type=variance, clip_sample=clip,
+                              prediction_type=prediction)
     share_tables(reference, schedule)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 4, 4, generator=g)
     for t in (999, 500, 37, 1, 0):
         eps = toy_eps(x, torch.tensor(t))
         ours = ddpm_step(schedule, eps, t, x, generator=torch.Generator().manual_seed(t),
-                         variance=variance, clip_sample=clip)
+                         variance=variance, clip_sample=clip, prediction_type=prediction)
         theirs = reference.step(eps, t, x, generator=torch.Generator().manual_seed(t))
         torch.testing.assert_close(ours.x_prev, theirs.prev_sample)
         torch.testing.assert_close(ours.pred_x0, theirs.pred_original_sample)
         # the same step with the noise passed explicitly
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t))
-        explicit = ddpm_step(schedule, eps, t, x, noise=noise, variance=variance, clip_sample=clip)
+        explicit = ddpm_step(schedule, eps, t, x, noise=noise, variance=variance, clip_sample=clip,
+                             prediction_type=prediction)
         assert torch.equal(explicit.x_prev, ours.x_prev)
 
 
@@ -111,12 +115,14 @@ def test_ddpm_loop_matches_diffusers(steps):
 @pytest.mark.parametrize("name", list(NAMES))
 @pytest.mark.parametrize("steps", [1, 10, 50])
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
-def test_ddim_step_matches_diffusers(name, steps, set_alpha_to_one):
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+def test_ddim_step_matches_diffusers(name, steps, set_alpha_to_one, prediction):
     schedule = NoiseSchedule.from_name(name, 1000)
     g = torch.Generator().manual_seed(steps)
     x = torch.randn(2, 3, 2, 4, 4, generator=g)
     for eta, clip in ((0.0, False), (0.5, True), (1.0, False)):
-        reference = DDIMScheduler(beta_schedule=NAMES[name], set_alpha_to_one=set_alpha_to_one, clip_sample=clip)
+        reference = DDIMScheduler(beta_schedule=NAMES[name], set_alpha_to_one=set_alpha_to_one, clip_sample=clip,
+                                  prediction_type=prediction)
         reference.set_timesteps(steps)
         share_tables(reference, schedule, set_alpha_to_one)
         timesteps = make_timesteps(1000, steps)
@@ -126,7 +132,7 @@ def test_ddim_step_matches_diffusers(name, steps, set_alpha_to_one):
             eps = toy_eps(x, torch.tensor(t))
             noise = torch.randn(x.shape, generator=g)
             ours = ddim_step(schedule, eps, t, t_prev, x, eta, noise=noise, clip_sample=clip,
-                             set_alpha_to_one=set_alpha_to_one)
+                             set_alpha_to_one=set_alpha_to_one, prediction_type=prediction)
             theirs = reference.step(eps, t, x, eta=eta, variance_noise=noise)
             torch.testing.assert_close(ours.x_prev, theirs.prev_sample)
             torch.testing.assert_close(ours.pred_x0, theirs.pred_original_sample)
@@ -159,6 +165,35 @@ def test_ddim_eta0_with_true_noise_recovers_x0(name, steps, spacing, seed):
     out = sample_ddim(oracle(schedule, x0), x0.shape, schedule, steps, 0.0, spacing=spacing,
                       generator=g, dtype=torch.float64)
     torch.testing.assert_close(out, x0)
+
+
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+def test_every_prediction_type_of_the_oracle_recovers_x0(prediction):
+    schedule = NoiseSchedule.from_name("linear", 1000)
+    x0 = torch.rand(2, 3, 2, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def model_fn(x_t, t):
+        eps = schedule.predict_eps(x_t, t, x0)
+        return {"epsilon": eps, "v_prediction": schedule.velocity(x0, t, eps), "sample": x0}[prediction]
+
+    out = sample_ddim(model_fn, x0.shape, schedule, 10, prediction_type=prediction,
+                      generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=1e-4)
+
+
+@given(abar=st.floats(1e-5, 1 - 1e-5), seed=st.integers(0, 2**16))
+def test_split_prediction_inverts_each_parametrisation(abar, seed):
+    g = torch.Generator().manual_seed(seed)
+    x0, eps = torch.randn(2, 3, 4, generator=g, dtype=torch.float64), torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    x_t = abar**0.5 * x0 + (1 - abar) ** 0.5 * eps
+    v = abar**0.5 * eps - (1 - abar) ** 0.5 * x0
+    for prediction, output in (("epsilon", eps), ("v_prediction", v), ("sample", x0)):
+        got_x0, got_eps = split_prediction(output, x_t, abar, prediction)
+        scale = 1.0 / min(abar, 1 - abar) ** 0.5  # inversions divide by sqrt(abar) or sqrt(1 - abar)
+        torch.testing.assert_close(got_x0, x0, atol=1e-9 * scale, rtol=1e-9)
+        torch.testing.assert_close(got_eps, eps, atol=1e-9 * scale, rtol=1e-9)
+    with pytest.raises(ValueError, match="prediction_type in"):
+        split_prediction(eps, x_t, abar, "noise")
 
 
 def test_ddpm_with_true_noise_recovers_x0():
@@ -245,7 +280,7 @@ def test_invalid_sampler_inputs():
         ddim_step(schedule, x, 10, 10, x)
     with pytest.raises(TypeError, match="t to be an int"):
         ddim_step(schedule, x, 10.0, 5, x)
-    with pytest.raises(ValueError, match=r"eps of shape \(2, 3, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"model output of shape \(2, 3, 4, 4\)"):
         ddim_step(schedule, x[:, :2], 10, 5, x)
     with pytest.raises(ValueError, match="eta"):
         ddim_step(schedule, x, 10, 5, x, eta=1.5)

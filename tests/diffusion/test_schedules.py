@@ -206,7 +206,7 @@ def test_invalid_loss_inputs():
     x0 = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match="broadcastable"):
         diffusion_loss(linear_model(1.0), x0, schedule, mask=torch.ones(2, 2, 4, 4))
-    with pytest.raises(ValueError, match=r"eps of shape \(2, 3, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"prediction of shape \(2, 3, 4, 4\)"):
         diffusion_loss(lambda x, t: x[:, :1], x0, schedule)
     with pytest.raises(ValueError, match=r"t in \[0, 50\)"):
         diffusion_loss(linear_model(1.0), x0, schedule, t=torch.tensor([3, 50]))
@@ -214,3 +214,23 @@ def test_invalid_loss_inputs():
         diffusion_loss(linear_model(1.0), x0.long(), schedule)
     with pytest.raises(ValueError, match="batch"):
         sample_timesteps(schedule, 0)
+
+
+@pytest.mark.parametrize("name", [s[0] for s in SCHEDULES])
+def test_loss_targets_follow_the_prediction_type(name):
+    schedule, reference = pair(name)
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(4, 3, 2, 4, 4, generator=g)
+    t = torch.tensor([0, 17, 500, 999])
+    noise = torch.randn(x0.shape, generator=g)
+    targets = {
+        "epsilon": noise,
+        "v_prediction": reference.get_velocity(x0, noise, t),  # diffusers' velocity
+        "sample": x0,
+    }
+    for prediction, target in targets.items():
+        out = diffusion_loss(linear_model(0.5), x0, schedule, t, noise, prediction_type=prediction,
+                             return_details=True)
+        torch.testing.assert_close(out.loss, F.mse_loss(out.prediction, target), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="prediction_type in"):
+        diffusion_loss(linear_model(0.5), x0, schedule, t, noise, prediction_type="velocity")

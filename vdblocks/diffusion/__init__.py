@@ -2,17 +2,37 @@
 
 from .forward import DiffusionLossOutput, ModelFn, diffusion_loss, masked_mse, q_sample, sample_timesteps
 from .guidance import Condition, cfg_model_fn, guided_eps
-from .samplers import SamplerStep, ddim_step, ddpm_step, make_timesteps, sample_ddim, sample_ddpm
-from .schedules import SCHEDULE_NAMES, NoiseSchedule, cosine_betas, linear_betas, scaled_linear_betas
+from .samplers import (
+    SamplerStep,
+    ddim_step,
+    ddpm_step,
+    make_timesteps,
+    sample_ddim,
+    sample_ddpm,
+    split_prediction,
+)
+from .schedules import (
+    PREDICTION_TYPES,
+    SCHEDULE_NAMES,
+    NoiseSchedule,
+    PredictionType,
+    check_prediction_type,
+    cosine_betas,
+    linear_betas,
+    scaled_linear_betas,
+)
 
 __all__ = [
     "Condition",
     "DiffusionLossOutput",
     "ModelFn",
     "NoiseSchedule",
+    "PREDICTION_TYPES",
+    "PredictionType",
     "SCHEDULE_NAMES",
     "SamplerStep",
     "cfg_model_fn",
+    "check_prediction_type",
     "cosine_betas",
     "ddim_step",
     "ddpm_step",
@@ -26,4 +46,5 @@ __all__ = [
     "sample_ddpm",
     "sample_timesteps",
     "scaled_linear_betas",
+    "split_prediction",
 ]

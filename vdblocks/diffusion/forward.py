@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, check_prediction_type
 
 __all__ = ["sample_timesteps", "q_sample", "masked_mse", "diffusion_loss", "DiffusionLossOutput", "ModelFn"]
 
@@ -120,12 +120,15 @@ def diffusion_loss(
     mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     return_details: bool = False,
+    prediction_type: str = "epsilon",
 ) -> torch.Tensor | DiffusionLossOutput:
-    """Epsilon-prediction loss (DDPM eq. 14) for one batch ``x0 (b, ...)``.
+    """Denoising loss for one batch ``x0 (b, ...)``: epsilon-prediction (DDPM eq. 14) by default.
 
     Draws ``t (b,)`` uniformly (first) and ``noise`` like ``x0`` (second) from ``generator`` when
     they are not given, forms ``x_t = q_sample(x0, t, noise)``, calls ``model_fn(x_t, t)`` and
-    returns :func:`masked_mse` of the prediction against ``noise``. The whole ``x0`` is noised;
+    returns :func:`masked_mse` of the prediction against its target: ``noise`` for
+    ``prediction_type="epsilon"``, the velocity ``sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` for
+    ``"v_prediction"`` (Salimans & Ho 2022; diffusers' ``get_velocity``), ``x0`` for ``"sample"``. The whole ``x0`` is noised;
     ``mask`` (broadcastable to ``x0``; 1 = counts, 0 = ignored) only decides which entries enter
     the loss. That matches the samplers' ``known``/``known_mask`` hook, which also shows the model
     the known frames noised to the current level. Conditioning that must reach the model clean
@@ -139,6 +142,7 @@ def diffusion_loss(
         raise TypeError(f"expected x0 of shape (b, ...) to have a floating-point dtype, got {x0.dtype}")
     if x0.ndim < 1:
         raise ValueError("expected x0 of shape (b, ...), got a 0-d tensor")
+    check_prediction_type(prediction_type)
     batch = x0.shape[0]
     if t is None:
         t = sample_timesteps(schedule, batch, generator=generator, device=x0.device)
@@ -149,8 +153,16 @@ def diffusion_loss(
     prediction = model_fn(x_t, t)  # b ...
     if not isinstance(prediction, torch.Tensor) or prediction.shape != x0.shape:
         got = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__
-        raise ValueError(f"expected model_fn(x_t, t) to return eps of shape {tuple(x0.shape)} like x0, got {got}")
-    loss = masked_mse(prediction, noise, mask)
+        raise ValueError(
+            f"expected model_fn(x_t, t) to return a prediction of shape {tuple(x0.shape)} like x0, got {got}"
+        )
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = schedule.velocity(x0, t, noise)
+    else:
+        target = x0
+    loss = masked_mse(prediction, target, mask)
     if return_details:
         return DiffusionLossOutput(loss=loss, t=t, noise=noise, x_t=x_t, prediction=prediction)
     return loss

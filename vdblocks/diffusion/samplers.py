@@ -1,9 +1,10 @@
 """Reverse-process samplers: DDPM ancestral sampling and DDIM, as one-step functions and full loops.
 
-Both samplers take an epsilon-prediction ``model_fn(x_t (b, ...), t (b,) int64) -> eps (b, ...)``
-and walk a decreasing sequence of integer timesteps ``tau_S > ... > tau_1`` (the full chain
+Both samplers take a denoiser ``model_fn(x_t (b, ...), t (b,) int64) -> (b, ...)`` whose output is
+the noise (``prediction_type="epsilon"``, DDPM), the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t)
+x_0`` (``"v_prediction"``, Salimans & Ho 2022) or ``x_0`` itself (``"sample"``), and walk a decreasing sequence of integer timesteps ``tau_S > ... > tau_1`` (the full chain
 ``T-1 .. 0`` or a strided sub-sequence, see :func:`make_timesteps`). They agree with diffusers'
-``DDPMScheduler`` / ``DDIMScheduler`` (``prediction_type="epsilon"``, no thresholding) given the same
+``DDPMScheduler`` / ``DDIMScheduler`` (same ``prediction_type``, no thresholding) given the same
 noise, with two documented differences: ``clip_sample`` defaults to False here (clipping ``x_0`` to
 ``[-1, 1]`` is wrong for latent diffusion, which PVDM and CMD are; pixel models may turn it on), and
 DDIM steps to the *next timestep of the sequence* where diffusers always steps ``T // S`` back. The
@@ -23,10 +24,11 @@ from typing import Literal, NamedTuple
 import torch
 
 from .forward import ModelFn, _randn
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, PredictionType, check_prediction_type
 
 __all__ = [
     "SamplerStep",
+    "split_prediction",
     "make_timesteps",
     "ddpm_step",
     "ddim_step",
@@ -99,13 +101,13 @@ def make_timesteps(
 
 
 def _check_step_inputs(schedule: NoiseSchedule, eps: torch.Tensor, x_t: torch.Tensor, t: object, t_prev: object):
-    for value, name in ((x_t, "x_t"), (eps, "eps")):
+    for value, name in ((x_t, "x_t"), (eps, "model output")):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"expected {name} to be a torch.Tensor of shape (b, ...), got {type(value).__name__}")
         if not value.is_floating_point():
             raise TypeError(f"expected {name} of shape (b, ...) to have a floating-point dtype, got {value.dtype}")
     if eps.shape != x_t.shape:
-        raise ValueError(f"expected eps of shape {tuple(x_t.shape)} like x_t (b, ...), got {tuple(eps.shape)}")
+        raise ValueError(f"expected the model output of shape {tuple(x_t.shape)} like x_t (b, ...), got {tuple(eps.shape)}")
     t = _check_int(t, "t", 0, schedule.num_steps - 1)
     t_prev = _check_int(t_prev, "t_prev", -1, t - 1)
     return t, t_prev
@@ -124,11 +126,33 @@ def _step_noise(
     return noise
 
 
-def _pred_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: float, clip_sample: bool, clip_range: float):
-    pred_x0 = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)  # b ...
+def split_prediction(
+    output: torch.Tensor, x_t: torch.Tensor, abar_t: float, prediction_type: PredictionType = "epsilon"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_0, eps)`` implied by a denoiser's ``output`` at noise level ``abar_t`` (a float).
+
+    ``"epsilon"``: ``x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)``; ``"v_prediction"``:
+    ``x_0 = sqrt(abar) x_t - sqrt(1 - abar) v``, ``eps = sqrt(1 - abar) x_t + sqrt(abar) v``;
+    ``"sample"``: ``eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar)``. An error of ``delta`` in
+    ``eps`` costs ``delta sqrt((1 - abar) / abar)`` in ``x_0`` (156x at the last step of DDPM's
+    linear schedule); in ``v`` it costs ``delta sqrt(1 - abar)``, which is why v-prediction behaves
+    at low SNR where a small epsilon model does not.
+    """
+    check_prediction_type(prediction_type)
+    s0, s1 = math.sqrt(abar_t), math.sqrt(1.0 - abar_t)
+    if prediction_type == "epsilon":
+        return (x_t - s1 * output) / s0, output
+    if prediction_type == "v_prediction":
+        return s0 * x_t - s1 * output, s1 * x_t + s0 * output
+    return output, (x_t - s0 * output) / s1
+
+
+def _pred_x0_eps(x_t: torch.Tensor, output: torch.Tensor, abar_t: float, prediction_type: PredictionType,
+                 clip_sample: bool, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    pred_x0, eps = split_prediction(output, x_t, abar_t, prediction_type)  # b ...
     if clip_sample:
         pred_x0 = pred_x0.clamp(-clip_range, clip_range)
-    return pred_x0
+    return pred_x0, eps
 
 
 def ddpm_step(
@@ -143,10 +167,12 @@ def ddpm_step(
     variance: Variance = "fixed_small",
     clip_sample: bool = False,
     clip_range: float = 1.0,
+    prediction_type: PredictionType = "epsilon",
 ) -> SamplerStep:
     """One ancestral step ``x_t -> x_{t_prev}`` from the posterior ``q(x_{t_prev} | x_t, x_0)`` (DDPM eq. 6-7).
 
-    ``x_0`` is estimated from ``eps`` (optionally clipped to ``[-clip_range, clip_range]``); with
+    ``x_0`` is estimated from the model output ``eps`` (noise, velocity or ``x_0`` as
+    ``prediction_type`` says, :func:`split_prediction`; optionally clipped to ``[-clip_range, clip_range]``); with
     ``abar' = abar_{t_prev}`` (1 when ``t_prev = -1``), ``alpha = abar_t / abar'`` and ``beta = 1 - alpha``:
     ``mean = sqrt(abar') beta / (1 - abar_t) x_0 + sqrt(alpha) (1 - abar') / (1 - abar_t) x_t`` and
     variance ``(1 - abar') / (1 - abar_t) beta`` (``"fixed_small"``, the posterior's, diffusers'
@@ -163,7 +189,7 @@ def ddpm_step(
     abar_prev = schedule.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
     alpha = abar_t / abar_prev
     beta = 1.0 - alpha
-    pred_x0 = _pred_x0(x_t, eps, abar_t, clip_sample, clip_range)
+    pred_x0, _ = _pred_x0_eps(x_t, eps, abar_t, prediction_type, clip_sample, clip_range)
     coef_x0 = math.sqrt(abar_prev) * beta / (1.0 - abar_t)
     coef_xt = math.sqrt(alpha) * (1.0 - abar_prev) / (1.0 - abar_t)
     x_prev = coef_x0 * pred_x0 + coef_xt * x_t  # b ...
@@ -189,6 +215,7 @@ def ddim_step(
     clip_sample: bool = False,
     clip_range: float = 1.0,
     set_alpha_to_one: bool = True,
+    prediction_type: PredictionType = "epsilon",
 ) -> SamplerStep:
     """One DDIM step ``x_t -> x_{t_prev}`` (DDIM eq. 12 with sigma of eq. 16).
 
@@ -196,7 +223,9 @@ def ddim_step(
     ``sigma = eta sqrt((1 - abar') / (1 - abar_t)) sqrt(1 - abar_t / abar')``: ``eta = 0`` is the
     deterministic DDIM, ``eta = 1`` the DDPM posterior. ``t_prev = -1`` marks the last step, where
     ``abar' = 1`` (``set_alpha_to_one``, diffusers' default) or ``abar_0``. ``z`` is ``noise`` or
-    drawn from ``generator``, and only when ``eta > 0``.
+    drawn from ``generator``, and only when ``eta > 0``. The model output ``eps`` is read as
+    ``prediction_type`` says (:func:`split_prediction`); as in diffusers, clipping changes ``x_0``
+    only, not the noise estimate of the direction term.
 
     Shapes: ``eps, x_t (b, ...)``, ``t > t_prev`` ints shared by the batch -> ``SamplerStep``.
     """
@@ -209,7 +238,7 @@ def ddim_step(
         abar_prev = schedule.alphas_cumprod[t_prev].item()
     else:
         abar_prev = 1.0 if set_alpha_to_one else schedule.alphas_cumprod[0].item()
-    pred_x0 = _pred_x0(x_t, eps, abar_t, clip_sample, clip_range)
+    pred_x0, eps = _pred_x0_eps(x_t, eps, abar_t, prediction_type, clip_sample, clip_range)
     sigma = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
     # 1 - abar' - sigma^2 >= 0 for eta <= 1 in exact arithmetic; max() absorbs rounding at eta = 1
     direction = math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0))
@@ -283,11 +312,11 @@ def _sample_loop(
             # replacement conditioning: the known entries are re-noised to the current level
             noised = schedule.q_sample(known, t, _randn(shape, generator, x.device, x.dtype))
             x = known_mask * noised + (1.0 - known_mask) * x  # b ...
-        eps = model_fn(x, torch.full((b,), t, dtype=torch.long, device=x.device))  # b ...
-        if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
-            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise ValueError(f"expected model_fn(x_t, t) to return eps of shape {shape} like x_t, got {got}")
-        x, pred_x0 = step(eps, t, t_prev, x)
+        out = model_fn(x, torch.full((b,), t, dtype=torch.long, device=x.device))  # b ...
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"expected model_fn(x_t, t) to return a prediction of shape {shape} like x_t, got {got}")
+        x, pred_x0 = step(out, t, t_prev, x)
         if callback is not None:
             callback(i, t, x, pred_x0)
     if known is not None:
@@ -297,7 +326,7 @@ def _sample_loop(
 
 _LOOP_DOC = """
 
-    ``model_fn(x_t (b, ...), t (b,) int64) -> eps (b, ...)``; wrap a conditional model with
+    ``model_fn(x_t (b, ...), t (b,) int64) -> (b, ...)``, read as ``prediction_type`` says; wrap a conditional model with
     :func:`vdblocks.diffusion.guidance.cfg_model_fn` for classifier-free guidance.
     ``x_T`` (default: standard normal of ``shape``, ``dtype`` on ``device``, drawn from ``generator``
     first; the step noises follow from the same generator) starts the chain. Runs under
@@ -329,6 +358,7 @@ def sample_ddpm(
     variance: Variance = "fixed_small",
     clip_sample: bool = False,
     clip_range: float = 1.0,
+    prediction_type: PredictionType = "epsilon",
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
     device: torch.device | str | None = None,
@@ -342,13 +372,14 @@ def sample_ddpm(
 
     A ``steps < T`` strides the chain over :func:`make_timesteps` (diffusers' DDPM ``set_timesteps``).
     """
+    check_prediction_type(prediction_type)
     timesteps = make_timesteps(
         schedule.num_steps, schedule.num_steps if steps is None else steps, spacing, steps_offset
     )
 
     def step(eps, t, t_prev, x):
         return ddpm_step(schedule, eps, t, x, t_prev=t_prev, generator=generator, variance=variance,
-                         clip_sample=clip_sample, clip_range=clip_range)
+                         clip_sample=clip_sample, clip_range=clip_range, prediction_type=prediction_type)
 
     return _sample_loop(model_fn, shape, schedule, timesteps, step, generator=generator, x_T=x_T, device=device,
                         dtype=dtype, known=known, known_mask=known_mask, progress=progress, callback=callback)
@@ -366,6 +397,7 @@ def sample_ddim(
     set_alpha_to_one: bool = True,
     clip_sample: bool = False,
     clip_range: float = 1.0,
+    prediction_type: PredictionType = "epsilon",
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
     device: torch.device | str | None = None,
@@ -376,11 +408,12 @@ def sample_ddim(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DDIM sampling (DDIM section 4) over ``steps`` timesteps from :func:`make_timesteps` with :func:`ddim_step`."""
+    check_prediction_type(prediction_type)
     timesteps = make_timesteps(schedule.num_steps, steps, spacing, steps_offset)
 
     def step(eps, t, t_prev, x):
         return ddim_step(schedule, eps, t, t_prev, x, eta, generator=generator, clip_sample=clip_sample,
-                         clip_range=clip_range, set_alpha_to_one=set_alpha_to_one)
+                         clip_range=clip_range, set_alpha_to_one=set_alpha_to_one, prediction_type=prediction_type)
 
     return _sample_loop(model_fn, shape, schedule, timesteps, step, generator=generator, x_T=x_T, device=device,
                         dtype=dtype, known=known, known_mask=known_mask, progress=progress, callback=callback)

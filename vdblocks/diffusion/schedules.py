@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -24,7 +25,21 @@ __all__ = [
     "cosine_betas",
     "NoiseSchedule",
     "SCHEDULE_NAMES",
+    "PREDICTION_TYPES",
+    "PredictionType",
+    "check_prediction_type",
 ]
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
+"""What a denoiser predicts: the noise (DDPM), the velocity (Salimans & Ho 2022) or ``x_0``; diffusers' names."""
+
+
+def check_prediction_type(prediction_type: object) -> str:
+    """``prediction_type`` must be one of :data:`PREDICTION_TYPES`; returns it."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"expected prediction_type in {PREDICTION_TYPES}, got {prediction_type!r}")
+    return prediction_type  # type: ignore[return-value]
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
