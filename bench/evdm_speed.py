@@ -20,6 +20,8 @@ that cut the clock realises (``speedup / MAC cut``; 1 means time scales with MAC
 ``--profile`` adds, per model and step, one run under :mod:`torch.profiler` with the self time of
 every op grouped into convolutions, matmuls (linears, attention, FAVOR+), GroupNorm, element-wise
 ops and copies (cat, slices, channel shuffles, zero fills), to show where the time goes.
+``--blocks`` times single res blocks (one per level, forward and forward+backward) beside their
+MACs and MCVD's block at the same place, to show how the time per MAC depends on width and size.
 
 The machine may be shared: the 1-minute load average is recorded at the start and the end (the
 end one counts this run's own threads), and so is the number of cores other processes kept busy
@@ -31,6 +33,7 @@ cost per op that weighs most on the model with the most (and smallest) ops, EVDM
     python bench/evdm_speed.py                  # table, KTH at batch 8, float32
     python bench/evdm_speed.py --threads 1      # one core
     python bench/evdm_speed.py --profile        # plus the op breakdown
+    python bench/evdm_speed.py --blocks         # plus single res blocks, one per level, with MACs
     python bench/evdm_speed.py --json           # ... then one JSON object on the last line
     python bench/evdm_speed.py --quick          # tiny presets, batch 2, two rounds (smoke test)
 """
@@ -56,7 +59,13 @@ from _common import (
     time_calls,
 )
 
-from reference_models.evdm import DATASETS, VARIANTS, EVDMUNet, count_model_flops, get_config
+from reference_models.evdm import (
+    DATASETS,
+    VARIANTS,
+    EVDMUNet,
+    count_model_flops,
+    get_config,
+)
 from vdblocks.diffusion import NoiseSchedule, diffusion_loss
 
 MODELS = ("mcvd", "evdm", "evdm_l")
@@ -210,6 +219,67 @@ def profile_step(fn: Callable[[], None], device: torch.device) -> dict[str, Any]
     )
 
 
+def block_names(cfg) -> list[str]:
+    """The res blocks ``--blocks`` times: the second (same-width) down block of every level, and the
+    first up block of level 0 (full resolution, input widened by the skip concatenation)."""
+    return [f"down.{n}.blocks.{min(1, cfg.num_res_blocks - 1)}" for n in range(cfg.num_levels)] + ["up.0.blocks.0"]
+
+
+def time_blocks(setups: dict[str, Setup], batch: int, repeat: int, device: torch.device,
+                dtype: torch.dtype, min_time: float = 0.05) -> list[dict[str, Any]]:
+    """Forward (no grad) and forward+backward time of single res blocks, with their MACs, interleaved.
+
+    Each block gets a random input ``(b, c_in, h_n, w_n)`` at its level's size and a random
+    embedding ``(b, e)``; MACs are counted on a fake copy of the model (``FakeTensorMode``) at the
+    same batch.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vdblocks.flops import count_flops
+
+    rows, calls = [], {}
+    for m, s in setups.items():
+        cfg = s.cfg
+        with FakeTensorMode():
+            fake = EVDMUNet(cfg).eval()
+            for name in block_names(cfg):
+                blk = fake.get_submodule(name)
+                level = int(name.split(".")[1])
+                size = cfg.image_size // 2**level
+                x = torch.zeros(batch, blk.in_channels, size, size)
+                macs = count_flops(blk, x, torch.zeros(batch, cfg.emb_dim)).macs
+                rows.append(dict(model=m, label=LABELS[m], block=name, c_in=blk.in_channels,
+                                 c_out=blk.out_channels, size=size, macs=macs, gmacs=macs / 1e9))
+        for row in rows[-len(block_names(cfg)):]:
+            blk = s.model.get_submodule(row["block"])
+            x = torch.randn(batch, row["c_in"], row["size"], row["size"], device=device, dtype=dtype)
+            emb = torch.randn(batch, cfg.emb_dim, device=device, dtype=dtype)
+
+            def forward(blk=blk, x=x, emb=emb) -> None:
+                with torch.no_grad():
+                    blk(x, emb)
+
+            def forward_backward(blk=blk, x=x, emb=emb) -> None:
+                blk.zero_grad(set_to_none=True)
+                blk(x, emb).sum().backward()
+
+            calls[f"{m}/{row['block']}/fwd"] = forward
+            calls[f"{m}/{row['block']}/fwd_bwd"] = forward_backward
+    for s in setups.values():
+        s.model.eval()  # dropout off in the blocks, as in sampling
+    times = time_calls(calls, warmup=1, repeat=repeat, min_time=min_time, sync=synchronizer(device))
+    base = {r["block"]: r for r in rows if r["model"] == "mcvd"}
+    for r in rows:
+        r["fwd_ms"] = 1e3 * times[f"{r['model']}/{r['block']}/fwd"]
+        r["fwd_bwd_ms"] = 1e3 * times[f"{r['model']}/{r['block']}/fwd_bwd"]
+        r["fwd_gmacs_per_s"] = r["macs"] / r["fwd_ms"] / 1e6
+        b = base.get(r["block"])
+        r["mac_cut"] = b["macs"] / r["macs"] if b else None
+        r["fwd_speedup"] = b["fwd_ms"] / r["fwd_ms"] if b else None
+        r["fwd_bwd_speedup"] = b["fwd_bwd_ms"] / r["fwd_bwd_ms"] if b else None
+    return rows
+
+
 def _fmt(spec: str) -> Callable[[Any], str]:
     return lambda v: "-" if v is None else format(v, spec)
 
@@ -228,11 +298,28 @@ COLUMNS = [
     ("sample_gmacs_per_s", "sample GMAC/s", _fmt(".1f")),
 ]
 
+BLOCK_COLUMNS = [
+    ("label", "model", str),
+    ("block", "block", str),
+    ("c_in", "c_in", _fmt("d")),
+    ("c_out", "c_out", _fmt("d")),
+    ("size", "h=w", _fmt("d")),
+    ("gmacs", "GMACs", _fmt(".4f")),
+    ("mac_cut", "MAC cut", _fmt(".1f")),
+    ("fwd_ms", "fwd (ms)", _fmt(".1f")),
+    ("fwd_speedup", "fwd speedup", _fmt(".2f")),
+    ("fwd_gmacs_per_s", "fwd GMAC/s", _fmt(".1f")),
+    ("fwd_bwd_ms", "fwd+bwd (ms)", _fmt(".1f")),
+    ("fwd_bwd_speedup", "fwd+bwd speedup", _fmt(".2f")),
+]
+
 PROFILE_COLUMNS = [
     ("label", "model", str),
     ("step", "step", str),
     ("wall_s", "wall (s)", _fmt(".3f")),
     ("op_calls", "op calls", _fmt("d")),
+    ("mac_ops_s", "conv+matmul (s)", _fmt(".3f")),
+    ("memory_ops_s", "rest (s)", _fmt(".3f")),
     *[(f"pct_{c}", f"{c} %", _fmt(".0f")) for c in CATEGORIES],
 ]
 
@@ -246,6 +333,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 5; --quick: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each step first")
     parser.add_argument("--profile", action="store_true", help="add the per-op-category breakdown")
+    parser.add_argument("--blocks", action="store_true",
+                        help="also time single res blocks (one per level) with their MACs")
     parser.add_argument("--variants", default="",
                         help="extra Table 8 rows to time beside the three, comma-separated (e.g. evdm_so,evdm_split)")
     args = parser.parse_args()
@@ -281,6 +370,9 @@ def main() -> None:
     if args.profile:
         for m, s in setups.items():
             profiles[m] = {step: profile_step(getattr(s, step), device) for step in STEPS}
+    blocks: list[dict[str, Any]] = []
+    if args.blocks:
+        blocks = time_blocks(setups, batch, repeat, device, dtype, min_time=0.0 if args.quick else 0.05)
     machine["load_average_1min_end"] = load_average()
 
     base = "mcvd"
@@ -335,10 +427,16 @@ def main() -> None:
             total = p["profiled_s"] or 1.0
             profile_rows.append(dict(
                 label=LABELS[m], step=step, wall_s=p["wall_s"], op_calls=p["op_calls"],
+                mac_ops_s=p["by_category"]["conv"] + p["by_category"]["matmul"],
+                memory_ops_s=total - p["by_category"]["conv"] - p["by_category"]["matmul"],
                 **{f"pct_{c}": 100 * p["by_category"][c] / total for c in CATEGORIES},
             ))
+    if blocks:
+        text.append("Single res blocks, eval mode (dropout off), batch as above; speedups against MCVD's block "
+                    "at the same place\n" + format_table(blocks, BLOCK_COLUMNS))
     if profile_rows:
-        text.append("Profile: share of profiled op self time by category, one call each\n"
+        text.append("Profile: op self time, one call each: in the ops that do the MACs (conv+matmul) and in the "
+                    "rest, then the share of each category\n"
                     + format_table(profile_rows, PROFILE_COLUMNS))
     payload = dict(
         benchmark="evdm_speed",
@@ -353,6 +451,7 @@ def main() -> None:
         results=rows,
         summary=summary,
         profile=profiles,
+        blocks=blocks,
         seconds=round(time.perf_counter() - start, 2),
     )
     emit(payload, args.json, "\n\n".join(text))

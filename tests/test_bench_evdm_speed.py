@@ -4,15 +4,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # bench scripts import their helpers as top-level modules
 
-from evdm_speed import CATEGORIES, op_category  # noqa: E402
+from evdm_speed import CATEGORIES, op_category
 
 
 def test_quick_json_run_ends_with_one_parsable_object():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "evdm_speed.py"), "--quick", "--json", "--threads", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        [sys.executable, str(ROOT / "bench" / "evdm_speed.py"), "--quick", "--json", "--threads", "1", "--blocks"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -40,6 +40,19 @@ def test_quick_json_run_ends_with_one_parsable_object():
     assert summary["evdm_l_train_speedup"] == rows["evdm_l"]["train_speedup"]
     assert set(summary["evdm_l_meets_target"]) == {"train", "sample"}
     assert isinstance(summary["quiet"], bool)
+    # --blocks: the same res blocks of every model, timed, with their MACs.
+    blocks = payload["blocks"]
+    names = {row["block"] for row in blocks}
+    assert {row["model"] for row in blocks} == {"mcvd", "evdm", "evdm_l"}
+    assert len(blocks) == 3 * len(names)
+    macs = {(row["model"], row["block"]): row["macs"] for row in blocks}
+    for row in blocks:
+        for key in ("fwd_ms", "fwd_bwd_ms", "fwd_speedup", "fwd_bwd_speedup", "macs", "fwd_gmacs_per_s"):
+            assert row[key] > 0, key
+        assert row["mac_cut"] == macs[("mcvd", row["block"])] / row["macs"]
+        # EVDM's bottleneck pathway does fewer MACs than MCVD's block in the same place.
+        if row["model"] != "mcvd":
+            assert row["macs"] < macs[("mcvd", row["block"])]
 
 
 def test_op_categories_cover_the_ops_that_dominate():
