@@ -6,10 +6,13 @@ attention kernels alone (no projections) through :func:`vdblocks.attention.atten
 * softmax: exact attention, ``backend="sdpa"``;
 * favor: FAVOR+ with performer's default ``r = int(d ln d)`` random features (the projection matrix
   of a :class:`~vdblocks.attention.MixedSelfAttention` built for ``d``);
-* auto: whichever of the two that block's rule (EVDM eq. 14: FAVOR+ when ``L > 2 d``) picks.
+* auto: whichever of the two that block's rule (EVDM eq. 14: FAVOR+ when ``L > 2 d``) picks;
+* calibrated: whichever ``MixedSelfAttention(algorithm="calibrated")`` picks: FAVOR+ above the
+  crossover :func:`vdblocks.attention.favor_crossover` measured on this device before the timing.
 
 and counts each one's forward MACs with :func:`vdblocks.flops.count_flops`. Per point it reports the
-faster algorithm and auto's slowdown against it (``time_auto / min(time_softmax, time_favor)``); per
+faster algorithm and the slowdown of auto and calibrated against it
+(``time_auto / min(time_softmax, time_favor)``); per
 head dim, the measured crossover (the shortest length from which FAVOR+ stays faster) next to the
 rule's ``2 d``.
 
@@ -20,6 +23,7 @@ rule's ``2 d``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -44,8 +48,9 @@ QUICK_LENGTHS = [64, 256]
 QUICK_HEAD_DIMS = [32]
 
 
-def measure_point(block: MixedSelfAttention, length: int, args, sync) -> dict[str, Any]:
-    """Time and count softmax, FAVOR+ and auto for one ``(L, d)``."""
+def measure_point(block: MixedSelfAttention, calibrated: MixedSelfAttention, length: int, args,
+                  sync) -> dict[str, Any]:
+    """Time and count softmax, FAVOR+, auto and calibrated for one ``(L, d)``."""
     shape = (args.batch, block.heads, length, block.dim_head)
     q, k, v = (torch.randn(shape, device=args.device, dtype=args.torch_dtype) for _ in range(3))
     proj = block.favor.projection_matrix
@@ -60,9 +65,13 @@ def measure_point(block: MixedSelfAttention, length: int, args, sync) -> dict[st
         # The rule is evaluated inside the timed call, as MixedSelfAttention does on every forward.
         return favor() if block.select_algorithm(q.shape[2]) == "favor" else softmax()
 
+    def calibrated_choice():
+        return favor() if calibrated.select_algorithm(q.shape[2]) == "favor" else softmax()
+
     row: dict[str, Any] = {"L": length, "d": block.dim_head, "heads": block.heads, "batch": args.batch,
-                           "nb_features": block.nb_features, "auto_pick": block.select_algorithm(length)}
-    fns = {"softmax": softmax, "favor": favor, "auto": auto}
+                           "nb_features": block.nb_features, "auto_pick": block.select_algorithm(length),
+                           "calibrated_pick": calibrated.select_algorithm(length)}
+    fns = {"softmax": softmax, "favor": favor, "auto": auto, "calibrated": calibrated_choice}
     times = time_calls(fns, warmup=args.warmup, repeat=args.repeat, min_time=args.min_time, sync=sync)
     for name, fn in fns.items():
         row[f"time_{name}"] = times[name]
@@ -72,6 +81,7 @@ def measure_point(block: MixedSelfAttention, length: int, args, sync) -> dict[st
     row["faster"] = "softmax" if row["time_softmax"] <= row["time_favor"] else "favor"
     row["auto_slowdown"] = row["time_auto"] / min(row["time_softmax"], row["time_favor"])
     row["auto_picked_faster"] = row["auto_pick"] == row["faster"]
+    row["calibrated_slowdown"] = row["time_calibrated"] / min(row["time_softmax"], row["time_favor"])
     return row
 
 
@@ -83,7 +93,7 @@ def macs_crossover(d: int, r: int) -> int:
     return length
 
 
-def summarise(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]], threshold: float, crossovers: dict[int, float]) -> dict[str, Any]:
     """Per head dim: the rule's switch length, the measured and the MAC crossovers, auto's mistakes."""
     out: dict[str, Any] = {}
     for d in sorted({r["d"] for r in rows}):
@@ -99,6 +109,9 @@ def summarise(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
             "macs_crossover_L": macs_crossover(d, points[0]["nb_features"]),
             "mispicked_L": [r["L"] for r in points if not r["auto_picked_faster"]],
             "worst_auto_slowdown": max(r["auto_slowdown"] for r in points),
+            "calibrated_switches_above_L": crossovers[d],
+            "worst_calibrated_slowdown": max(r["calibrated_slowdown"] for r in points),
+            "calibrated_within_10pct": all(r["calibrated_slowdown"] <= 1.1 for r in points),
         }
     return out
 
@@ -125,6 +138,8 @@ COLUMNS = [
     ("auto_pick", "auto picks", str),
     ("faster", "faster", str),
     ("auto_slowdown", "auto/faster", lambda x: f"{x:.2f}"),
+    ("calibrated_pick", "calibrated picks", str),
+    ("calibrated_slowdown", "calibrated/faster", lambda x: f"{x:.2f}"),
 ]
 
 
@@ -150,13 +165,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_info(args.device)
     sync = synchronizer(args.device)
     rows = []
+    crossovers: dict[int, float] = {}
+    calibration_s = 0.0
     with torch.inference_mode():
         for d in head_dims:
             block = MixedSelfAttention(args.heads * d, heads=args.heads, dim_head=d, threshold=args.threshold)
             block = block.to(args.device)
-            rows += [measure_point(block, length, args, sync) for length in lengths]
+            calibrated = MixedSelfAttention(args.heads * d, heads=args.heads, dim_head=d, algorithm="calibrated")
+            calibrated.load_state_dict(block.state_dict())  # the same random features
+            calibrated = calibrated.to(args.device, args.torch_dtype)
+            start = time.perf_counter()
+            crossovers[d] = calibrated.crossover()  # measured once here, cached for the timed calls
+            calibration_s += time.perf_counter() - start
+            rows += [measure_point(block, calibrated, length, args, sync) for length in lengths]
     machine["load_average_1min_end"] = load_average()
-    summary = summarise(rows, args.threshold)
+    summary = summarise(rows, args.threshold, crossovers)
 
     lines = [
         f"attention kernels on {machine['device']} ({machine['device_name']}), {args.dtype}, "
@@ -171,8 +194,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lines.append(
             f"  d={d}: rule switches above L={s['rule_switches_above_L']:g}, measured crossover "
             f"L={s['measured_crossover_L']}, fewer MACs from L={s['macs_crossover_L']}, auto picked the slower at L={s['mispicked_L']}, "
-            f"worst auto/faster={s['worst_auto_slowdown']:.2f}"
+            f"worst auto/faster={s['worst_auto_slowdown']:.2f}; calibrated switches above L={s['calibrated_switches_above_L']:g}, "
+            f"worst calibrated/faster={s['worst_calibrated_slowdown']:.2f}"
         )
+    lines.append(f"calibration took {calibration_s:.1f} s in all; calibrated within 10 % of the faster algorithm "
+                 f"at every point: {all(s['calibrated_within_10pct'] for s in summary.values())}")
     payload = {
         "benchmark": "attention",
         "machine": machine,
@@ -180,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": args.device, "dtype": args.dtype, "batch": args.batch, "heads": args.heads,
             "threshold": args.threshold, "lengths": lengths, "head_dims": head_dims,
             "warmup": args.warmup, "repeat": args.repeat, "min_time": args.min_time,
-            "timing": "median seconds per call", "macs": "forward multiply-accumulates (FLOPs = 2 MACs)",
+            "timing": "median seconds per call", "calibration_s": round(calibration_s, 2), "macs": "forward multiply-accumulates (FLOPs = 2 MACs)",
         },
         "results": rows,
         "summary": summary,

@@ -21,14 +21,16 @@ def test_quick_json_run_ends_with_one_parsable_object():
     for row in payload["results"]:
         for key in ("L", "d", "auto_pick", "faster", "auto_slowdown", "nb_features"):
             assert key in row
-        for algo in ("softmax", "favor", "auto"):
+        for algo in ("softmax", "favor", "auto", "calibrated"):
             assert row[f"time_{algo}"] > 0
             assert row[f"macs_{algo}"] > 0
         # auto runs exactly the algorithm it reports picking, so it does that algorithm's work.
         assert row["macs_auto"] == row[f"macs_{row['auto_pick']}"]
+        assert row["macs_calibrated"] == row[f"macs_{row['calibrated_pick']}"]
         # The rule of EVDM eq. 14 with the default threshold 2.
         assert row["auto_pick"] == ("favor" if row["L"] > 2 * row["d"] else "softmax")
         assert row["faster"] in ("softmax", "favor")
     assert set(payload["summary"]) == {str(d) for d in payload["config"]["head_dims"]}
     for entry in payload["summary"].values():
-        assert {"rule_switches_above_L", "measured_crossover_L", "macs_crossover_L", "mispicked_L"} <= entry.keys()
+        assert {"rule_switches_above_L", "measured_crossover_L", "macs_crossover_L", "mispicked_L",
+                "calibrated_switches_above_L", "worst_calibrated_slowdown"} <= entry.keys()

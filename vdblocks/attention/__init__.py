@@ -1,6 +1,7 @@
 """Attention kernels, their dispatch, and EVDM's MixedSelfAttention."""
 
 from .backends import AttentionBackend, FavorBackend, MathBackend, SDPABackend, XFormersBackend
+from .calibration import calibration_cache, clear_calibration_cache, favor_crossover
 from .dispatch import (
     DEFAULT_PRIORITY,
     ENV_VAR,
@@ -26,6 +27,9 @@ __all__ = [
     "XFormersBackend",
     "attention",
     "attention_backend",
+    "calibration_cache",
+    "clear_calibration_cache",
+    "favor_crossover",
     "get_backend",
     "list_backends",
     "register_backend",

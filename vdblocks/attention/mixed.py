@@ -11,11 +11,19 @@ from einops import rearrange
 from performer_pytorch import FastAttention
 
 from .._validation import check_positive_int, check_tensor
+from .calibration import CalibrationKey, calibration_cache, favor_crossover
 from .dispatch import BackendSpec, attention
 
 __all__ = ["MixedSelfAttention"]
 
-Algorithm = Literal["auto", "softmax", "favor"]
+Algorithm = Literal["auto", "calibrated", "softmax", "favor"]
+_ALGORITHMS = ("auto", "calibrated", "softmax", "favor")
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
 
 
 class MixedSelfAttention(nn.Module):
@@ -24,8 +32,13 @@ class MixedSelfAttention(nn.Module):
     Projections follow eq. 11-12: ``Q, K, V = T W_{1,2,3} + b``, ``T_out = (softmax(Q K^T / sqrt(d)) V) W_4 + b_4``.
     With ``algorithm="auto"`` the gate of eq. 14 applies: FAVOR+ (eq. 13, performer-pytorch's
     positive orthogonal random features) when the token count ``L`` exceeds ``threshold * d``
-    (``d = dim_head``, the paper's ``lambda = 2``), exact attention otherwise. ``"softmax"`` and
-    ``"favor"`` force one algorithm. Exact attention runs through the backend dispatch
+    (``d = dim_head``, the paper's ``lambda = 2``), exact attention otherwise. ``"calibrated"``
+    replaces ``lambda * d`` by the length from which FAVOR+ is measured to be faster on the
+    device and dtype the layer runs on (:func:`vdblocks.attention.calibration.favor_crossover`,
+    measured on first use and cached per device, dtype, ``d`` and feature count; where nothing can
+    be timed, on the meta device, under fake tensors or inside ``torch.compile``, it falls back to
+    eq. 14, or to a crossover already measured for the key). ``"softmax"`` and ``"favor"`` force one
+    algorithm. Exact attention runs through the backend dispatch
     (:func:`vdblocks.attention.attention`, ``backend=`` forwarded).
 
     Reading taken: eq. 11 writes the projections as per-head ``d x d`` matrices; we use the usual
@@ -42,7 +55,7 @@ class MixedSelfAttention(nn.Module):
         dim_head: per-head width ``d``.
         threshold: ``lambda`` of eq. 14.
         nb_features: random features of FAVOR+; None takes performer's default ``int(d ln d)`` (at least 1).
-        algorithm: ``"auto"``, ``"softmax"`` or ``"favor"``.
+        algorithm: ``"auto"`` (eq. 14), ``"calibrated"``, ``"softmax"`` or ``"favor"``.
         backend: attention backend spec for the exact path (see :mod:`vdblocks.attention.dispatch`).
     """
 
@@ -61,8 +74,8 @@ class MixedSelfAttention(nn.Module):
         self.dim = check_positive_int(dim, "dim")
         self.heads = check_positive_int(heads, "heads")
         self.dim_head = check_positive_int(dim_head, "dim_head")
-        if algorithm not in ("auto", "softmax", "favor"):
-            raise ValueError(f"algorithm must be 'auto', 'softmax' or 'favor', got {algorithm!r}")
+        if algorithm not in _ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {_ALGORITHMS}, got {algorithm!r}")
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if nb_features is not None:
@@ -84,13 +97,38 @@ class MixedSelfAttention(nn.Module):
             self.favor = FastAttention(dim_head, nb_features=nb_features)
         self.favor.to(default_device)
         self.nb_features = self.favor.nb_features
+        self._crossovers: dict[tuple[torch.device, torch.dtype], float] = {}
 
-    def select_algorithm(self, seq_len: int) -> Literal["softmax", "favor"]:
-        """The algorithm used for ``seq_len`` tokens: eq. 14's gate under ``"auto"``."""
+    def crossover(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> float:
+        """Token count above which ``"auto"``/``"calibrated"`` choose FAVOR+ on ``device``/``dtype``
+        (default: the layer's): ``threshold * dim_head`` under ``"auto"``, the measured crossover
+        under ``"calibrated"``."""
+        paper = self.threshold * self.dim_head
+        if self.algorithm != "calibrated":
+            return paper
+        matrix = self.favor.projection_matrix
+        device = matrix.device if device is None else torch.device(device)
+        dtype = matrix.dtype if dtype is None else dtype
+        memo = self._crossovers.get((device, dtype))
+        if memo is not None:  # every forward asks: keep it to a dict lookup
+            return memo
+        if device.type == "meta" or _is_fake(matrix) or torch.compiler.is_compiling():
+            key = CalibrationKey(str(device), str(dtype).removeprefix("torch."), self.dim_head, self.nb_features)
+            return calibration_cache().get(key, paper)
+        # a crossover of L means FAVOR+ wins from L on; the gate is "seq_len > crossover"
+        measured = favor_crossover(matrix.detach().to(device=device, dtype=dtype), backend=self.backend) - 0.5
+        self._crossovers[(device, dtype)] = measured
+        return measured
+
+    def select_algorithm(
+        self, seq_len: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Literal["softmax", "favor"]:
+        """The algorithm used for ``seq_len`` tokens: eq. 14's gate under ``"auto"``, the measured
+        crossover under ``"calibrated"`` (on ``device``/``dtype``, default the layer's)."""
         check_positive_int(seq_len, "seq_len")
-        if self.algorithm != "auto":
+        if self.algorithm in ("softmax", "favor"):
             return self.algorithm  # type: ignore[return-value]
-        return "favor" if seq_len > self.threshold * self.dim_head else "softmax"
+        return "favor" if seq_len > self.crossover(device, dtype) else "softmax"
 
     @torch.no_grad()
     def redraw_projection_matrix(self) -> None:
@@ -106,7 +144,7 @@ class MixedSelfAttention(nn.Module):
             check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim})
             tokens = x
         q, k, v = rearrange(self.to_qkv(tokens), "b n (three k d) -> three b k n d", three=3, k=self.heads)
-        if self.select_algorithm(tokens.shape[1]) == "favor":
+        if self.select_algorithm(tokens.shape[1], q.device, q.dtype) == "favor":
             out = attention(q, k, v, backend="favor", projection_matrix=self.favor.projection_matrix)
         else:
             out = attention(q, k, v, backend=self.backend)  # b k n d
