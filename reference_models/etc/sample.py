@@ -4,7 +4,8 @@ ETC's sampler (appendix E.1): DDIM with 50 steps and classifier-free guidance of
 at a predetermined FPS (section 4.2: "the FPS value for inference predetermined"; 30 in the
 paper's tests). The conditional and unconditional predictions come from one batched U-Net call
 (``vdblocks.diffusion.cfg_model_fn``): ``eps~ = eps(x, null) + s (eps(x, c) - eps(x, null))``, so
-``s = 1`` is the conditional model. The frame rate chooses what kind of clip comes out (eq. 6):
+``s = 1`` is the conditional model; a velocity model is guided by the same formula on ``v``, which
+is the same guidance since ``eps`` is affine in ``v`` with coefficients shared by both branches. The frame rate chooses what kind of clip comes out (eq. 6):
 1-60 a video at that rate, 0 a group of different images of one label, 120 a still.
 
 CLI (weights from a training checkpoint, EMA by default; the config from its JSON manifest)::
@@ -56,7 +57,7 @@ class ETCSystem(nn.Module):
     and checkpoints (parameters ``unet.*`` and ``conditioner.*``).
 
     ``forward(x (b, c, t, h, w), timesteps (b,), fps (b,), labels=None, captions=None,
-    cond_dropout=0.0, generator=None) -> eps (b, c, t, h, w)``: the context is built inside the
+    cond_dropout=0.0, generator=None) -> prediction (b, c, t, h, w)``: the context is built inside the
     forward, so under DDP the text encoder's gradients are synchronised with the U-Net's.
     ``cond_dropout`` replaces each item's context by the null context with that probability
     (classifier-free guidance training), drawing from ``generator``.
@@ -98,7 +99,8 @@ def guided_model_fn(
     fps: torch.Tensor,
     guidance_scale: float,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The samplers' ``model_fn(x_t (b, c, t, h, w), t (b,)) -> guided eps``.
+    """The samplers' ``model_fn(x_t (b, c, t, h, w), t (b,)) -> guided prediction``
+    (noise or velocity, as the model predicts).
 
     ``model(x, timesteps, fps, context)`` is an ``ETCUNet`` (or anything with its forward, such as
     the diffusers adapter); ``context (b, n, d)``, ``null_context (b or 1, n, d)``, ``fps (b,)``.
@@ -157,6 +159,7 @@ def sample(
     generator: torch.Generator | None = None,
     schedule: NoiseSchedule | None = None,
     clip_sample: bool | None = None,
+    prediction_type: str | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Sample ``b`` clips ``(b, c, t, h, w)`` with DDIM and classifier-free guidance (appendix E.1).
@@ -167,7 +170,8 @@ def sample(
     default to ``model.cfg``'s; any size ``model.check_input`` accepts works (the mixed embedding has
     no parameters). ``schedule`` defaults to the config's. ``clip_sample`` clips DDIM's ``x_0``
     estimate to ``[-1, 1]``; None turns it on for pixel models (``in_channels`` 1 or 3) and off for
-    latent ones. Noise comes from ``generator`` (on any device; the draws are moved). The model and
+    latent ones. ``prediction_type`` (what the model outputs: ``"epsilon"``, ``"v_prediction"`` or
+    ``"sample"``) defaults to ``model.cfg``'s, else ``"epsilon"``. Noise comes from ``generator`` (on any device; the draws are moved). The model and
     conditioner run in eval mode and are put back as they were.
     """
     cfg = getattr(model, "cfg", None)
@@ -187,6 +191,8 @@ def sample(
         model.check_input(shape)
     if clip_sample is None:
         clip_sample = channels in (1, 3)
+    if prediction_type is None:
+        prediction_type = getattr(cfg, "prediction_type", "epsilon")
     device = next(model.parameters()).device
     fps_t = _fps_tensor(fps, b, getattr(cfg, "max_fps", 120.0)).to(device)
     if labels is not None:
@@ -200,7 +206,8 @@ def sample(
         null = conditioner.null_context(b)  # b n d
         model_fn = guided_model_fn(model, context.to(device), null.to(device), fps_t, guidance_scale)
         return sample_ddim(model_fn, shape, schedule, steps, eta, generator=generator, device=device,
-                           clip_sample=clip_sample, progress=progress)  # b c t h w
+                           clip_sample=clip_sample, prediction_type=prediction_type,
+                           progress=progress)  # b c t h w
     finally:
         for module, mode in modes:
             module.train(mode)

@@ -186,7 +186,8 @@ def etc_loss(
     cfg: ETCConfig,
     schedule: NoiseSchedule,
 ) -> torch.Tensor:
-    """DDPM's eps loss (eq. 14) on a triple-data batch, with classifier-free condition dropout.
+    """The denoising loss on a triple-data batch (target as ``cfg.prediction_type`` says: DDPM's eps
+    loss, eq. 14, or the velocity), with classifier-free condition dropout.
 
     ``t`` uniform and the noise are drawn first (``diffusion_loss``), the dropout mask after, all
     from ``generator``; ``model`` is the (possibly DDP-wrapped) ``ETCSystem``.
@@ -197,7 +198,8 @@ def etc_loss(
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x_t, t, fps, labels, captions, cond_dropout=cfg.cond_dropout, generator=generator)
 
-    return diffusion_loss(model_fn, batch["video"], schedule, generator=generator)
+    return diffusion_loss(model_fn, batch["video"], schedule, generator=generator,
+                          prediction_type=cfg.prediction_type)
 
 
 class SamplePrompt(NamedTuple):

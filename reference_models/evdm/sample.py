@@ -172,9 +172,9 @@ def sample_frames(
     try:
         if sampler == "ddpm":
             return sample_ddpm(model_fn, shape, schedule, steps=steps, clip_sample=clip_sample, generator=generator,
-                               device=device, dtype=dtype, progress=progress)
+                               device=device, dtype=dtype, progress=progress, prediction_type=cfg.prediction_type)
         return sample_ddim(model_fn, shape, schedule, steps, eta, clip_sample=clip_sample, generator=generator,
-                           device=device, dtype=dtype, progress=progress)
+                           device=device, dtype=dtype, progress=progress, prediction_type=cfg.prediction_type)
     finally:
         model.train(was_training)
 

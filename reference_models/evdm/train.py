@@ -168,7 +168,7 @@ def evdm_loss(
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x_t, t, **conditions)  # b c T h w
 
-    return diffusion_loss(model_fn, x0, schedule, generator=generator)
+    return diffusion_loss(model_fn, x0, schedule, generator=generator, prediction_type=cfg.prediction_type)
 
 
 def sample_tasks(cfg: EVDMConfig) -> list[str]:

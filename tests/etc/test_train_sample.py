@@ -17,6 +17,7 @@ from reference_models.etc import train as train_mod
 from reference_models.etc.config import get_config
 from reference_models.etc.data import collate_etc
 from reference_models.etc.sample import ETCSystem, guided_model_fn, load_system, sample, schedule_from_config
+from vdblocks.diffusion import diffusion_loss
 
 # A very small ETC: two levels of 8 and 16 channels, 4 frames of 8x8.
 OVERRIDES = {
@@ -58,16 +59,21 @@ def run(tmp_path_factory):
 
 
 def fixed_batch_loss(system, batch, cfg):
-    """Eval loss on a fixed batch with fixed timesteps and noise (no dropout)."""
+    """Eval loss on a fixed batch with fixed timesteps and noise (no dropout), against the target
+    the config's prediction type names."""
     schedule = schedule_from_config(cfg)
     g = torch.Generator().manual_seed(1)
     x0 = batch["video"]
     t = torch.linspace(50, 950, x0.shape[0]).long()
     noise = torch.randn(x0.shape, generator=g)
     labels, captions = train_mod.condition_inputs(batch, cfg)
+    system.eval()
+
+    def model_fn(x_t, timesteps):
+        return system(x_t, timesteps, batch["fps"], labels, captions)
+
     with torch.no_grad():
-        eps = system.eval()(schedule.q_sample(x0, t, noise), t, batch["fps"], labels, captions)
-    return float((eps - noise).pow(2).mean())
+        return float(diffusion_loss(model_fn, x0, schedule, t, noise, prediction_type=cfg.prediction_type))
 
 
 def test_short_training_lowers_the_loss(run):
@@ -211,7 +217,8 @@ def test_sample_shapes_rates_and_determinism(system):
 
 
 class OracleUNet(torch.nn.Module):
-    """The exact eps of a data set holding one clip: ``(x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)``."""
+    """The exact denoiser of a data set holding one clip: the noise ``(x_t - sqrt(abar_t) x0) /
+    sqrt(1 - abar_t)``, or its velocity when the config predicts velocities."""
 
     def __init__(self, cfg, clip):
         super().__init__()
@@ -220,13 +227,17 @@ class OracleUNet(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # sample() reads the device from a parameter
 
     def forward(self, x, timesteps, fps, context):
-        abar = self.schedule.alphas_cumprod[timesteps].to(x.dtype).view(-1, 1, 1, 1, 1)
-        return (x - abar.sqrt() * self.clip) / (1 - abar).sqrt()
+        clip = self.clip.expand_as(x)
+        eps = self.schedule.predict_eps(x, timesteps, clip)
+        if self.cfg.prediction_type == "v_prediction":
+            return self.schedule.velocity(clip, timesteps, eps)
+        return eps
 
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 7.0])
-def test_sampling_the_exact_denoiser_of_one_clip_returns_that_clip(system, guidance_scale):
-    cfg = system.cfg
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_sampling_the_exact_denoiser_of_one_clip_returns_that_clip(system, guidance_scale, prediction_type):
+    cfg = system.cfg.replace(prediction_type=prediction_type)
     clip = torch.rand(3, cfg.frames, cfg.height, cfg.width, generator=torch.Generator().manual_seed(0)) * 2 - 1
     out = sample(OracleUNet(cfg, clip), system.conditioner, captions=["a", "b"], fps=[8.0, 30.0], steps=50,
                  guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(1))

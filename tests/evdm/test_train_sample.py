@@ -153,8 +153,10 @@ class Spy(nn.Module):
         return x * self.w
 
 
-def test_loss_gives_the_model_clean_conditions_and_the_drawn_masks():
-    cfg, schedule = tiny_cfg(), schedule_from_config(tiny_cfg())
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_loss_gives_the_model_clean_conditions_and_the_drawn_masks(prediction_type):
+    cfg = tiny_cfg(prediction_type=prediction_type)
+    schedule = schedule_from_config(cfg)
     batch = {"past": frames(16, 2, 0), "current": frames(16, 2, 1), "future": frames(16, 1, 2)}
     spy = Spy()
     loss = evdm_loss(spy, batch, torch.Generator().manual_seed(5), cfg=cfg, schedule=schedule)
@@ -164,7 +166,13 @@ def test_loss_gives_the_model_clean_conditions_and_the_drawn_masks():
     assert call["past"] is batch["past"] and call["future"] is batch["future"]  # not noised
     assert not torch.equal(call["x"], batch["current"])  # the current frames are
     loss.backward()
-    assert loss.item() == pytest.approx(1.0, abs=0.3) and spy.w.grad is not None  # eps-loss of a zero prediction
+    assert spy.w.grad is not None
+    # a zero prediction's loss is the mean square of the target the prediction type names
+    t = call["t"]
+    x_t = call["x"]
+    noise = schedule.predict_eps(x_t, t, batch["current"])
+    target = noise if prediction_type == "epsilon" else schedule.velocity(batch["current"], t, noise)
+    assert loss.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-4)
     again = Spy()
     assert evdm_loss(again, batch, torch.Generator().manual_seed(5), cfg=cfg, schedule=schedule).item() == loss.item()
 
@@ -232,8 +240,9 @@ def test_tasks_reject_conditions_the_model_lacks():
 
 
 class Oracle(nn.Module):
-    """Predicts the eps whose x_0 is ``last past frame + 0.1 k`` for current frame ``k = 1..T``
-    (zeros when no past is given), so deterministic DDIM returns exactly that x_0."""
+    """Predicts the noise (or velocity, as the config says) whose x_0 is ``last past frame + 0.1 k``
+    for current frame ``k = 1..T`` (zeros when no past is given), so deterministic DDIM returns
+    exactly that x_0."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -245,7 +254,9 @@ class Oracle(nn.Module):
         self.pasts.append(None if past is None else past.clone())
         last = past[:, :, -1:] if past is not None else torch.zeros_like(x[:, :, :1])
         steps = 0.1 * torch.arange(1, x.shape[2] + 1, dtype=x.dtype).view(1, 1, -1, 1, 1)
-        return self.schedule.predict_eps(x, t, last + steps)
+        x0 = (last + steps).expand_as(x)
+        eps = self.schedule.predict_eps(x, t, x0)
+        return self.schedule.velocity(x0, t, eps) if self.cfg.prediction_type == "v_prediction" else eps
 
 
 @given(total=st.integers(1, 7))
@@ -287,7 +298,8 @@ def run(tmp_path_factory):
 
 
 def fixed_batch_loss(model, cfg, batch):
-    """Eval eps-loss with fixed timesteps, noise and masks (all four tasks, a quarter each)."""
+    """Eval loss (against the config's prediction target) with fixed timesteps, noise and masks (all
+    four tasks, a quarter each)."""
     schedule = schedule_from_config(cfg)
     g = torch.Generator().manual_seed(1)
     x0 = batch["current"]
@@ -295,9 +307,10 @@ def fixed_batch_loss(model, cfg, batch):
     noise = torch.randn(x0.shape, generator=g)
     keep = torch.arange(x0.shape[0])
     with torch.no_grad():
-        eps = model.eval()(schedule.q_sample(x0, t, noise), t, past=batch["past"], future=batch["future"],
-                           past_mask=keep % 2 == 0, future_mask=keep % 4 < 2)
-    return float((eps - noise).pow(2).mean())
+        pred = model.eval()(schedule.q_sample(x0, t, noise), t, past=batch["past"], future=batch["future"],
+                            past_mask=keep % 2 == 0, future_mask=keep % 4 < 2)
+    target = noise if cfg.prediction_type == "epsilon" else schedule.velocity(x0, t, noise)
+    return float((pred - target).pow(2).mean())
 
 
 def test_short_training_lowers_the_loss(run):
