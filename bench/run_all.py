@@ -1,0 +1,243 @@
+"""Run every benchmark and rebuild the efficiency report: docs/benchmarks.md with tables and PNG plots.
+
+Each benchmark script runs in its own process with ``--json`` (so one slow or failing script does not
+take the others down); its last output line is parsed, stored beside the report as
+``benchmarks/results/<name>.json``, summarised in a table and drawn in a PNG of cost versus size.
+Every figure and table names the machine it was measured on.
+
+    python bench/run_all.py                       # everything, full size (tens of minutes on 2 cores)
+    python bench/run_all.py --only attention,evdm_table
+    python bench/run_all.py --quick --out /tmp/r  # smoke test: tiny sizes, written elsewhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+Payload = dict[str, Any]
+
+
+def machine_line(payload: Payload) -> str:
+    m = payload.get("machine", {})
+    threads = m.get("torch_threads", "?")
+    return f"{m.get('device_name', m.get('cpu', '?'))}, {threads} thread(s), torch {m.get('torch', '?')}"
+
+
+# ---------------------------------------------------------------- per-benchmark tables and figures
+
+
+def attention_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    rows = p["results"]
+    dims = sorted({r["d"] for r in rows})
+    fig, axes = ax_fig(1, len(dims), figsize=(4.2 * len(dims), 3.6))
+    for ax, d in zip(axes, dims):
+        pts = sorted((r for r in rows if r["d"] == d), key=lambda r: r["L"])
+        ls = [r["L"] for r in pts]
+        for key, style in (("softmax", "-o"), ("favor", "-s"), ("auto", ":x"), ("calibrated", "--+")):
+            if f"time_{key}" in pts[0]:
+                ax.plot(ls, [1e3 * r[f"time_{key}"] for r in pts], style, label=key, markersize=4)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="ms per call", title=f"d = {d}")
+        ax.legend(fontsize=7)
+    header = ["d", "L", "softmax ms", "favor ms", "auto/faster", "calibrated/faster"]
+    table = [[r["d"], r["L"], f"{1e3 * r['time_softmax']:.3f}", f"{1e3 * r['time_favor']:.3f}",
+              f"{r['auto_slowdown']:.2f}", f"{r['calibrated_slowdown']:.2f}" if "calibrated_slowdown" in r else "-"]
+             for r in rows]
+    return header, table
+
+
+def evdm_table_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    rows = p["table8"]
+    fig, (ax1, ax2) = ax_fig(1, 2, figsize=(11, 3.8))
+    names = [r["row"] for r in rows]
+    x = range(len(rows))
+    ax1.bar([i - 0.2 for i in x], [r["gmacs"] for r in rows], 0.4, label="ours (forward GMACs, batch 64)")
+    ax1.bar([i + 0.2 for i in x], [r["paper_gflops"] for r in rows], 0.4, label='paper ("GFLOPs")')
+    ax2.bar([i - 0.2 for i in x], [r["params_m"] for r in rows], 0.4, label="ours")
+    ax2.bar([i + 0.2 for i in x], [r["paper_params_m"] for r in rows], 0.4, label="paper")
+    for ax, ylabel in ((ax1, "GMACs at batch 64"), (ax2, "parameters (M)")):
+        ax.set_xticks(list(x), names, rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    header = ["row", "params (M)", "paper (M)", "GMACs", "paper", "cut", "paper cut"]
+    table = [[r["row"], f"{r['params_m']:.2f}", r["paper_params_m"], f"{r['gmacs']:.1f}", r["paper_gflops"],
+              f"{r['cut']:.2f}", f"{r['paper_cut']:.2f}"] for r in rows]
+    return header, table
+
+
+def evdm_speed_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    rows = p["results"]
+    fig, ax = ax_fig(1, 1, figsize=(6, 3.6))
+    ax = ax[0]
+    names = [r["label"] for r in rows]
+    x = range(len(rows))
+    ax.bar([i - 0.27 for i in x], [r["mac_cut"] for r in rows], 0.27, label="MAC cut")
+    ax.bar(list(x), [r["train_speedup"] for r in rows], 0.27, label="training-step speedup")
+    ax.bar([i + 0.27 for i in x], [r["sample_speedup"] for r in rows], 0.27, label="sampling-step speedup")
+    ax.axhline(2.7, color="gray", linestyle=":", label="paper: 2.7x (A40)")
+    ax.set_xticks(list(x), names, fontsize=8)
+    ax.set_ylabel("x vs MCVD")
+    ax.legend(fontsize=7)
+    header = ["model", "GMACs/sample", "MAC cut", "train s", "train speedup", "sample s", "sample speedup"]
+    table = [[r["label"], f"{r['gmacs_per_sample']:.3f}", f"{r['mac_cut']:.2f}", f"{r['train_s']:.3f}",
+              f"{r['train_speedup']:.2f}", f"{r['sample_s']:.3f}", f"{r['sample_speedup']:.2f}"] for r in rows]
+    return header, table
+
+
+def etc_attention_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    rows = p["results"]
+    fig, (ax1, ax2) = ax_fig(1, 2, figsize=(10, 3.6))
+    labels = [f"{r['frames']}f {r['pixels']}px" for r in rows]
+    x = range(len(rows))
+    ax1.bar([i - 0.2 for i in x], [r["macs_full"] / 1e9 for r in rows], 0.4, label="ETC: one attention over the grid")
+    ax1.bar([i + 0.2 for i in x], [r["macs_factorised"] / 1e9 for r in rows], 0.4, label="spatial + temporal")
+    ax1.set(yscale="log", ylabel="forward GMACs")
+    ax2.plot(list(x), [r["mac_ratio"] for r in rows], "-o", label="MAC ratio (ours)")
+    ax2.plot(list(x), [r["mac_ratio_paper"] for r in rows], "--s", label="paper's formula")
+    ax2.plot(list(x), [r["time_ratio_fwd"] for r in rows], ":x", label="time ratio, forward")
+    ax2.set(ylabel="grid / factorised", yscale="log")
+    for ax in (ax1, ax2):
+        ax.set_xticks(list(x), labels, fontsize=7, rotation=20)
+        ax.legend(fontsize=7)
+    header = ["setting", "tokens", "GMACs grid", "GMACs factorised", "MAC ratio", "paper ratio", "time ratio fwd"]
+    table = [[r["setting"], r["tokens_full"], f"{r['macs_full'] / 1e9:.2f}", f"{r['macs_factorised'] / 1e9:.2f}",
+              f"{r['mac_ratio']:.2f}", f"{r['mac_ratio_paper']:.2f}", f"{r['time_ratio_fwd']:.2f}"] for r in rows]
+    return header, table
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str
+    script: str
+    report: Callable[[Payload, Callable[..., Any]], tuple[list[str], list[list[Any]]]]
+    full_args: tuple[str, ...] = ()
+    quick_args: tuple[str, ...] = ("--quick",)
+    page: str | None = None  # the benchmark's own page with the method and discussion
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("attention", "Attention: exact softmax vs FAVOR+ vs EVDM's rule vs the calibrated choice",
+              "attention.py", attention_report, page="benchmarks/attention.md"),
+    Benchmark("evdm_table", "EVDM Table 8: parameters and MACs against the MCVD baseline", "evdm_table.py",
+              evdm_table_report, page="benchmarks/evdm_table.md"),
+    Benchmark("evdm_speed", "EVDM: training- and sampling-step time against MCVD", "evdm_speed.py",
+              evdm_speed_report, page="benchmarks/evdm_speed.md"),
+    Benchmark("etc_attention", "ETC: one attention over the frame grid vs factorised attention",
+              "etc_attention.py", etc_attention_report, page="benchmarks/etc_attention.md"),
+)
+
+
+def run_one(bench: Benchmark, quick: bool, timeout: float) -> Payload:
+    args = [sys.executable, str(BENCH / bench.script), "--json", *(bench.quick_args if quick else bench.full_args)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{bench.script} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_report(results: dict[str, Payload], errors: dict[str, str], out: Path, quick: bool) -> Path:
+    """Write ``out/benchmarks.md``, ``out/benchmarks/report_<name>.png`` and the raw JSON."""
+    figures = out / "benchmarks"
+    (figures / "results").mkdir(parents=True, exist_ok=True)
+    sections = [
+        "# Efficiency report\n",
+        "Regenerated by `python bench/run_all.py`"
+        + (" (**--quick smoke run: tiny sizes, not results**)" if quick else "")
+        + ". Each section: the benchmark's summary table, a plot, the machine it ran on, and a link to"
+        " the benchmark's own page with the method and the discussion. Raw figures: "
+        "`benchmarks/results/<name>.json` (each script's `--json` output).\n",
+    ]
+    for bench in BENCHMARKS:
+        if bench.name in errors:
+            sections.append(f"## {bench.title}\n\nNot run: {errors[bench.name]}\n")
+            continue
+        if bench.name not in results:
+            continue
+        payload = results[bench.name]
+        (figures / "results" / f"{bench.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+
+        def ax_fig(nrows: int, ncols: int, **kw: Any) -> tuple[Any, Any]:
+            fig, axes = plt.subplots(nrows, ncols, **kw)
+            axes_list = list(axes.flat) if hasattr(axes, "flat") else [axes]
+            return fig, axes_list
+
+        header, rows = bench.report(payload, ax_fig)
+        fig = plt.gcf()
+        fig.suptitle(f"{bench.title}\n{machine_line(payload)}", fontsize=9)
+        fig.tight_layout()
+        png = figures / f"report_{bench.name}.png"
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        link = f" Details: [{bench.page}]({bench.page})." if bench.page else ""
+        sections.append(
+            f"## {bench.title}\n\nMeasured on {machine_line(payload)}.{link}\n\n"
+            f"![{bench.title}](benchmarks/{png.name})\n\n{markdown_table(header, rows)}\n"
+        )
+    path = out / "benchmarks.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def main(argv: list[str] | None = None) -> Payload:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); write with --out")
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="directory for benchmarks.md (default docs/)")
+    parser.add_argument("--only", default="", help="comma list of benchmarks (default: all)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    args = parser.parse_args(argv)
+    names = [b.name for b in BENCHMARKS]
+    only = [n for n in args.only.split(",") if n] or names
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; known: {names}")
+    results: dict[str, Payload] = {}
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for bench in BENCHMARKS:
+        if bench.name not in only:
+            continue
+        start = time.perf_counter()
+        print(f"running {bench.script} ...", flush=True)
+        try:
+            results[bench.name] = run_one(bench, args.quick, args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as err:
+            errors[bench.name] = str(err).splitlines()[0]
+            print(f"  {bench.name}: {err}", file=sys.stderr)
+        seconds[bench.name] = round(time.perf_counter() - start, 1)
+    path = write_report(results, errors, Path(args.out), args.quick)
+    print(f"wrote {path} and {len(results)} figure(s) under {path.parent / 'benchmarks'}")
+    summary = {"benchmark": "run_all", "report": str(path), "ran": sorted(results), "failed": errors,
+               "seconds": seconds, "machine": next(iter(results.values()))["machine"] if results else {}}
+    if args.json:
+        print(json.dumps(summary))
+    if errors:
+        raise SystemExit(1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
