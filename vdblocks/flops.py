@@ -307,7 +307,8 @@ def count_flops(
     Args:
         module_or_fn: an ``nn.Module`` or any callable; modules called inside it are broken down in
             ``report.by_module``.
-        *args, **kwargs: passed to the call (``backward`` is taken by this function).
+        *args: passed to the call.
+        **kwargs: passed to the call (``backward`` is taken by this function).
         backward: also run the backward of the sum of every floating output that requires grad, and
             count it apart in ``report.backward``. ``report.macs`` stays the forward count.
 
