@@ -3,6 +3,7 @@
 from .bottleneck import BottleneckResidualPathway
 from .channel_split import ChannelSplit
 from .content_frame import ContentFrameHead, MotionLatentHead
+from .dit import DiTBlock, DiTFinalLayer, PatchEmbed2d, dit_positions, unpatchify
 from .embeddings import (
     SinusoidalEmbedding,
     TimestepEmbedding,
@@ -37,10 +38,13 @@ __all__ = [
     "ChannelShuffle",
     "ChannelSplit",
     "ContentFrameHead",
+    "DiTBlock",
+    "DiTFinalLayer",
     "DividedSpaceTimeBlock",
     "FPSEmbedding",
     "FeedForward",
     "MotionLatentHead",
+    "PatchEmbed2d",
     "ScaleShiftGroupNorm",
     "SinusoidalEmbedding",
     "SpatialTemporalMixedEmbedding",
@@ -52,6 +56,7 @@ __all__ = [
     "VideoTransformer",
     "channel_shuffle",
     "channel_shuffle_permutation",
+    "dit_positions",
     "grid_for",
     "grid_to_video",
     "group_norm",
@@ -62,6 +67,7 @@ __all__ = [
     "sinusoidal_embedding",
     "triplane_expand",
     "triplane_latent_size",
+    "unpatchify",
     "video_positions",
     "video_to_grid",
 ]

@@ -1,0 +1,223 @@
+"""CMD's content-frame diffusion model (eq. 7): an image DiT over content frames, class/text conditioned.
+
+``eps_theta_I(x_bar_t, c, t)`` learns ``p(x_bar | c)`` with the plain eps objective of eq. 7. For
+UCF-101 the paper trains a DiT-XL/2 from scratch (Table 7), for WebVid it fine-tunes Stable
+Diffusion; :mod:`reference_models.cmd.diffusers_adapter` puts a pretrained diffusers model behind
+the same call as :class:`ContentDiT`:
+
+    ``model(x (b, C, H, W), t (b,), labels=None, text=None, drop=None) -> eps (b, C, H, W)``
+
+Conditioning (:class:`ConditionEmbedding`, shared with the motion model): DiT's adaLN vector
+``c = TimestepMLP(t) + LabelEmbedding(y) + Linear(text)``. Class ``num_classes`` is the learned null
+class, and a learned null text vector stands in for a dropped text; ``drop (b,)`` (bool) switches a
+sample to both nulls. Classifier-free guidance runs the model on ``drop = False`` and ``drop = True``
+(:func:`vdblocks.diffusion.cfg_model_fn`); training drops with probability ``cond_dropout``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.layers.dit import (
+    DiTBlock,
+    DiTFinalLayer,
+    PatchEmbed2d,
+    dit_positions,
+    unpatchify,
+)
+from vdblocks.layers.embeddings import TimestepEmbedding
+
+from .config import CMDConfig
+
+__all__ = ["ConditionEmbedding", "ContentDiT", "DataNormalizer", "check_condition_inputs", "draw_drop"]
+
+
+def check_condition_inputs(
+    batch: int,
+    labels: torch.Tensor | None,
+    text: torch.Tensor | None,
+    drop: torch.Tensor | None,
+    num_classes: int | None,
+    text_dim: int | None,
+) -> None:
+    """Boundary checks of ``labels (b,)`` int in ``[0, num_classes]``, ``text (b, text_dim)`` and ``drop (b,)`` bool."""
+    if labels is not None:
+        if num_classes is None:
+            raise ValueError("this model has no class conditioning (num_classes=None); pass labels=None")
+        check_tensor(labels, "labels", "(b,)", sizes={"b": batch}, floating=False)
+        out_of_range = labels.device.type != "meta" and bool(((labels < 0) | (labels > num_classes)).any())
+        if labels.dtype == torch.bool or out_of_range:
+            raise ValueError(
+                f"expected labels of shape (b,) with integer classes in [0, {num_classes}] "
+                f"({num_classes} is the null class), got {labels.tolist()}"
+            )
+    if text is not None:
+        if text_dim is None:
+            raise ValueError("this model has no text conditioning (text_dim=None); pass text=None")
+        check_tensor(text, "text", "(b, text_dim)", sizes={"b": batch, "text_dim": text_dim})
+    if drop is not None:
+        check_tensor(drop, "drop", "(b,)", sizes={"b": batch}, floating=False)
+        if drop.dtype != torch.bool:
+            raise TypeError(f"expected drop of shape (b,) to be a bool tensor, got {drop.dtype}")
+
+
+def draw_drop(batch: int, probability: float, generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Condition-dropout mask ``(b,)`` bool, True with ``probability`` (None when it is 0).
+
+    Uniforms come from ``generator`` on its own device and are moved to ``device``.
+    """
+    if probability <= 0:
+        return None
+    u = torch.rand(batch, generator=generator, device=generator.device if generator is not None else device)
+    return (u < probability).to(device)
+
+
+class DataNormalizer(nn.Module):
+    """Per-channel shift and one global scale that make a model's diffusion target zero-mean, unit-variance.
+
+    ``normalize(x) = (x - shift) * scale`` on ``x (b, c, ...)``, ``denormalize`` its inverse; ``bound``
+    is the largest ``|normalize(x)|`` seen by :meth:`fit`, the clip range for DDIM's ``x_0`` estimate.
+    Buffers, so they are saved with the weights and averaged into the EMA copy as they are.
+
+    Why. An eps-model must get the data mean right at high noise, where ``x_0 = (x_t - sqrt(1 - abar)
+    eps) / sqrt(abar)`` magnifies eps errors by ``1 / sqrt(abar)`` (about 150 at ``t = 980``): content
+    frames of dark scenes (mean -0.8 for moving shapes) come out grey and broken unless the target is
+    centred. Motion latents leave a 1x1 convolution with no fixed scale at all. LDM scales its latents
+    for the same reason (``scale_factor``); CMD does not say how it handles this. Identity until
+    :meth:`fit` is called (pretrained SD latents are already normalised).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = check_positive_int(channels, "channels")
+        self.register_buffer("shift", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("bound", torch.full((), float("inf")))
+
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x", "(b, c, ...)", sizes={"c": self.channels}, ndim=max(x.ndim, 2))
+        return self.shift.reshape(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> DataNormalizer:
+        """Set the shift (per-channel mean), scale (1 / std) and bound from a batch ``x (b, c, ...)``."""
+        self.shift.copy_(x.float().transpose(0, 1).reshape(self.channels, -1).mean(dim=1))
+        centred = x.float() - self._view(x.float())
+        self.scale.fill_(1.0 / float(centred.std().clamp_min(1e-6)))
+        self.bound.fill_(float((centred * self.scale).abs().max()))
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._view(x)) * self.scale.to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.scale.to(x.dtype) + self._view(x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
+class ConditionEmbedding(nn.Module):
+    """DiT's adaLN condition: ``t (b,), labels (b,), text (b, text_dim), drop (b,) -> c (b, dim)``.
+
+    ``c = TimestepEmbedding(t) + Embedding(labels) + Linear(text)``: the label table has
+    ``num_classes + 1`` rows (the last is the null class, DiT's CFG embedding), text goes through one
+    linear layer (CMD B.3: "a linear projection layer that maps the text hidden feature to ... the
+    DiT hidden dimension"), with a learned null vector for dropped or missing text. ``labels=None``
+    or ``text=None`` use the nulls; ``drop[i]=True`` uses both nulls for sample ``i``.
+    """
+
+    def __init__(self, dim: int, num_classes: int | None = None, text_dim: int | None = None,
+                 frequency_dim: int = 256) -> None:
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
+        self.text_dim = None if text_dim is None else check_positive_int(text_dim, "text_dim")
+        self.time = TimestepEmbedding(dim, frequency_dim=frequency_dim)
+        self.labels = nn.Embedding(num_classes + 1, dim) if num_classes is not None else None
+        self.text = nn.Linear(text_dim, dim) if text_dim is not None else None
+        self.null_text = nn.Parameter(torch.zeros(text_dim)) if text_dim is not None else None
+        if self.labels is not None:
+            nn.init.normal_(self.labels.weight, std=0.02)
+
+    def forward(self, t: torch.Tensor, labels: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor(t, "t", "(b,)", floating=False)
+        b = t.shape[0]
+        check_condition_inputs(b, labels, text, drop, self.num_classes, self.text_dim)
+        c = self.time(t)  # b dim
+        if self.labels is not None:
+            null = torch.full((b,), self.num_classes, dtype=torch.long, device=t.device)
+            y = null if labels is None else labels.to(t.device).long()
+            if drop is not None:
+                y = torch.where(drop.to(t.device), null, y)
+            c = c + self.labels(y)  # b dim
+        if self.text is not None:
+            null = self.null_text.expand(b, -1)
+            txt = null if text is None else text.to(null.dtype)
+            if drop is not None:
+                txt = torch.where(drop.to(t.device)[:, None], null, txt)
+            c = c + self.text(txt)  # b dim
+        return c
+
+
+class ContentDiT(nn.Module):
+    """Image DiT for content frames (eq. 7; DiT-XL/2 in Table 7): ``(b, C, H, W), (b,) -> (b, C, H, W)``.
+
+    Patch embedding (``cfg.content_dit_patch``), fixed 2D sin-cos positions for any ``H x W``
+    divisible by the patch, ``cfg.content_dit_depth`` adaLN-Zero :class:`~vdblocks.layers.dit.DiTBlock`\\ s,
+    the adaLN final layer and unpatchify. Predicts eps only (DiT also learns the variance; DDIM with
+    ``eta = 0``, the paper's sampler, does not use it).
+
+    ``forward(x, t, labels=None, text=None, drop=None)``: see :class:`ConditionEmbedding`.
+    """
+
+    def __init__(self, cfg: CMDConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim, p = cfg.content_dit_dim, cfg.content_dit_patch
+        self.in_channels = cfg.channels
+        self.patch = p
+        self.embed = PatchEmbed2d(cfg.channels, dim, p)
+        self.cond = ConditionEmbedding(dim, cfg.num_classes, cfg.text_dim)
+        self.blocks = nn.ModuleList(
+            DiTBlock(dim, cfg.content_dit_heads, mlp_ratio=cfg.mlp_ratio) for _ in range(cfg.content_dit_depth)
+        )
+        self.final = DiTFinalLayer(dim, p * p * cfg.channels)
+        self.normalizer = DataNormalizer(cfg.channels)  # the diffusion runs on normalizer.normalize(x_bar)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """DiT's ``initialize_weights``: Xavier linears, the patch embedding like a linear, timestep
+        MLP normal(0.02); adaLN modulations and the output layer stay zero (adaLN-Zero)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        w = self.embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.embed.proj.bias)
+        for layer in (self.cond.time.mlp[0], self.cond.time.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.ada[-1].weight)
+            nn.init.zeros_(block.ada[-1].bias)
+        for layer in (self.final.ada[-1], self.final.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                text: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor(x, "x", "(b, C, H, W)", sizes={"C": self.in_channels})
+        gh, gw = self.embed.grid_size(*x.shape[-2:])
+        if t.ndim != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"expected t of shape (b,) with b={x.shape[0]}, got {tuple(t.shape)}")
+        c = self.cond(t, labels, text, drop)  # b dim
+        tokens = self.embed(x)  # b n dim
+        tokens = tokens + dit_positions(tokens.shape[-1], gh, gw, like=tokens)
+        for block in self.blocks:
+            tokens = block(tokens, c)  # b n dim
+        return unpatchify(self.final(tokens, c), self.patch, gh, gw)  # b C H W

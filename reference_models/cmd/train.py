@@ -1,0 +1,445 @@
+"""Train CMD's three parts, one at a time (section 3.2, B.3): ``--stage ae``, ``content``, ``motion``.
+
+1. ``ae``: the autoencoder with an l2 reconstruction loss ("a simple reconstruction objective (e.g.,
+   l2 loss)"), on pixels or, with ``--image-ae DIR``, on the latents of a frozen diffusers
+   ``AutoencoderKL`` (SD's, 4 channels at 1/8 resolution).
+2. ``content``: the content-frame model on content frames of the frozen autoencoder (eq. 7), a
+   :class:`~reference_models.cmd.content_model.ContentDiT` or, with ``--diffusers-content DIR``, a
+   pretrained diffusers model fine-tuned in its place.
+3. ``motion``: the motion DiT on the frozen autoencoder's motion latents, given the content frame and
+   the class (eq. 8).
+
+Both diffusion stages use DDPM's loss (on eps or the velocity, as ``prediction_type`` says) (:func:`vdblocks.diffusion.diffusion_loss`) with condition
+dropout ``cfg.cond_dropout`` for classifier-free guidance. Every stage runs on
+:func:`reference_models.common.train` (AdamW, warm-up, clipping, EMA, autocast, DDP, exact resume)::
+
+    python -m reference_models.cmd.train --stage ae --preset tiny --out runs/cmd/ae
+    python -m reference_models.cmd.train --stage content --ae runs/cmd/ae --out runs/cmd/content
+    python -m reference_models.cmd.train --stage motion --ae runs/cmd/ae --out runs/cmd/motion
+    torchrun --nproc_per_node=4 -m reference_models.cmd.train --stage motion --ae runs/ae --device cuda ...
+
+The content and motion stages take the config stored with the autoencoder (``--set`` still applies;
+``--motion-dit``/``--content-dit`` pick DiT-S/B/L/XL widths, ``--content-patch`` the content-frame
+patch of the motion model). By default they encode the whole dataset once with the frozen
+autoencoder and train on the cached latents (``--no-cache``: encode every batch instead, for data that
+does not fit in memory or random clip starts).
+
+Data: built-in moving shapes with 5 shape classes (default), or ``--data DIR`` (videos, classes from
+sub-folders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from reference_models.common.cli import parse_override
+from reference_models.common.data import MovingShapes, VideoFolder
+from reference_models.common.distributed import DistInfo, cleanup, init_distributed
+from reference_models.common.ema import unwrap_model
+from reference_models.common.trainer import TrainConfig, TrainState, train
+from reference_models.common.video_io import save_frame_grid, write_samples
+from vdblocks.diffusion import NoiseSchedule, diffusion_loss
+
+from .autoencoder import CMDAutoencoder, ImageLatentCodec, pack_motion
+from .config import PRESETS, CMDConfig, get_config, with_dit
+from .content_model import ContentDiT, draw_drop
+from .motion_model import MotionDiT
+from .sample import (
+    check_compatible,
+    load_autoencoder,
+    load_image_codec,
+    sample_content,
+    sample_motion,
+    schedule_from_config,
+)
+
+__all__ = [
+    "STAGES",
+    "LatentClips",
+    "ae_loss",
+    "build_config",
+    "build_dataset",
+    "build_parser",
+    "codec_factor",
+    "content_loss",
+    "encode_clips",
+    "main",
+    "motion_loss",
+    "run_stage",
+]
+
+STAGES = ("ae", "content", "motion")
+# Built-in data: one shape per clip, large enough to read at 24x32 (as ETC's example).
+SHAPES = {"max_shapes": 1, "size_range": (0.18, 0.3)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reference_models.cmd.train",
+        description="Train one part of CMD (content-motion latent diffusion): ae, content or motion.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--stage", required=True, choices=STAGES)
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="stage ae (the others take the AE's config)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a CMDConfig field (JSON value), e.g. --set motion_depth=6")
+    g.add_argument("--motion-dit", default=None, choices=["S", "B", "L", "XL"], help="DiT size of the motion model")
+    g.add_argument("--content-dit", default=None, choices=["S", "B", "L", "XL"], help="DiT size of the content model")
+    g.add_argument("--content-patch", type=int, default=None, help="content-frame patch of the motion model (Table 4c)")
+    g.add_argument("--ae", default=None, help="stages content/motion: the trained autoencoder (run dir or checkpoint)")
+    g.add_argument("--image-ae", default=None,
+                   help="stage ae: directory of a diffusers AutoencoderKL (e.g. SD's vae/) to work on its latents")
+    g.add_argument("--diffusers-content", default=None,
+                   help="stage content: directory of a pretrained diffusers UNet2DModel / UNet2DConditionModel / "
+                        "DiTTransformer2DModel to fine-tune as the content model")
+    g = p.add_argument_group("data (default: built-in moving shapes)")
+    g.add_argument("--data", default=None, help="directory of videos (class = sub-folder)")
+    g.add_argument("--num-videos", type=int, default=2048, help="moving shapes: number of clips")
+    g.add_argument("--max-shapes", type=int, default=SHAPES["max_shapes"])
+    g.add_argument("--no-cache", action="store_true", help="content/motion: encode each batch, no latent cache")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=500)
+    g.add_argument("--batch-size", type=int, default=16, help="per process")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--warmup-steps", type=int, default=50)
+    g.add_argument("--ema-decay", type=float, default=None, help="default: 1 - 10/steps, capped at 0.9999")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default=None, help="output directory (default runs/cmd/<stage>)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT")
+    g.add_argument("--log-every", type=int, default=50)
+    g.add_argument("--ckpt-every", type=int, default=1000)
+    g.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("samples (written at the end, or every --sample-every steps)")
+    g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
+    g.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (paper: 50 content, 100 motion)")
+    g.add_argument("--guidance", type=float, default=4.0, help="content model guidance (paper: 4.0)")
+    g.add_argument("--num-samples", type=int, default=4)
+    return p
+
+
+def build_config(args: argparse.Namespace, base: CMDConfig | None = None) -> CMDConfig:
+    """``base`` (the autoencoder's config) or the preset, with ``--set`` and the DiT-size flags."""
+    overrides = dict(parse_override(o) for o in args.overrides)
+    cfg = base.replace(**overrides) if base is not None else get_config(args.preset, **overrides)
+    return with_dit(cfg, motion=args.motion_dit, content=args.content_dit, content_patch=args.content_patch)
+
+
+def codec_factor(codec: ImageLatentCodec | None, channels: int) -> int:
+    """How much the image codec shrinks frames (1 without one); checks its latent channels."""
+    if codec is None:
+        return 1
+    device = next(codec.vae.parameters()).device
+    probe = codec.encode(torch.zeros(1, 3, 1, 64, 64, device=device))
+    if probe.shape[1] != channels:
+        raise ValueError(f"the image autoencoder gives {probe.shape[1]}-channel latents, the config has channels={channels}")
+    return 64 // probe.shape[-1]
+
+
+def build_dataset(args: argparse.Namespace, cfg: CMDConfig, factor: int = 1) -> Dataset:
+    """Moving shapes (5 shape classes) or a video folder, at the pixel size the autoencoder needs."""
+    pixel_channels = 3 if factor > 1 else cfg.channels
+    if pixel_channels not in (1, 3):
+        raise ValueError(f"config channels={cfg.channels} is a latent space: pass --image-ae to train on pixels")
+    size = dict(frames=cfg.frames, height=cfg.height * factor, width=cfg.width * factor, channels=pixel_channels)
+    if args.data is None:
+        return MovingShapes(args.num_videos, **size, seed=args.seed, max_shapes=args.max_shapes,
+                            size_range=SHAPES["size_range"])
+    return VideoFolder(args.data, **size, seed=args.seed)
+
+
+def _num_classes(dataset: Dataset) -> int | None:
+    n = getattr(dataset, "num_classes", None)
+    if n is None and getattr(dataset, "classes", None):
+        n = len(dataset.classes)
+    return int(n) if n else None
+
+
+class LatentClips(Dataset):
+    """Cached autoencoder outputs: items ``{"content" (C, H, W), "z_x" (D, L, H'), "z_y" (D, L, W'), "label"}``."""
+
+    def __init__(self, content: torch.Tensor, z_x: torch.Tensor, z_y: torch.Tensor, labels: torch.Tensor) -> None:
+        self.content, self.z_x, self.z_y, self.labels = content, z_x, z_y, labels
+
+    def __len__(self) -> int:
+        return self.content.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        return {"content": self.content[i], "z_x": self.z_x[i], "z_y": self.z_y[i], "label": self.labels[i]}
+
+
+@torch.no_grad()
+def encode_clips(autoencoder: CMDAutoencoder, dataset: Dataset, batch_size: int = 32,
+                 device: torch.device | str = "cpu") -> LatentClips:
+    """Encode every clip of ``dataset`` once with the frozen autoencoder (through its image codec)."""
+    autoencoder.eval()
+    parts: dict[str, list[torch.Tensor]] = {"content": [], "z_x": [], "z_y": [], "label": []}
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        latents = autoencoder.encode_video(batch["video"].to(device))
+        for key, value in (("content", latents.content), ("z_x", latents.z_x), ("z_y", latents.z_y)):
+            parts[key].append(value.cpu())
+        parts["label"].append(torch.as_tensor(batch["label"]).long())
+    return LatentClips(*(torch.cat(parts[k]) for k in ("content", "z_x", "z_y", "label")))
+
+
+def _latents(batch: dict, autoencoder: CMDAutoencoder | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(content, z_x, z_y)`` from a cached batch, or by encoding its videos with the frozen autoencoder."""
+    if "content" in batch:
+        return batch["content"], batch["z_x"], batch["z_y"]
+    if autoencoder is None:
+        raise ValueError("this batch holds videos, not latents: pass the frozen autoencoder")
+    with torch.no_grad():
+        latents = autoencoder.eval().encode_video(batch["video"])
+    return latents.content, latents.z_x, latents.z_y
+
+
+def _labels(batch: dict, cfg: CMDConfig) -> torch.Tensor | None:
+    if cfg.num_classes is None:
+        return None
+    labels = torch.as_tensor(batch["label"]).long()
+    # Unlabelled clips (label -1) train the null class.
+    return torch.where(labels < 0, torch.full_like(labels, cfg.num_classes), labels)
+
+
+def ae_loss(model: nn.Module, batch: dict, *, codec: ImageLatentCodec | None = None) -> torch.Tensor:
+    """The l2 reconstruction loss of section 3.2, in the space the autoencoder works in."""
+    x = batch["video"] if codec is None else codec.encode(batch["video"])  # b C L H W
+    reconstruction, _ = model(x)
+    return (reconstruction - x).pow(2).mean()
+
+
+def content_loss(model: nn.Module, batch: dict, generator: torch.Generator | None = None, *, cfg: CMDConfig,
+                 schedule: NoiseSchedule, autoencoder: CMDAutoencoder | None = None) -> torch.Tensor:
+    """Eq. 7: ``||eps - eps_theta_I(x_bar_t, c, t)||^2`` on (normalised) content frames, with condition dropout."""
+    content, _, _ = _latents(batch, autoencoder)
+    labels = _labels(batch, cfg)
+    drop = draw_drop(content.shape[0], cfg.cond_dropout, generator, content.device)
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x_t, t, labels=labels, drop=drop)
+
+    x0 = unwrap_model(model).normalizer.normalize(content)  # b C H W, centred and scaled
+    return diffusion_loss(model_fn, x0, schedule, generator=generator, prediction_type=cfg.prediction_type)
+
+
+def motion_loss(model: nn.Module, batch: dict, generator: torch.Generator | None = None, *, cfg: CMDConfig,
+                schedule: NoiseSchedule, autoencoder: CMDAutoencoder | None = None) -> torch.Tensor:
+    """Eq. 8: ``||eps - eps_theta_M(z_t, c, x_bar, t)||^2`` on normalised packed motion latents."""
+    content, z_x, z_y = _latents(batch, autoencoder)
+    z0 = unwrap_model(model).normalizer.normalize(pack_motion(z_x, z_y))  # b D L (h + w)
+    labels = _labels(batch, cfg)
+    drop = draw_drop(content.shape[0], cfg.cond_dropout, generator, content.device)
+
+    def model_fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(z_t, t, content, labels=labels, drop=drop)
+
+    return diffusion_loss(model_fn, z0, schedule, generator=generator, prediction_type=cfg.prediction_type)
+
+
+# --------------------------------------------------------------------------- samples during training
+
+
+def _held_out(dataset: Dataset, k: int) -> torch.Tensor:
+    return torch.stack([dataset[len(dataset) - 1 - i]["video"] for i in range(k)])  # k c L H W
+
+
+def _class_labels(cfg: CMDConfig, k: int) -> torch.Tensor | None:
+    """Every class when there are at most 10, else the first ``k``."""
+    if cfg.num_classes is None:
+        return None
+    return torch.arange(cfg.num_classes if cfg.num_classes <= 10 else k)
+
+
+def make_sample_fn(stage: str, cfg: CMDConfig, dataset: Dataset, *, codec: ImageLatentCodec | None,
+                   autoencoder: CMDAutoencoder | None, args: argparse.Namespace):
+    """``sample_fn(ema_model, step, out_dir)`` writing what the stage has learned:
+    ``ae``: held-out clips over their reconstructions; ``content``: content frames per class
+    (guided DDIM); ``motion``: held-out clips over the videos decoded from motion sampled for
+    their encoded content frames and labels (Table 4a's "motion prediction")."""
+    clips = _held_out(dataset, args.num_samples)
+
+    def sample_fn(model: nn.Module, step: int, out_dir: Path) -> list[Path]:
+        model = unwrap_model(model)
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(args.seed)
+        if stage == "ae":
+            x = clips.to(device) if codec is None else codec.encode(clips.to(device))
+            recon = model(x)[0]
+            pixels = recon if codec is None else codec.decode(recon)
+            both = torch.cat([clips, pixels.cpu()])
+            return write_samples(both.clamp(-1, 1), out_dir, stem=f"step{step:06d}_ae", fps=8.0,
+                                 captions=["real"] * len(clips) + ["reconstruction"] * len(clips))
+        labels = _class_labels(cfg, args.num_samples)
+        if stage == "content":
+            frames = sample_content(model, cfg, labels=labels, batch=None if labels is not None else args.num_samples,
+                                    steps=args.sample_steps or 50, guidance=args.guidance, generator=generator)
+            pixels = frames if codec is None else codec.decode(frames[:, :, None])[:, :, 0]
+            grid = rearrange(pixels.cpu().clamp(-1, 1), "b c h w -> c b h w")
+            return [save_frame_grid(out_dir / f"step{step:06d}_content_grid.png", grid)]
+        latents = autoencoder.encode_video(clips.to(device))
+        clip_labels = torch.tensor([dataset[len(dataset) - 1 - i]["label"] for i in range(len(clips))])
+        labels = None if cfg.num_classes is None else clip_labels.clamp_min(0)
+        z = sample_motion(model, latents.content, labels=labels, steps=args.sample_steps or 100, generator=generator)
+        video = autoencoder.decode_motion(latents.content, z.to(device))
+        pixels = autoencoder.to_pixels(video).cpu().clamp(-1, 1)
+        both = torch.cat([clips, pixels])
+        return write_samples(both, out_dir, stem=f"step{step:06d}_motion", fps=8.0,
+                             captions=["real"] * len(clips) + ["motion sampled for the real content frame"] * len(clips))
+
+    return sample_fn
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _train_config(args: argparse.Namespace, out: str) -> TrainConfig:
+    ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / args.steps))
+    sample_every = args.steps if args.sample_every is None else args.sample_every
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps),
+        ema_decay=ema, precision=args.precision, log_every=min(args.log_every, args.steps), sample_every=sample_every,
+        ckpt_every=args.ckpt_every, out_dir=out, seed=args.seed, num_workers=args.num_workers, device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def _content_model(args: argparse.Namespace, cfg: CMDConfig) -> tuple[nn.Module, dict]:
+    if not args.diffusers_content:
+        return ContentDiT(cfg), {"kind": "dit"}
+    import diffusers
+
+    from .diffusers_adapter import from_diffusers
+
+    root = Path(args.diffusers_content)
+    for sub in ("", "transformer", "unet"):
+        if (root / sub / "config.json").is_file():
+            folder = root / sub
+            break
+    else:
+        raise FileNotFoundError(f"no config.json in {root} (or its transformer/ or unet/ sub-folder)")
+    name = json.loads((folder / "config.json").read_text())["_class_name"]
+    model = from_diffusers(getattr(diffusers, name).from_pretrained(str(folder)), num_classes=cfg.num_classes)
+    if model.in_channels != cfg.channels:
+        raise ValueError(f"the diffusers model takes {model.in_channels} channels, the config has {cfg.channels}")
+    return model, model.config_record()
+
+
+def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
+    """Build the stage's model, data and loss from ``args`` and train it; returns the ``TrainState``."""
+    say = print if info.is_main else (lambda *a, **k: None)
+    stage = args.stage
+    out = args.out or f"runs/cmd/{stage}"
+    tcfg = _train_config(args, out)
+    autoencoder: CMDAutoencoder | None = None
+    if stage == "ae":
+        codec = load_image_codec(args.image_ae, info.device)
+        cfg = build_config(args)
+    else:
+        if not args.ae:
+            raise ValueError(f"--stage {stage} needs --ae: the trained autoencoder (run directory or checkpoint)")
+        autoencoder, _ = load_autoencoder(args.ae, device=info.device)
+        autoencoder.requires_grad_(False)
+        codec = autoencoder.image_codec
+        cfg = build_config(args, autoencoder.cfg)
+        check_compatible(autoencoder.cfg, cfg, "autoencoder", f"{stage} config")
+    factor = codec_factor(codec, cfg.channels)
+    dataset = build_dataset(args, cfg, factor)
+    classes = _num_classes(dataset)
+    if cfg.num_classes is not None and classes and classes != cfg.num_classes:
+        cfg = dataclasses.replace(cfg, num_classes=classes)  # as many classes as the data has
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    schedule = schedule_from_config(cfg)
+    record: dict[str, Any] = {}
+    if stage == "ae":
+        model: nn.Module = CMDAutoencoder(cfg)
+
+        def loss_fn(m: nn.Module, batch: dict) -> torch.Tensor:
+            return ae_loss(m, batch, codec=codec)
+    else:
+        train_data = dataset if args.no_cache else encode_clips(autoencoder, dataset, device=info.device)
+        # The first clips (the same on every rank) fit the target's normaliser; a resume reloads it.
+        first = train_data if not args.no_cache else encode_clips(
+            autoencoder, torch.utils.data.Subset(dataset, range(min(512, len(dataset)))), device=info.device)
+        if stage == "content":
+            model, record = _content_model(args, cfg)
+            target = first.content[:512]
+            stage_loss = content_loss
+        else:
+            model = MotionDiT(cfg)
+            target = pack_motion(first.z_x[:512], first.z_y[:512])
+            stage_loss = motion_loss
+        norm = model.normalizer.fit(target.to(next(model.parameters()).device))
+        say(f"{stage} target normalised: shift {[round(v, 3) for v in norm.shift.tolist()]}, "
+            f"scale {float(norm.scale):.3f}, bound {float(norm.bound):.2f}")
+
+        def loss_fn(m: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+            return stage_loss(m, batch, generator, cfg=cfg, schedule=schedule, autoencoder=autoencoder)
+
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"CMD stage {stage!r}: {type(model).__name__} {params / 1e6:.2f} M trainable parameters; clips of "
+        f"{cfg.frames} frames {cfg.channels}x{cfg.height}x{cfg.width}"
+        f"{f' (image latents, 1/{factor})' if factor > 1 else ''}; {len(dataset)} clips; device {info.device}, "
+        f"{info.world_size} process(es)")
+    sample_fn = make_sample_fn(stage, cfg, dataset, codec=codec, autoencoder=autoencoder, args=args)
+    config_dict = {
+        f"cmd_{stage}": cfg.to_dict(),
+        "stage": stage,
+        "preset": args.preset if stage == "ae" else None,
+        "image_autoencoder": args.image_ae if stage == "ae" else None,
+        "ae_checkpoint": None if stage == "ae" else str(args.ae),
+        "data": {"dir": args.data, "num_clips": len(dataset)},
+    }
+    if stage == "content":
+        config_dict["content_model"] = record
+    if stage != "ae" and autoencoder is not None:
+        # The codec of the autoencoder run, so a sampler can find it from any of the three checkpoints.
+        from reference_models.common.checkpoint import read_checkpoint_config
+
+        config_dict["image_autoencoder"] = (read_checkpoint_config(args.ae)[1].get("model") or {}).get(
+            "image_autoencoder")
+    train_data = dataset if stage == "ae" else train_data
+
+    def preflight(m: nn.Module, item: dict) -> None:
+        if "video" in item:
+            unwrap_model(autoencoder or m).check_input(
+                (codec.encode(item["video"][None].to(info.device)) if codec is not None else item["video"]).shape)
+
+    return train(tcfg, model, loss_fn, train_data, sample_fn=sample_fn, config_dict=config_dict,
+                 resume=args.resume, dist_info=info, preflight=preflight)
+
+
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
+    """Train the stage the flags name (``--help``); returns the final ``TrainState``. Runs under ``torchrun``."""
+    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
+    info = init_distributed(args.device)
+    say = print if info.is_main else (lambda *a, **k: None)
+    try:
+        start = time.perf_counter()
+        state = run_stage(args, info)
+        losses = [row["loss"] for row in state.history if "loss" in row]
+        if losses:
+            say(f"loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over {state.step} steps; "
+                f"{time.perf_counter() - start:.0f} s")
+        say(f"checkpoint: {state.last_checkpoint}")
+        return state
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
