@@ -1,0 +1,64 @@
+"""PVDM (CVPR 2023): a triplane video autoencoder and a shared-weight 2D U-Net diffusing its three
+latent planes, trained jointly for p(x) and p(x^2 | x^1) to generate long videos clip by clip."""
+
+from .autoencoder import PVDMAutoencoder
+from .baseline3d import VideoUNet3D
+from .config import (
+    AUTOENCODER_PRESETS,
+    DIFFUSION_PRESETS,
+    AutoencoderConfig,
+    DiffusionConfig,
+    get_autoencoder_config,
+    get_diffusion_config,
+)
+from .data import ClipPairs, LatentPairs, VideoClips, cache_latents
+from .diffusion import (
+    draw_cond_mask,
+    pvdm_loss,
+    sample_latents,
+    sample_long_latents,
+    schedule_from_config,
+)
+from .discriminator import PatchDiscriminator3D
+from .losses import AutoencoderObjective, PerceptualLoss, hinge_d_loss, hinge_g_loss
+from .pipeline import (
+    decode_latents,
+    generate_long_video,
+    load_autoencoder,
+    load_diffusion,
+)
+from .planes import pack_planes, unpack_planes
+from .unet import JointPlaneAttention, TriplaneUNet
+
+__all__ = [
+    "AUTOENCODER_PRESETS",
+    "DIFFUSION_PRESETS",
+    "AutoencoderConfig",
+    "AutoencoderObjective",
+    "ClipPairs",
+    "DiffusionConfig",
+    "JointPlaneAttention",
+    "LatentPairs",
+    "PVDMAutoencoder",
+    "PatchDiscriminator3D",
+    "PerceptualLoss",
+    "TriplaneUNet",
+    "VideoClips",
+    "VideoUNet3D",
+    "cache_latents",
+    "decode_latents",
+    "draw_cond_mask",
+    "generate_long_video",
+    "get_autoencoder_config",
+    "get_diffusion_config",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "load_autoencoder",
+    "load_diffusion",
+    "pack_planes",
+    "pvdm_loss",
+    "sample_latents",
+    "sample_long_latents",
+    "schedule_from_config",
+    "unpack_planes",
+]

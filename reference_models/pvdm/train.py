@@ -1,0 +1,344 @@
+"""Train PVDM in its two stages: the triplane autoencoder, then latent diffusion on frozen latents.
+
+    python -m reference_models.pvdm.train --stage ae --preset tiny --out runs/pvdm/ae
+    python -m reference_models.pvdm.train --stage diffusion --preset tiny --autoencoder runs/pvdm/ae \\
+        --out runs/pvdm/diffusion
+    torchrun --nproc_per_node=4 -m reference_models.pvdm.train --stage ae --preset paper --data ucf/ \\
+        --device cuda --batch-size 6 --lr 1e-4
+
+Stage ``ae`` (section 3.2, appendix A): :class:`~reference_models.pvdm.losses.AutoencoderObjective`
+(autoencoder + optional 3D discriminator) on clips of ``T`` frames, loss ``L1 + lambda_1 LPIPS +
+lambda_2 GAN``; ``--perceptual model.pt`` loads a TorchScript feature network for the LPIPS term
+(``torch.jit.load``; nothing is downloaded). Samples: reconstructions of held-out clips (rows: the
+real clips, then their reconstructions) with their PSNR.
+
+Stage ``diffusion`` (section 3.3): the autoencoder of ``--autoencoder`` (EMA weights) encodes every
+pair of consecutive clips of the data once into a latent cache (``{out}/latents.safetensors``;
+reused when it was made from the same checkpoint and data, e.g. on ``--resume``), then the
+:class:`~reference_models.pvdm.unet.TriplaneUNet` trains on the cache with the joint conditional /
+null objective (:func:`~reference_models.pvdm.diffusion.pvdm_loss`). The diffusion config's latent
+width and plane grid are taken from the autoencoder. Samples: long videos by Algorithm 1.
+
+Both stages use :func:`reference_models.common.trainer.train` (AdamW, warm-up, clipping, EMA,
+autocast, DDP under ``torchrun``, exact resume with ``--resume``). Under ``torchrun`` rank 0 writes
+the latent cache while the others wait, then every rank reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reference_models.common.checkpoint import (
+    read_checkpoint_config,
+    resolve_checkpoint,
+)
+from reference_models.common.cli import parse_override
+from reference_models.common.distributed import (
+    DistInfo,
+    barrier,
+    cleanup,
+    init_distributed,
+)
+from reference_models.common.ema import unwrap_model
+from reference_models.common.trainer import TrainConfig, TrainState, train
+
+from .autoencoder import PVDMAutoencoder
+from .config import (
+    AUTOENCODER_PRESETS,
+    DIFFUSION_PRESETS,
+    get_autoencoder_config,
+    get_diffusion_config,
+)
+from .data import (
+    SHAPES_DEFAULTS,
+    ClipPairs,
+    LatentPairs,
+    VideoClips,
+    cache_latents,
+    data_record,
+    latent_cache_matches,
+    videos_from_record,
+)
+from .diffusion import SAMPLERS, pvdm_loss, schedule_from_config
+from .losses import AutoencoderObjective, PerceptualLoss
+from .pipeline import (
+    AUTOENCODER_KEY,
+    DIFFUSION_KEY,
+    generate_long_video,
+    load_autoencoder,
+)
+from .unet import TriplaneUNet
+
+__all__ = [
+    "build_parser",
+    "main",
+    "make_ae_sample_fn",
+    "make_long_sample_fn",
+    "psnr",
+    "train_autoencoder",
+    "train_diffusion",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reference_models.pvdm.train",
+        description="Train PVDM: --stage ae (triplane autoencoder), then --stage diffusion (latent U-Net).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--stage", required=True, choices=("ae", "diffusion"))
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="tiny",
+                   help=f"ae: {sorted(AUTOENCODER_PRESETS)}; diffusion: {sorted(DIFFUSION_PRESETS)}")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set frames=16 --set channel_mult=[1,2,4] (JSON)")
+    g.add_argument("--perceptual", default=None, metavar="MODEL.pt",
+                   help="ae: TorchScript network mapping frames (n, c, h, w) to features, for the LPIPS term")
+    g.add_argument("--autoencoder", default=None, help="diffusion: the autoencoder run (output dir or checkpoint)")
+    g = p.add_argument_group("data (default: built-in moving shapes; diffusion: the autoencoder's data)")
+    g.add_argument("--data", default=None, help="directory of videos")
+    g.add_argument("--fps", type=float, default=None, help="--data: resample the videos to this rate")
+    g.add_argument("--num-videos", type=int, default=None, help="moving shapes: number of scenes (default 2048)")
+    g.add_argument("--max-shapes", type=int, default=None,
+                   help=f"moving shapes per clip (default {SHAPES_DEFAULTS['max_shapes']})")
+    g.add_argument("--cache", default=None, help="diffusion: latent cache file (default {out}/latents.safetensors)")
+    g.add_argument("--encode-batch-size", type=int, default=16, help="diffusion: batch for encoding the cache")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=1000)
+    g.add_argument("--batch-size", type=int, default=8, help="per process (paper: 24 ae, 64 diffusion)")
+    g.add_argument("--lr", type=float, default=1e-3, help="paper: 1e-4 for both stages")
+    g.add_argument("--warmup-steps", type=int, default=50)
+    g.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate after the warm-up")
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--ema-decay", type=float, default=None, help="default: 1 - 10/steps, capped at 0.9999")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--num-workers", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default=None, help="output directory (default runs/pvdm/<stage>)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out (or from CHECKPOINT)")
+    g.add_argument("--log-every", type=int, default=50)
+    g.add_argument("--ckpt-every", type=int, default=1000)
+    g.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("samples")
+    g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
+    g.add_argument("--num-samples", type=int, default=4, help="held-out clips (ae) or long videos (diffusion)")
+    g.add_argument("--clips", type=int, default=4, help="diffusion: clips per long sample")
+    g.add_argument("--first-steps", type=int, default=100, help="diffusion: DDIM steps of the first clip")
+    g.add_argument("--next-steps", type=int, default=20, help="diffusion: DDIM steps of every later clip")
+    g.add_argument("--sampler", default="ddim", choices=SAMPLERS)
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(parse_override(o) for o in args.overrides)
+
+
+def _train_config(args: argparse.Namespace, out: Path) -> TrainConfig:
+    ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / args.steps))
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps),
+        cosine=args.cosine, grad_clip=args.grad_clip, ema_decay=ema, precision=args.precision,
+        log_every=min(args.log_every, args.steps),
+        sample_every=args.steps if args.sample_every is None else args.sample_every,
+        ckpt_every=args.ckpt_every, out_dir=out, seed=args.seed, num_workers=args.num_workers, device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of videos in ``[-1, 1]`` (range 2), per video: ``(b, ...) -> (b,)``."""
+    mse = (x.clamp(-1, 1) - y).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+def make_ae_sample_fn(clips: torch.Tensor, *, fps: float):
+    """``sample_fn(ema_objective, step, out_dir)``: reconstruct the held-out ``clips (n, c, T, H, W)``
+    and write ``step<N>_recon_*`` (rows: real clips, then reconstructions) and their PSNR."""
+    from reference_models.common.video_io import write_samples
+
+    def sample_fn(model: nn.Module, step: int, out_dir: Path) -> list[Path]:
+        ae = unwrap_model(model).autoencoder
+        was_training = ae.training
+        ae.eval()
+        try:
+            with torch.no_grad():
+                rec = ae(clips.to(next(ae.parameters()).device)).cpu()
+        finally:
+            ae.train(was_training)
+        paths = write_samples(torch.cat([clips, rec]), out_dir, stem=f"step{step:06d}_recon", fps=fps)
+        metrics = out_dir / f"step{step:06d}_recon_metrics.json"
+        metrics.write_text(json.dumps({"psnr": float(psnr(rec, clips).mean()), "step": step}) + "\n",
+                           encoding="utf-8")
+        return [*paths, metrics]
+
+    return sample_fn
+
+
+def train_autoencoder(args: argparse.Namespace, info: DistInfo, say) -> TrainState:
+    """Stage 1: the autoencoder (and discriminator) on clips of ``T`` frames."""
+    cfg = get_autoencoder_config(args.preset, **_overrides(args)) if args.preset in AUTOENCODER_PRESETS else None
+    if cfg is None:
+        raise SystemExit(f"--stage ae takes an autoencoder preset {sorted(AUTOENCODER_PRESETS)}, got {args.preset!r}")
+    out = Path(args.out or "runs/pvdm/ae")
+    tcfg = _train_config(args, out)
+    if args.data is not None:
+        record = data_record(args.data, fps=args.fps)
+    else:
+        record = data_record(num_samples=args.num_videos, seed=args.seed, max_shapes=args.max_shapes)
+    dataset = VideoClips(videos_from_record(record, cfg, cfg.frames), cfg.frames)
+    perceptual = PerceptualLoss(torch.jit.load(args.perceptual, map_location="cpu")) if args.perceptual else None
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    model = AutoencoderObjective(cfg, perceptual=perceptual)
+    params = sum(p.numel() for p in model.autoencoder.parameters())
+    t, h, w = cfg.latent_grid()
+    say(f"PVDM autoencoder preset {args.preset!r}: {params / 1e6:.2f} M parameters; clips of {cfg.frames} x "
+        f"{cfg.height}x{cfg.width} x {cfg.channels} -> planes {h}x{w}, {t}x{w}, {t}x{h} of C={cfg.latent_channels} "
+        f"({(h * w + t * w + t * h) * cfg.latent_channels} numbers); GAN {'on from step ' + str(cfg.gan_start) if cfg.use_gan else 'off'}, "
+        f"perceptual {'on' if perceptual else 'off'}; {len(dataset)} clips ({record['source']}); device {info.device}")
+    held_out = videos_from_record(record, cfg, cfg.frames, held_out=True)
+    clips = torch.stack([held_out[i]["video"][:, : cfg.frames] for i in range(min(args.num_samples, len(held_out)))])
+    sample_fn = make_ae_sample_fn(clips, fps=float(record.get("fps") or 8.0))
+    config_dict = {AUTOENCODER_KEY: cfg.to_dict(), "preset": args.preset, "data": record}
+
+    def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["video"])["loss"]
+
+    def preflight(model: nn.Module, item: dict) -> None:
+        video = item["video"]
+        if video.ndim != 4 or video.shape[0] != cfg.channels:
+            raise ValueError(f"expected clips of shape (c, t, h, w) with c={cfg.channels}, got {tuple(video.shape)}")
+        cfg.check_video_size(*video.shape[1:])
+
+    return train(tcfg, model, loss_fn, dataset, sample_fn=sample_fn, config_dict=config_dict, resume=args.resume,
+                 dist_info=info, preflight=preflight)
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+
+def make_long_sample_fn(autoencoder: PVDMAutoencoder, *, batch: int, clips: int, first_steps: int,
+                        next_steps: int, sampler: str, seed: int, fps: float):
+    """``sample_fn(ema_unet, step, out_dir)``: ``batch`` long videos of ``clips`` clips by Algorithm 1,
+    written as ``step<N>_long_*``."""
+    from reference_models.common.video_io import write_samples
+
+    def sample_fn(model: nn.Module, step: int, out_dir: Path) -> list[Path]:
+        model = unwrap_model(model)
+        autoencoder.to(next(model.parameters()).device)
+        generator = torch.Generator().manual_seed(seed)
+        video = generate_long_video(model, autoencoder, batch, clips, first_steps=first_steps, next_steps=next_steps,
+                                    sampler=sampler, generator=generator)
+        return write_samples(video.cpu(), out_dir, stem=f"step{step:06d}_long", fps=fps)
+
+    return sample_fn
+
+
+def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState:
+    """Stage 2: cache the latents of consecutive clip pairs, then train the triplane U-Net on them."""
+    if args.preset not in DIFFUSION_PRESETS:
+        raise SystemExit(f"--stage diffusion takes a diffusion preset {sorted(DIFFUSION_PRESETS)}, got {args.preset!r}")
+    if args.autoencoder is None:
+        raise SystemExit("--stage diffusion needs --autoencoder (the output directory of --stage ae)")
+    ae_manifest = resolve_checkpoint(args.autoencoder)
+    autoencoder, ae_ckpt = load_autoencoder(ae_manifest, device=info.device)
+    for p in autoencoder.parameters():
+        p.requires_grad_(False)
+    ae_cfg = autoencoder.cfg
+    grid = ae_cfg.latent_grid()
+    user = _overrides(args)
+    cfg = get_diffusion_config(args.preset, **user)
+    tied = dict(latent_channels=ae_cfg.latent_channels, latent_frames=grid[0], latent_height=grid[1],
+                latent_width=grid[2])
+    clash = {k: (user[k], v) for k, v in tied.items() if k in user and user[k] != v}
+    if clash:
+        raise SystemExit(f"--set {clash} contradicts the autoencoder (the latent width and grid come from it)")
+    cfg = cfg.replace(**tied)
+    out = Path(args.out or "runs/pvdm/diffusion")
+    tcfg = _train_config(args, out)
+
+    if args.data is not None:
+        record = data_record(args.data, fps=args.fps)
+    else:
+        _, ae_config = read_checkpoint_config(ae_manifest)
+        record = dict((ae_config.get("model") or {}).get("data") or data_record())
+        if args.num_videos is not None:
+            record["num_samples"] = args.num_videos
+    cache = Path(args.cache or out / "latents.safetensors")
+    description = {"autoencoder": str(ae_manifest.resolve()), "step": ae_ckpt.step, "data": record,
+                   "frames": ae_cfg.frames}
+    if info.is_main and not latent_cache_matches(cache, description):
+        start = time.perf_counter()
+        pairs = ClipPairs(videos_from_record(record, ae_cfg, 2 * ae_cfg.frames), ae_cfg.frames)
+        say(f"encoding {len(pairs)} clip pairs with the autoencoder at step {ae_ckpt.step} -> {cache}")
+        cache_latents(autoencoder, pairs, cache, description=description, batch_size=args.encode_batch_size,
+                      device=info.device, progress=not args.no_progress)
+        say(f"latent cache written in {time.perf_counter() - start:.0f} s")
+    barrier(info)
+    dataset = LatentPairs(cache)
+
+    torch.manual_seed(args.seed)
+    model = TriplaneUNet(cfg)
+    schedule = schedule_from_config(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    z = dataset.z1
+    say(f"PVDM diffusion preset {args.preset!r}: {params / 1e6:.2f} M parameters; latents {cfg.latent_size} numbers "
+        f"(grid t,h,w = {cfg.latent_grid}, C={cfg.latent_channels}; cached mean {z.mean():.3f}, std {z.std():.3f}); "
+        f"lambda = {cfg.cond_prob}; {len(dataset)} pairs; device {info.device}")
+    sample_fn = make_long_sample_fn(autoencoder, batch=args.num_samples, clips=args.clips,
+                                    first_steps=args.first_steps, next_steps=args.next_steps, sampler=args.sampler,
+                                    seed=args.seed, fps=float(record.get("fps") or 8.0))
+    config_dict = {
+        DIFFUSION_KEY: cfg.to_dict(), "preset": args.preset, "data": record,
+        "autoencoder": {"checkpoint": str(ae_manifest.resolve()), "step": ae_ckpt.step, "config": ae_cfg.to_dict()},
+    }
+
+    def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        return pvdm_loss(model, batch, generator, schedule=schedule, grid=dataset.grid, cond_prob=cfg.cond_prob)
+
+    def preflight(model: nn.Module, item: dict) -> None:
+        if tuple(dataset.grid) != cfg.latent_grid or item["z1"].shape[0] != cfg.latent_channels:
+            raise ValueError(f"the latent cache {cache} holds grid {dataset.grid} with {item['z1'].shape[0]} channels; "
+                             f"this model expects {cfg.latent_grid} with {cfg.latent_channels}")
+
+    return train(tcfg, model, loss_fn, dataset, sample_fn=sample_fn, config_dict=config_dict, resume=args.resume,
+                 dist_info=info, preflight=preflight)
+
+
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
+    """Train the stage ``--stage`` names (``--help``); returns the final ``TrainState``.
+
+    Runs unchanged under ``torchrun`` (only rank 0 prints, samples and writes checkpoints).
+    """
+    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
+    info = init_distributed(args.device)
+    say = print if info.is_main else (lambda *a, **k: None)
+    try:
+        start = time.perf_counter()
+        state = (train_autoencoder if args.stage == "ae" else train_diffusion)(args, info, say)
+        losses = [row["loss"] for row in state.history if "loss" in row and math.isfinite(row["loss"])]
+        if losses:
+            say(f"{args.stage}: loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over {state.step} "
+                f"steps; {time.perf_counter() - start:.0f} s")
+        say(f"checkpoint: {state.last_checkpoint}")
+        return state
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

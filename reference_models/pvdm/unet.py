@@ -1,0 +1,312 @@
+"""PVDM's latent denoiser: one 2D U-Net, shared by the three planes, with joint attention across them.
+
+Section 3.2: "we use a single U-Net (i.e., shared parameters) to denoise each z_s, z_h, z_w. To
+handle the dependency among z_s, z_h, z_w ... we add attention layers that operate on the
+intermediate features of z_s, z_h, z_w from shared U-Net." Architecture (LDM / ADM, Table 6)::
+
+    per plane: conv3x3([z_t, c, m] : 2C + 1 -> c_0)
+    per level l (downsample factor 2^l):  N x [ResBlock -> c_0 M_l, JointPlaneAttention if 2^l attends]
+                                           then (but at the last level) a stride-2 conv
+    middle:                                ResBlock, JointPlaneAttention, ResBlock
+    per level l (from the last):           (N + 1) x [ResBlock on [h, skip], JointPlaneAttention if 2^l
+                                           attends], then (but at level 0) nearest upsampling + conv3x3
+    per plane: GroupNorm, SiLU, conv3x3(c_0 -> C)
+
+Every convolution and norm runs on each plane on its own (planes of one shape are batched
+together, which changes nothing: GroupNorm normalises per sample). The only place the planes meet
+is :class:`JointPlaneAttention`: the tokens of all three planes are concatenated into one sequence
+of ``h w + t w + t h`` tokens and attend to each other.
+
+Readings taken:
+
+* **Planes of any size.** The release pastes the planes into one square image, which ties it to
+  32/16 sizes. Here each plane keeps its own shape; downsampling is a stride-2 ``3x3`` convolution
+  with padding 1 (``n -> ceil(n / 2)``, any ``n >= 1``) and upsampling returns exactly to the size
+  of the matching skip, so odd, non-square and tiny grids all work. GroupNorm keeps at least two
+  channels per group (at most 32 groups, LDM's count at every Table 6 width), so even a ``1 x 1``
+  plane has more than one value per group.
+* **Which plane is which.** The planes share weights, and ``z_h`` and ``z_w`` may have the same
+  shape, so every plane adds a learned plane embedding to the timestep embedding (the scale-shift
+  of every res block sees it). In the joint attention each token carries fixed sin-cos positions of
+  the axes it lies on: a ``z_s`` token at ``(h, w)``, a ``z_h`` token at ``(t, w)``, a ``z_w``
+  token at ``(t, h)``; channels are split in three parts for ``t``, ``h`` and ``w`` and the part of
+  the missing axis is zero, so tokens on the same row, column or frame of different planes share
+  position features (the volume ``v_shw`` of section 3.2 pairs exactly those).
+* **Conditioning** (section 3.3, Algorithm 1): the previous clip's clean latent ``z_0^{l-1}``
+  enters by channel concatenation per plane. The null condition of the paper is ``0``; since 0 is
+  also a valid (tanh-bounded) latent, a flag channel ``m`` (1 = conditional, 0 = null) is
+  concatenated as well, and the condition is multiplied by ``m``, so a null sample cannot see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vdblocks import ScaleShiftGroupNorm, TimestepEmbedding
+from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.layers.embeddings import sincos_1d
+from vdblocks.layers.norm import group_norm
+from vdblocks.layers.transformer import Attention
+
+from .config import DiffusionConfig
+from .planes import check_grid, pack_planes, unpack_planes
+
+__all__ = ["JointPlaneAttention", "PlaneResBlock", "TriplaneUNet", "plane_positions"]
+
+PlaneList = list[torch.Tensor]
+# The axes each plane lies on, in the order of its two spatial dims: z_s (h, w), z_h (t, w), z_w (t, h).
+PLANE_AXES = (("h", "w"), ("t", "w"), ("t", "h"))
+
+
+def _per_plane(fn: Callable[..., torch.Tensor], xs: PlaneList, embs: Sequence[torch.Tensor] | None = None) -> PlaneList:
+    """``[fn(x_k, emb_k)]`` for every plane, batching the planes that share a spatial shape."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, x in enumerate(xs):
+        groups.setdefault(tuple(x.shape[2:]), []).append(k)
+    out: list[torch.Tensor | None] = [None] * len(xs)
+    for idx in groups.values():
+        x = torch.cat([xs[k] for k in idx])  # (g b) c . .
+        y = fn(x) if embs is None else fn(x, torch.cat([embs[k] for k in idx]))
+        for k, part in zip(idx, y.chunk(len(idx))):
+            out[k] = part
+    return out  # type: ignore[return-value]
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: at most 32 (LDM's), with at least two channels per group, so that a plane
+    downsampled to ``1 x 1`` still has more than one value per group to normalise."""
+    return max(1, min(32, channels // 2))
+
+
+def plane_positions(dim: int, shapes: Sequence[tuple[int, int]], like: torch.Tensor | None = None) -> torch.Tensor:
+    """Sin-cos positions of the tokens of the three planes: ``-> (n, dim)``, ``n = sum of h_k w_k``.
+
+    ``shapes`` are the planes' spatial shapes in the order ``z_s (h, w)``, ``z_h (t, w)``,
+    ``z_w (t, h)``. Channels ``[0, a)`` encode ``t``, ``[a, 2a)`` ``h``, ``[2a, 3a)`` ``w``
+    (``a = 2 * (dim // 6)``; the remaining channels are zero); a plane's missing axis gets zeros.
+    Tokens are row-major within a plane, planes in order, as ``rearrange(x, "b c p q -> b (p q) c")``.
+    """
+    check_positive_int(dim, "dim")
+    if len(shapes) != 3:
+        raise ValueError(f"expected the spatial shapes of the three planes, got {shapes!r}")
+    a = 2 * (dim // 6)
+    parts = []
+    for axes, (p, q) in zip(PLANE_AXES, shapes):
+        pos = torch.zeros(p, q, dim)
+        if a:
+            slots = {"t": 0, "h": a, "w": 2 * a}
+            rows = sincos_1d(a, torch.arange(p))  # p a
+            cols = sincos_1d(a, torch.arange(q))  # q a
+            pos[:, :, slots[axes[0]]:slots[axes[0]] + a] = rows[:, None]
+            pos[:, :, slots[axes[1]]:slots[axes[1]] + a] = cols[None, :]
+        parts.append(rearrange(pos, "p q c -> (p q) c"))
+    out = torch.cat(parts)  # n dim
+    if like is not None:
+        out = out.to(device=like.device, dtype=like.dtype)
+    return out
+
+
+class PlaneResBlock(nn.Module):
+    """ADM res block with scale-shift norm on one plane: ``x (b, c_in, p, q), emb (b, e) -> (b, c_out, p, q)``.
+
+    ``h = conv(SiLU(GN(x))); h = conv(dropout(SiLU(GN(h) (1 + s) + b))); out = skip(x) + h`` with
+    ``[s, b] = Linear(SiLU(emb))``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels, _groups(in_channels))
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = ScaleShiftGroupNorm(out_channels, emb_dim, max_groups=_groups(out_channels))
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # b c_out p q
+        h = self.conv2(self.dropout(F.silu(self.norm2(h, emb))))  # b c_out p q
+        return self.skip(x) + h
+
+
+class JointPlaneAttention(nn.Module):
+    """Self-attention over the tokens of all three planes at once (PVDM's cross-plane attention).
+
+    ``[z_s (b, c, h, w), z_h (b, c, t, w), z_w (b, c, t, h)] -> same shapes``: each plane is
+    GroupNorm-ed, flattened to tokens, the three sequences are concatenated (``n = h w + t w + t h``),
+    :func:`plane_positions` are added, multi-head attention runs over all ``n`` tokens, and the
+    output is split back and added to each plane (residual).
+    """
+
+    def __init__(self, channels: int, heads: int = 8) -> None:
+        super().__init__()
+        self.channels = check_positive_int(channels, "channels")
+        heads = check_positive_int(heads, "heads")
+        if channels % heads:
+            raise ValueError(f"expected channels={channels} divisible by heads={heads}")
+        self.norm = group_norm(channels, _groups(channels))
+        self.attn = Attention(channels, heads, channels // heads)
+
+    def forward(self, xs: PlaneList) -> PlaneList:
+        if len(xs) != 3:
+            raise ValueError(f"expected the three planes [z_s, z_h, z_w], got {len(xs)} tensors")
+        for name, x in zip(("z_s", "z_h", "z_w"), xs):
+            check_tensor(x, name, "(b, c, p, q)", sizes={"c": self.channels})
+        shapes = [tuple(x.shape[2:]) for x in xs]
+        tokens = torch.cat([rearrange(x, "b c p q -> b (p q) c") for x in _per_plane(self.norm, xs)], dim=1)  # b n c
+        tokens = tokens + plane_positions(self.channels, shapes, like=tokens)
+        out = self.attn(tokens).split([p * q for p, q in shapes], dim=1)  # 3 x (b, p q, c)
+        return [x + rearrange(o, "b (p q) c -> b c p q", p=p) for x, o, (p, q) in zip(xs, out, shapes)]
+
+
+class _Stage(nn.Module):
+    """One step of the U-Net: a res block and optional joint attention, or a resampling."""
+
+    def __init__(self, res: PlaneResBlock | None = None, attn: JointPlaneAttention | None = None,
+                 down: nn.Module | None = None, up: nn.Module | None = None) -> None:
+        super().__init__()
+        self.res, self.attn, self.down, self.up = res, attn, down, up
+
+
+class TriplaneUNet(nn.Module):
+    """PVDM's denoiser ``eps_theta(z_t, z_0^{l-1}, t)`` on the packed triplane latent.
+
+    ``forward(z_t (b, C, n), t (b,), cond=None, cond_mask=None, grid=None) -> eps (b, C, n)``:
+    ``n = h w + t w + t h`` for the plane grid ``grid = (t, h, w)`` (default: the config's training
+    grid; any grid works). ``cond (b, C, n)``: the previous clip's clean latent; ``cond_mask (b,)``:
+    1/True where a sample is conditioned on it, 0/False for the null condition (default: all
+    conditional when ``cond`` is given; ``cond=None`` means null for every sample).
+    :meth:`forward_planes` takes and returns the three planes instead.
+    """
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, DiffusionConfig):
+            raise TypeError(f"expected a DiffusionConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        C, c0, E = cfg.latent_channels, cfg.base_channels, cfg.emb_dim
+        self.time_embed = TimestepEmbedding(E, frequency_dim=c0)
+        self.plane_embed = nn.Parameter(torch.zeros(3, E))
+        self.input_conv = nn.Conv2d(2 * C + 1, c0, 3, padding=1)
+
+        def attn(ch: int, factor: int) -> JointPlaneAttention | None:
+            return JointPlaneAttention(ch, cfg.heads) if factor in cfg.attn_resolutions else None
+
+        ch, factor, skips = c0, 1, [c0]
+        self.down_stages = nn.ModuleList()
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                out = c0 * mult
+                self.down_stages.append(_Stage(PlaneResBlock(ch, out, E, cfg.dropout), attn(out, factor)))
+                ch = out
+                skips.append(ch)
+            if level < len(cfg.channel_mult) - 1:
+                self.down_stages.append(_Stage(down=nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
+                skips.append(ch)
+                factor *= 2
+        self.mid_res1 = PlaneResBlock(ch, ch, E, cfg.dropout)
+        self.mid_attn = JointPlaneAttention(ch, cfg.heads)
+        self.mid_res2 = PlaneResBlock(ch, ch, E, cfg.dropout)
+        self.up_stages = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                out = c0 * mult
+                up = nn.Conv2d(out, out, 3, padding=1) if level > 0 and i == cfg.num_res_blocks else None
+                self.up_stages.append(_Stage(PlaneResBlock(ch + skips.pop(), out, E, cfg.dropout),
+                                             attn(out, factor), up=up))
+                ch = out
+            factor //= 2
+        self.out_norm = group_norm(ch, _groups(ch))
+        self.out_conv = nn.Conv2d(ch, C, 3, padding=1)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Residual branches, attention outputs, scale-shift projections and the output start at zero
+        (ADM's ``zero_module``), so the network starts as a skip-connected identity-like map."""
+        for m in self.modules():
+            if isinstance(m, PlaneResBlock):
+                nn.init.zeros_(m.conv2.weight)
+                nn.init.zeros_(m.conv2.bias)
+                nn.init.zeros_(m.norm2.proj.weight)
+                nn.init.zeros_(m.norm2.proj.bias)
+            elif isinstance(m, JointPlaneAttention):
+                nn.init.zeros_(m.attn.to_out.weight)
+                nn.init.zeros_(m.attn.to_out.bias)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+        nn.init.zeros_(self.plane_embed)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _condition(self, z: torch.Tensor, cond: torch.Tensor | None,
+                   cond_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        b = z.shape[0]
+        if cond is None:
+            if cond_mask is not None and bool(torch.as_tensor(cond_mask).any()):
+                raise ValueError("cond_mask marks conditional samples but no cond (b, C, n) was given")
+            return torch.zeros_like(z), z.new_zeros(b)
+        check_tensor(cond, "cond", "(b, c, n)", sizes=dict(zip("bcn", z.shape)))
+        if cond_mask is None:
+            mask = z.new_ones(b)
+        else:
+            if not isinstance(cond_mask, torch.Tensor) or cond_mask.shape != (b,):
+                got = tuple(cond_mask.shape) if isinstance(cond_mask, torch.Tensor) else type(cond_mask).__name__
+                raise ValueError(f"expected cond_mask of shape (b,) with b={b}, got {got}")
+            mask = cond_mask.to(device=z.device, dtype=z.dtype)
+        return cond.to(z.dtype) * mask[:, None, None], mask
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                cond_mask: torch.Tensor | None = None, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+        cfg = self.cfg
+        grid = check_grid(grid if grid is not None else cfg.latent_grid)
+        check_tensor(z_t, "z_t", "(b, c, n)", sizes={"c": cfg.latent_channels})
+        cond, mask = self._condition(z_t, cond, cond_mask)
+        planes = unpack_planes(z_t, grid)
+        cond_planes = unpack_planes(cond, grid)
+        return pack_planes(*self._run(list(planes), list(cond_planes), mask, t))  # b C n
+
+    def forward_planes(self, planes: Sequence[torch.Tensor], t: torch.Tensor,
+                       cond: Sequence[torch.Tensor] | None = None,
+                       cond_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """:meth:`forward` on ``[z_s, z_h, z_w]`` (and the condition's planes) -> eps planes."""
+        z = pack_planes(*planes)
+        grid = (planes[1].shape[2], planes[0].shape[2], planes[0].shape[3])
+        eps = self.forward(z, t, None if cond is None else pack_planes(*cond), cond_mask, grid)
+        return list(unpack_planes(eps, grid))
+
+    # ------------------------------------------------------------------ the network
+
+    def _run(self, planes: PlaneList, cond: PlaneList, mask: torch.Tensor, t: torch.Tensor) -> PlaneList:
+        b = planes[0].shape[0]
+        if not isinstance(t, torch.Tensor) or t.shape != (b,):
+            raise ValueError(f"expected t of shape (b,) with b={b}, got {tuple(getattr(t, 'shape', ())) or t!r}")
+        temb = self.time_embed(t.to(planes[0].device))  # b E
+        embs = [temb + self.plane_embed[k] for k in range(3)]  # 3 x (b, E)
+        flag = mask[:, None, None, None]
+        xs = [torch.cat([z, c, flag.expand(-1, 1, *z.shape[2:])], dim=1) for z, c in zip(planes, cond)]  # b 2C+1 p q
+        hs = [_per_plane(self.input_conv, xs)]  # b c0 p q
+        for stage in self.down_stages:
+            h = hs[-1]
+            if stage.down is not None:
+                h = _per_plane(stage.down, h)  # b c ceil(p/2) ceil(q/2)
+            else:
+                h = _per_plane(stage.res, h, embs)
+                if stage.attn is not None:
+                    h = stage.attn(h)
+            hs.append(h)
+        h = _per_plane(self.mid_res1, hs[-1], embs)
+        h = self.mid_attn(h)
+        h = _per_plane(self.mid_res2, h, embs)
+        for stage in self.up_stages:
+            skip = hs.pop()
+            h = _per_plane(stage.res, [torch.cat([x, s], dim=1) for x, s in zip(h, skip)], embs)
+            if stage.attn is not None:
+                h = stage.attn(h)
+            if stage.up is not None:
+                # back to exactly the size of the next skip: odd sizes were rounded up going down
+                h = [stage.up(F.interpolate(x, size=s.shape[2:], mode="nearest")) for x, s in zip(h, hs[-1])]
+        return _per_plane(lambda x: self.out_conv(F.silu(self.out_norm(x))), h)  # b C p q

@@ -1,0 +1,134 @@
+"""PVDM's two training stages and the sampling CLI end to end, at toy size: the autoencoder with its
+GAN and a TorchScript perceptual network, the latent cache, a resumed diffusion run that reuses the
+cache, checkpoints that name their autoencoder, and a long sample of clips x T frames on disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from reference_models.common.checkpoint import load_checkpoint, read_checkpoint_config
+from reference_models.common.video_io import read_video
+from reference_models.pvdm import sample as sample_mod
+from reference_models.pvdm import train as train_mod
+from reference_models.pvdm.config import get_autoencoder_config
+from reference_models.pvdm.data import (
+    ClipPairs,
+    LatentPairs,
+    read_cache_meta,
+    videos_from_record,
+)
+
+AE_SETS = dict(frames=2, height=8, width=12, patch_size=[1, 4, 4], dim=8, encoder_depth=1, decoder_depth=1, heads=1,
+               dim_head=8, proj_depth=1, proj_heads=1, proj_mlp_dim=8, latent_channels=2, use_gan=True, gan_start=1,
+               disc_channels=4, disc_layers=1)
+# The perceptual network is a TorchScript file, the format LPIPS ports ship in; torch 2.13 warns
+# that TorchScript is deprecated, which is not what these tests are about.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+DIFF_SETS = dict(base_channels=8, channel_mult=[1], attn_resolutions=[1], num_res_blocks=1, heads=2)
+
+
+def sets(overrides):
+    return [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+COMMON = ["--batch-size", "4", "--num-videos", "8", "--device", "cpu", "--no-progress", "--log-every", "1",
+          "--warmup-steps", "1", "--num-samples", "1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Stage 1 (2 steps, GAN on from step 1, a TorchScript perceptual net), then stage 2 (2 steps)."""
+    root = tmp_path_factory.mktemp("pvdm")
+    net = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()))
+    net.save(str(root / "features.pt"))
+    ae = train_mod.main(["--stage", "ae", "--out", str(root / "ae"), "--steps", "2", *sets(AE_SETS), *COMMON,
+                         "--perceptual", str(root / "features.pt")])
+    diff = train_mod.main(["--stage", "diffusion", "--autoencoder", str(root / "ae"), "--out", str(root / "diff"),
+                           "--steps", "2", *sets(DIFF_SETS), *COMMON, "--clips", "3", "--first-steps", "2",
+                           "--next-steps", "1"])
+    return root, ae, diff
+
+
+def test_autoencoder_stage_trains_with_gan_and_perceptual_terms_and_writes_reconstructions(runs):
+    root, ae, _ = runs
+    assert ae.step == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in ae.history)
+    assert int(ae.model.step) == 2  # the GAN's step counter follows the trainer
+    assert ae.model.perceptual is not None
+    _, config = read_checkpoint_config(root / "ae")
+    assert config["model"]["pvdm_autoencoder"]["patch_size"] == [1, 4, 4]
+    assert (root / "ae" / "samples" / "step000002_recon_grid.png").is_file()
+    psnr = json.loads((root / "ae" / "samples" / "step000002_recon_metrics.json").read_text())["psnr"]
+    assert psnr > 0
+
+
+def test_diffusion_stage_caches_latents_of_consecutive_clip_pairs(runs):
+    root, _, diff = runs
+    cache = root / "diff" / "latents.safetensors"
+    latents = LatentPairs(cache)
+    assert len(latents) == 8 and latents.grid == (2, 2, 3)
+    assert latents[0]["z1"].shape == (2, 2 * 3 + 2 * 3 + 2 * 2)
+    assert latents.z1.abs().max() <= 1 and latents.z2.abs().max() <= 1
+    # the cache holds f_phi of the first and second half of each 2T-frame video
+    ae, _ = sample_mod.load_autoencoder(root / "ae")
+    record = read_cache_meta(cache)["description"]["data"]
+    pairs = ClipPairs(videos_from_record(record, ae.cfg, 4), 2)
+    item = pairs[3]
+    with torch.no_grad():
+        torch.testing.assert_close(ae.encode_packed(item["x1"][None])[0], latents[3]["z1"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ae.encode_packed(item["x2"][None])[0], latents[3]["z2"], atol=1e-5, rtol=1e-4)
+    assert diff.step == 2
+    _, config = read_checkpoint_config(root / "diff")
+    model_cfg = config["model"]
+    assert model_cfg["pvdm_diffusion"]["latent_channels"] == 2  # tied to the autoencoder
+    assert (model_cfg["pvdm_diffusion"]["latent_frames"], model_cfg["pvdm_diffusion"]["latent_height"],
+            model_cfg["pvdm_diffusion"]["latent_width"]) == (2, 2, 3)
+    assert model_cfg["autoencoder"]["checkpoint"].endswith("step_00000002.json")
+    frames, _, _ = read_video(root / "diff" / "samples" / "step000002_long_00.mp4")
+    assert frames.shape[:3] == (3 * 2, 8, 12)
+
+
+def test_resumed_diffusion_run_reuses_the_cache_and_continues(runs):
+    root, _, _ = runs
+    cache = root / "diff" / "latents.safetensors"
+    stamp = cache.stat().st_mtime_ns
+    state = train_mod.main(["--stage", "diffusion", "--autoencoder", str(root / "ae"), "--out", str(root / "diff"),
+                            "--steps", "3", *sets(DIFF_SETS), *COMMON, "--sample-every", "0", "--resume"])
+    assert state.step == 3
+    assert cache.stat().st_mtime_ns == stamp
+    assert load_checkpoint(root / "diff").step == 3
+
+
+def test_sample_cli_writes_long_videos_of_clips_times_frames(runs, tmp_path):
+    root, _, _ = runs
+    written = sample_mod.main(["--checkpoint", str(root / "diff"), "--clips", "4", "--first-steps", "2",
+                               "--next-steps", "1", "--num-samples", "2", "--device", "cpu", "--out", str(tmp_path)])
+    videos = [p for p in written if p.suffix == ".mp4"]
+    assert len(videos) == 2 and (tmp_path / "long_grid.png").is_file()
+    frames, _, _ = read_video(videos[0])
+    assert frames.shape[:3] == (4 * 2, 8, 12)
+
+
+def test_stage_arguments_are_checked(runs, tmp_path):
+    root, _, _ = runs
+    with pytest.raises(SystemExit, match="--autoencoder"):
+        train_mod.main(["--stage", "diffusion", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="autoencoder preset"):
+        train_mod.main(["--stage", "ae", "--preset", "pvdm_s", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="contradicts the autoencoder"):
+        train_mod.main(["--stage", "diffusion", "--autoencoder", str(root / "ae"), "--out", str(tmp_path),
+                        "--set", "latent_channels=4"])
+    with pytest.raises(ValueError, match="multiple of the patch size 4"):
+        get_autoencoder_config("tiny", height=10)
