@@ -42,7 +42,8 @@ def machine_line(payload: Payload) -> str:
 # ---------------------------------------------------------------- per-benchmark tables and figures
 
 
-def attention_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+def attention_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    p = runs[0]
     rows = p["results"]
     dims = sorted({r["d"] for r in rows})
     fig, axes = ax_fig(1, len(dims), figsize=(4.2 * len(dims), 3.6))
@@ -61,8 +62,8 @@ def attention_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str],
     return header, table
 
 
-def evdm_table_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
-    rows = p["table8"]
+def evdm_table_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    rows = runs[0]["table8"]
     fig, (ax1, ax2) = ax_fig(1, 2, figsize=(11, 3.8))
     names = [r["row"] for r in rows]
     x = range(len(rows))
@@ -80,7 +81,8 @@ def evdm_table_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str]
     return header, table
 
 
-def evdm_speed_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+def evdm_speed_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    p = runs[0]
     rows = p["results"]
     fig, ax = ax_fig(1, 1, figsize=(6, 3.6))
     ax = ax[0]
@@ -99,7 +101,8 @@ def evdm_speed_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str]
     return header, table
 
 
-def etc_attention_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+def etc_attention_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    p = runs[0]
     rows = p["results"]
     fig, (ax1, ax2) = ax_fig(1, 2, figsize=(10, 3.6))
     labels = [f"{r['frames']}f {r['pixels']}px" for r in rows]
@@ -120,14 +123,58 @@ def etc_attention_report(p: Payload, ax_fig: Callable[..., Any]) -> tuple[list[s
     return header, table
 
 
+def pvdm_cost_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    runs = sorted(runs, key=lambda r: r["results"]["pixel_numbers"])
+    res = [r["results"] for r in runs]
+    labels = [f"{r['config']['frames']}x{r['config']['size']}x{r['config']['size']}" for r in runs]
+    fig, (ax1, ax2) = ax_fig(1, 2, figsize=(10, 3.6))
+    ax1.plot(labels, [r["pvdm_macs_per_step"] / 1e9 for r in res], "-o", label="PVDM triplane U-Net")
+    ax1.plot(labels, [r["baseline_macs_per_step"] / 1e9 for r in res], "-s", label="pixel 3D U-Net")
+    ax1.set(yscale="log", ylabel="GMACs per denoiser step", xlabel="video size")
+    ax1.legend(fontsize=7)
+    last = res[-1]
+    bars = {"numbers per video": last["latent_reduction"], "MACs per step": last["mac_ratio_per_step"],
+            f"time per step @{last['time_size']}px": last["step_speedup"],
+            f"time per sample @{last['time_size']}px": last["sampling_speedup"]}
+    ax2.bar(list(bars), list(bars.values()))
+    ax2.axhline(17.6, color="gray", linestyle=":", label="paper: 17.6x faster sampling than VDM")
+    ax2.set(yscale="log", ylabel="pixel baseline / PVDM")
+    ax2.set_xticks(range(len(bars)), list(bars), fontsize=7, rotation=15)
+    ax2.legend(fontsize=7)
+    header = ["video", "latent numbers", "pixel numbers", "GMACs/step PVDM", "GMACs/step 3D U-Net", "MAC ratio",
+              "time ratio/step", "time ratio/sample"]
+    table = [[lab, r["latent_numbers"], r["pixel_numbers"], f"{r['pvdm_macs_per_step'] / 1e9:.2f}",
+              f"{r['baseline_macs_per_step'] / 1e9:.1f}", f"{r['mac_ratio_per_step']:.1f}",
+              f"{r['step_speedup']:.1f}", f"{r['sampling_speedup']:.1f}"] for lab, r in zip(labels, res)]
+    return header, table
+
+
+def cmd_cost_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[list[str], list[list[Any]]]:
+    p = runs[0]
+    fig, (ax1, ax2) = ax_fig(1, 2, figsize=(10, 3.6))
+    rows = p["results"]
+    ax1.bar([r["model"] for r in rows], [r["tmacs"] for r in rows])
+    ax1.set(yscale="log", ylabel="TMACs per video")
+    ax1.set_xticks(range(len(rows)), [r["model"] for r in rows], fontsize=7, rotation=20)
+    patches = p["content_patch"]
+    ax2.plot([c["content_patch"] for c in patches], [c["gmacs_per_pass"] for c in patches], "-o")
+    ax2.set(xscale="log", xlabel="content-frame patch size (motion DiT)", ylabel="GMACs per motion-DiT pass")
+    ax2.set_xticks([c["content_patch"] for c in patches], [str(c["content_patch"]) for c in patches])
+    header = ["model", "TMACs/video", "s/video (timing size)"]
+    table = [[r["model"], f"{r['tmacs']:.3g}", f"{r['time_s']:.3g}"] for r in rows]
+    for name, ratio in p["ratios"].items():
+        table.append([name, f"{ratio['macs']:.1f}x MACs", f"{ratio['time']:.1f}x time"])
+    return header, table
+
+
 @dataclass(frozen=True)
 class Benchmark:
     name: str
     title: str
     script: str
-    report: Callable[[Payload, Callable[..., Any]], tuple[list[str], list[list[Any]]]]
-    full_args: tuple[str, ...] = ()
-    quick_args: tuple[str, ...] = ("--quick",)
+    report: Callable[[list[Payload], Callable[..., Any]], tuple[list[str], list[list[Any]]]]
+    full_runs: tuple[tuple[str, ...], ...] = ((),)  # one run per argument tuple (e.g. one per size)
+    quick_runs: tuple[tuple[str, ...], ...] = (("--quick",),)
     page: str | None = None  # the benchmark's own page with the method and discussion
 
 
@@ -140,16 +187,25 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               evdm_speed_report, page="benchmarks/evdm_speed.md"),
     Benchmark("etc_attention", "ETC: one attention over the frame grid vs factorised attention",
               "etc_attention.py", etc_attention_report, page="benchmarks/etc_attention.md"),
+    Benchmark("pvdm_cost", "PVDM: triplane latent denoiser vs a pixel-space 3D U-Net", "pvdm_cost.py",
+              pvdm_cost_report, page="benchmarks/pvdm_cost.md",
+              full_runs=tuple(("--size", str(s), "--time-size", "32", "--sample-steps", "20") for s in (64, 128, 256)),
+              quick_runs=(("--quick",), ("--quick", "--size", "64"))),
+    Benchmark("cmd_cost", "CMD: content frame + motion latents vs denoising the whole video volume",
+              "cmd_cost.py", cmd_cost_report, page="benchmarks/cmd_cost.md"),
 )
 
 
-def run_one(bench: Benchmark, quick: bool, timeout: float) -> Payload:
-    args = [sys.executable, str(BENCH / bench.script), "--json", *(bench.quick_args if quick else bench.full_args)]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{bench.script} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+def run_one(bench: Benchmark, quick: bool, timeout: float) -> list[Payload]:
+    payloads = []
+    for extra in bench.quick_runs if quick else bench.full_runs:
+        args = [sys.executable, str(BENCH / bench.script), "--json", *extra]
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"{bench.script} {' '.join(extra)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        payloads.append(json.loads(lines[-1]))
+    return payloads
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -158,7 +214,7 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def write_report(results: dict[str, Payload], errors: dict[str, str], out: Path, quick: bool) -> Path:
+def write_report(results: dict[str, list[Payload]], errors: dict[str, str], out: Path, quick: bool) -> Path:
     """Write ``out/benchmarks.md``, ``out/benchmarks/report_<name>.png`` and the raw JSON."""
     figures = out / "benchmarks"
     (figures / "results").mkdir(parents=True, exist_ok=True)
@@ -176,15 +232,17 @@ def write_report(results: dict[str, Payload], errors: dict[str, str], out: Path,
             continue
         if bench.name not in results:
             continue
-        payload = results[bench.name]
-        (figures / "results" / f"{bench.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+        runs = results[bench.name]
+        payload = runs[0]
+        raw = runs[0] if len(runs) == 1 else runs
+        (figures / "results" / f"{bench.name}.json").write_text(json.dumps(raw, indent=1) + "\n")
 
         def ax_fig(nrows: int, ncols: int, **kw: Any) -> tuple[Any, Any]:
             fig, axes = plt.subplots(nrows, ncols, **kw)
             axes_list = list(axes.flat) if hasattr(axes, "flat") else [axes]
             return fig, axes_list
 
-        header, rows = bench.report(payload, ax_fig)
+        header, rows = bench.report(runs, ax_fig)
         fig = plt.gcf()
         fig.suptitle(f"{bench.title}\n{machine_line(payload)}", fontsize=9)
         fig.tight_layout()
@@ -214,7 +272,7 @@ def main(argv: list[str] | None = None) -> Payload:
     unknown = sorted(set(only) - set(names))
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; known: {names}")
-    results: dict[str, Payload] = {}
+    results: dict[str, list[Payload]] = {}
     errors: dict[str, str] = {}
     seconds: dict[str, float] = {}
     for bench in BENCHMARKS:
@@ -231,7 +289,7 @@ def main(argv: list[str] | None = None) -> Payload:
     path = write_report(results, errors, Path(args.out), args.quick)
     print(f"wrote {path} and {len(results)} figure(s) under {path.parent / 'benchmarks'}")
     summary = {"benchmark": "run_all", "report": str(path), "ran": sorted(results), "failed": errors,
-               "seconds": seconds, "machine": next(iter(results.values()))["machine"] if results else {}}
+               "seconds": seconds, "machine": next(iter(results.values()))[0]["machine"] if results else {}}
     if args.json:
         print(json.dumps(summary))
     if errors:
