@@ -103,21 +103,21 @@ class MixedSelfAttention(nn.Module):
         """Token count above which ``"auto"``/``"calibrated"`` choose FAVOR+ on ``device``/``dtype``
         (default: the layer's): ``threshold * dim_head`` under ``"auto"``, the measured crossover
         under ``"calibrated"``."""
-        paper = self.threshold * self.dim_head
         if self.algorithm != "calibrated":
-            return paper
-        matrix = self.favor.projection_matrix
-        device = matrix.device if device is None else torch.device(device)
-        dtype = matrix.dtype if dtype is None else dtype
+            return self.threshold * self.dim_head
         memo = self._crossovers.get((device, dtype))
-        if memo is not None:  # every forward asks: keep it to a dict lookup
+        if memo is not None:  # every forward asks: keep the common case to one dict lookup
             return memo
-        if device.type == "meta" or _is_fake(matrix) or torch.compiler.is_compiling():
-            key = CalibrationKey(str(device), str(dtype).removeprefix("torch."), self.dim_head, self.nb_features)
+        paper = self.threshold * self.dim_head
+        matrix = self.favor.projection_matrix
+        resolved = (matrix.device if device is None else torch.device(device), matrix.dtype if dtype is None else dtype)
+        if resolved[0].type == "meta" or _is_fake(matrix) or torch.compiler.is_compiling():
+            key = CalibrationKey(str(resolved[0]), str(resolved[1]).removeprefix("torch."), self.dim_head,
+                                 self.nb_features)
             return calibration_cache().get(key, paper)
         # a crossover of L means FAVOR+ wins from L on; the gate is "seq_len > crossover"
-        measured = favor_crossover(matrix.detach().to(device=device, dtype=dtype), backend=self.backend) - 0.5
-        self._crossovers[(device, dtype)] = measured
+        measured = favor_crossover(matrix.detach().to(*resolved), backend=self.backend) - 0.5
+        self._crossovers[(device, dtype)] = self._crossovers[resolved] = measured
         return measured
 
     def select_algorithm(
@@ -125,9 +125,10 @@ class MixedSelfAttention(nn.Module):
     ) -> Literal["softmax", "favor"]:
         """The algorithm used for ``seq_len`` tokens: eq. 14's gate under ``"auto"``, the measured
         crossover under ``"calibrated"`` (on ``device``/``dtype``, default the layer's)."""
-        check_positive_int(seq_len, "seq_len")
         if self.algorithm in ("softmax", "favor"):
             return self.algorithm  # type: ignore[return-value]
+        if type(seq_len) is not int or seq_len < 1:  # fast check on the hot path, full message below
+            check_positive_int(seq_len, "seq_len")
         return "favor" if seq_len > self.crossover(device, dtype) else "softmax"
 
     @torch.no_grad()
