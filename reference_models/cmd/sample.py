@@ -37,6 +37,7 @@ from reference_models.common.checkpoint import (
     load_model_from_checkpoint,
     read_checkpoint_config,
 )
+from reference_models.common.cli import add_sampling_arguments
 from reference_models.common.distributed import resolve_device
 from reference_models.common.video_io import save_frame_grid, write_samples
 from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
@@ -341,10 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-steps", type=int, default=PAPER_CONTENT_STEPS)
     p.add_argument("--motion-steps", type=int, default=PAPER_MOTION_STEPS)
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-ema", action="store_true", help="use the trained weights, not the EMA")
-    p.add_argument("--out", default="samples/cmd")
+    add_sampling_arguments(p, out="samples/cmd", device="cpu")
     return p
 
 

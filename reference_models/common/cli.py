@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
-__all__ = ["parse_override"]
+__all__ = ["add_sampling_arguments", "parse_override"]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -22,3 +23,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         parsed = value
     return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, out: str = "samples", device: str = "auto") -> None:
+    """The flags every sampling CLI shares: ``--seed``, ``--device``, ``--no-ema``, ``--out``."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--no-ema", action="store_true", help="use the trained weights, not the EMA")
+    parser.add_argument("--out", default=out, help="output directory")

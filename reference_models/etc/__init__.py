@@ -7,7 +7,10 @@ from .data import FPS_CHOICES, MultiRateVideoFolder, TripleDataset, collate_etc
 from .diffusers_adapter import ETCDiffusersVideoModel, from_diffusers
 from .filter import PAPER_EPSILON, VideoFilter, clip_score, keep_top
 from .model import ETCUNet
-from .sample import ETCSystem, load_system
+from ..common.lazy import lazy_exports
+
+# sample.py is also a CLI (python -m reference_models.etc.sample): import it on first use only
+__getattr__ = lazy_exports(__name__, {"ETCSystem": "sample", "load_system": "sample"})
 
 __all__ = [
     "CallableTextEncoder",

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
+from reference_models.common.cli import add_sampling_arguments
 from reference_models.common.distributed import resolve_device
 from reference_models.common.video_io import write_samples
 from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
@@ -243,10 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (paper: 50)")
     p.add_argument("--guidance-scale", type=float, default=7.0, help="classifier-free guidance scale (paper: 7)")
     p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ema", action="store_true", help="use the trained weights, not the EMA")
-    p.add_argument("--out", default="samples", help="output directory")
+    add_sampling_arguments(p)
     return p
 
 

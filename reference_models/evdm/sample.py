@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
+from reference_models.common.cli import add_sampling_arguments
 from reference_models.common.distributed import resolve_device
 from reference_models.common.ema import unwrap_model
 from reference_models.common.video_io import write_samples
@@ -369,10 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100, help="sampling steps (paper: DDPM 100 or 1000)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--fps", type=float, default=None, help="playback rate of the files (default: the data's, else 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ema", action="store_true", help="use the trained weights, not the EMA")
-    p.add_argument("--out", default="samples", help="output directory")
+    add_sampling_arguments(p)
     return p
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from reference_models.common.checkpoint import read_checkpoint_config
+from reference_models.common.cli import add_sampling_arguments
 from reference_models.common.distributed import resolve_device
 from reference_models.common.video_io import write_samples
 
@@ -64,10 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--fps", type=float, default=None, help="playback rate (default: the data's, else 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-ema", action="store_true", help="use the trained weights, not the EMA")
-    p.add_argument("--out", default="samples", help="output directory")
+    add_sampling_arguments(p)
     return p
 
 
