@@ -109,6 +109,24 @@ def test_expand_method_matches_function_and_checks_latent_width():
         model.expand(torch.randn(1, 3, 3, 4), torch.randn(1, 3, 2, 4), torch.randn(1, 3, 2, 3))
 
 
+@given(b=st.integers(1, 2), c=st.integers(1, 3), t=sizes, h=sizes, w=sizes)
+def test_expand_sum_adds_the_broadcast_planes(b, c, t, h, w):
+    # CMD eq. 6: v_thw = z_s[h, w] + z_h[t, w] + z_w[t, h], i.e. the concatenated volume's three
+    # channel groups added up.
+    z_s, z_h, z_w = torch.randn(b, c, h, w), torch.randn(b, c, t, w), torch.randn(b, c, t, h)
+    v = triplane_expand(z_s, z_h, z_w, combine="sum")
+    assert v.shape == (b, c, t, h, w)
+    torch.testing.assert_close(v, sum(triplane_expand(z_s, z_h, z_w).chunk(3, dim=1)))
+    ti, hi, wi = t - 1, h // 2, w - 1
+    torch.testing.assert_close(v[:, :, ti, hi, wi], z_s[:, :, hi, wi] + z_h[:, :, ti, wi] + z_w[:, :, ti, hi])
+
+
+def test_expand_rejects_unknown_combine():
+    z = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 3)
+    with pytest.raises(ValueError, match="combine"):
+        triplane_expand(*z, combine="mean")
+
+
 @pytest.mark.parametrize(
     "shapes, layout",
     [
@@ -218,3 +236,41 @@ def test_token_pooling_reads_the_summary_token():
             x = block(x)
         expected = torch.tanh(phi.to_latent(phi.norm(x[:, 0])))
         torch.testing.assert_close(phi(seq), expected)
+
+
+@given(b=st.integers(1, 2), t=sizes, h=sizes, w=sizes, axis=st.sampled_from(["t", "h", "w"]))
+def test_axis_projector_projects_a_volume_along_one_axis(b, t, h, w, axis):
+    # Independent reference: every line along ``axis`` run through the projector one at a time.
+    torch.manual_seed(1)
+    phi = AxisProjector(8, 3, depth=1, heads=2)
+    u = torch.randn(b, 8, t, h, w)
+    with torch.no_grad():
+        plane = phi.project(u, axis)
+    kept = [n for n in "thw" if n != axis]
+    sizes_ = dict(zip("thw", (t, h, w)))
+    assert plane.shape == (b, 3, *(sizes_[n] for n in kept))
+    for bi in range(b):
+        for i in range(sizes_[kept[0]]):
+            for j in range(sizes_[kept[1]]):
+                index = {kept[0]: i, kept[1]: j, axis: slice(None)}
+                line = u[bi, :, index["t"], index["h"], index["w"]]  # dim l
+                with torch.no_grad():
+                    expected = phi(line.T[None])[0]
+                torch.testing.assert_close(plane[bi, :, i, j], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_triplane_projector_is_three_axis_projections():
+    model = _projector()
+    u = torch.randn(2, 8, 3, 4, 5)
+    with torch.no_grad():
+        planes = model(u)
+        for plane, phi, axis in zip(planes, (model.phi_s, model.phi_h, model.phi_w), "thw"):
+            assert torch.equal(plane, phi.project(u, axis))
+
+
+def test_axis_projector_project_rejects_bad_axis_and_volume():
+    phi = AxisProjector(8, 3, depth=1, heads=2)
+    with pytest.raises(ValueError, match="axis"):
+        phi.project(torch.randn(1, 8, 2, 2, 2), "s")
+    with pytest.raises(ValueError, match=r"u of shape \(b, dim, t, h, w\) with dim=8"):
+        phi.project(torch.randn(1, 4, 2, 2, 2), "h")

@@ -46,6 +46,14 @@ from .transformer import TransformerBlock
 __all__ = ["AxisProjector", "TriplaneProjector", "triplane_expand", "triplane_latent_size"]
 
 _POOLS = ("token", "mean")
+_COMBINES = ("concat", "sum")
+
+# For each axis a volume can be projected along: volume -> sequences, codes -> plane.
+_AXIS_LAYOUTS = {
+    "t": ("b c t h w -> (b h w) t c", "(b h w) c -> b c h w"),
+    "h": ("b c t h w -> (b t w) h c", "(b t w) c -> b c t w"),
+    "w": ("b c t h w -> (b t h) w c", "(b t h) c -> b c t h"),
+}
 
 
 def triplane_latent_size(t: int, h: int, w: int, latent_channels: int) -> int:
@@ -117,17 +125,43 @@ class AxisProjector(nn.Module):
         pooled = x[:, 0] if self.token is not None else x.mean(dim=1)  # n dim
         return torch.tanh(self.to_latent(self.norm(pooled)))  # n latent_channels
 
+    def project(self, u: torch.Tensor, axis: str) -> torch.Tensor:
+        """Project a whole feature volume along one axis: ``u (b, dim, t, h, w)`` -> a latent plane.
+
+        ``axis="t"`` gives ``(b, C, h, w)`` (PVDM's ``z_s``: one code per time line),
+        ``axis="h"`` gives ``(b, C, t, w)`` (``z_h``) and ``axis="w"`` gives ``(b, C, t, h)``
+        (``z_w``), ``C = latent_channels``. :class:`TriplaneProjector` runs three projectors this
+        way; a model that takes its content from elsewhere (e.g. CMD's content frame) can keep
+        just the two motion planes with two projectors.
+        """
+        if axis not in _AXIS_LAYOUTS:
+            raise ValueError(f"expected axis to be one of {tuple(_AXIS_LAYOUTS)}, got {axis!r}")
+        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim})
+        to_seq, to_plane = _AXIS_LAYOUTS[axis]
+        sizes = dict(zip("bthw", (u.shape[0], *u.shape[2:])))
+        del sizes[axis]  # the projected axis is gone from the plane
+        codes = self(rearrange(u, to_seq))  # (b, two kept axes) C
+        return rearrange(codes, to_plane, **sizes)  # b C, then the two kept axes
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, latent_channels={self.latent_channels}, depth={self.depth}, pool={self.pool!r}"
 
 
-def triplane_expand(z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor) -> torch.Tensor:
-    """PVDM's decoder volume ``v_shw = [z^s_hw, z^h_sw, z^w_sh]`` (section 3.2).
+def triplane_expand(z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor, *, combine: str = "concat") -> torch.Tensor:
+    """PVDM's decoder volume ``v_shw = [z^s_hw, z^h_sw, z^w_sh]`` (section 3.2), or its sum.
 
     Shapes: ``z_s (b, c, h, w)``, ``z_h (b, c, t, w)``, ``z_w (b, c, t, h)`` ->
-    ``(b, 3c, t, h, w)``; channels ``[0, c)`` hold ``z_s`` broadcast over time, ``[c, 2c)`` hold
-    ``z_h`` broadcast over height, ``[2c, 3c)`` hold ``z_w`` broadcast over width.
+    ``(b, 3c, t, h, w)`` with ``combine="concat"`` (the paper): channels ``[0, c)`` hold ``z_s``
+    broadcast over time, ``[c, 2c)`` hold ``z_h`` broadcast over height, ``[2c, 3c)`` hold ``z_w``
+    broadcast over width. ``combine="sum"`` gives ``(b, c, t, h, w)``,
+    ``v_thw = z_s[h, w] + z_h[t, w] + z_w[t, h]``: CMD's decoder input (eq. 6, after its
+    per-plane embeddings of eq. 5) and what PVDM's release does after mapping each plane to the
+    decoder width. (A linear map of the concatenation equals a sum of per-plane linear maps, but
+    the two start from different scales: with planes embedded to the width first, each plane
+    weighs as much as the others from the first step.)
     """
+    if combine not in _COMBINES:
+        raise ValueError(f"expected combine to be one of {_COMBINES}, got {combine!r}")
     check_tensor(z_s, "z_s", "(b, c, h, w)")
     b, c, h, w = z_s.shape
     check_tensor(z_h, "z_h", "(b, c, t, w)", sizes={"b": b, "c": c, "w": w})
@@ -135,6 +169,13 @@ def triplane_expand(z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor) -> 
     check_tensor(z_w, "z_w", "(b, c, t, h)", sizes={"b": b, "c": c, "t": t, "h": h})
     if not (z_s.dtype == z_h.dtype == z_w.dtype):
         raise TypeError(f"expected z_s, z_h, z_w of one dtype, got {z_s.dtype}, {z_h.dtype}, {z_w.dtype}")
+    if combine == "sum":
+        # Broadcasting adds the three without materialising three full volumes.
+        return (
+            rearrange(z_s, "b c h w -> b c 1 h w")
+            + rearrange(z_h, "b c t w -> b c t 1 w")
+            + rearrange(z_w, "b c t h -> b c t h 1")
+        )  # b c t h w
     return torch.cat(
         [
             repeat(z_s, "b c h w -> b c t h w", t=t),
@@ -182,14 +223,10 @@ class TriplaneProjector(nn.Module):
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim})
-        b, _, t, h, w = u.shape
-        z_s = self.phi_s(rearrange(u, "b c t h w -> (b h w) t c"))  # (b h w) C
-        z_h = self.phi_h(rearrange(u, "b c t h w -> (b t w) h c"))  # (b t w) C
-        z_w = self.phi_w(rearrange(u, "b c t h w -> (b t h) w c"))  # (b t h) C
         return (
-            rearrange(z_s, "(b h w) c -> b c h w", b=b, h=h, w=w),  # b C h w
-            rearrange(z_h, "(b t w) c -> b c t w", b=b, t=t, w=w),  # b C t w
-            rearrange(z_w, "(b t h) c -> b c t h", b=b, t=t, h=h),  # b C t h
+            self.phi_s.project(u, "t"),  # b C h w
+            self.phi_h.project(u, "h"),  # b C t w
+            self.phi_w.project(u, "w"),  # b C t h
         )
 
     def expand(self, z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor) -> torch.Tensor:
