@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vdblocks.attention import MixedSelfAttention, calibration, clear_calibration_cache, favor_crossover
-from vdblocks.attention.calibration import calibration_cache, time_attention_algorithms
+from vdblocks.attention.calibration import batch_heads_bucket, calibration_cache, time_attention_algorithms
 
 
 @pytest.fixture(autouse=True)
@@ -57,9 +57,10 @@ def test_results_are_cached_per_device_dtype_and_head_dim(monkeypatch):
     assert favor_crossover(torch.randn(10, 8)) == first and len(calls) == n_calls  # cached
     favor_crossover(torch.randn(10, 8, dtype=torch.float64))
     favor_crossover(torch.randn(12, 16))
+    favor_crossover(torch.randn(10, 8), batch_heads=1)
     keys = calibration_cache()
-    assert {(k.dtype, k.dim_head, k.nb_features) for k in keys} == {("float32", 8, 10), ("float64", 8, 10),
-                                                                     ("float32", 16, 12)}
+    assert {(k.dtype, k.dim_head, k.nb_features, k.batch_heads) for k in keys} == {
+        ("float32", 8, 10, 4), ("float64", 8, 10, 4), ("float32", 16, 12, 4), ("float32", 8, 10, 1)}
     favor_crossover(torch.randn(10, 8), refresh=True)
     assert len(calls) > n_calls + 2
 
@@ -76,6 +77,23 @@ def test_calibrated_layer_gates_on_the_measured_crossover(monkeypatch):
     torch.testing.assert_close(layer(x), forced(x))
     auto = MixedSelfAttention(16, heads=2, dim_head=8)  # the paper's rule is still the default
     assert auto.algorithm == "auto" and auto.crossover() == 16 and auto.select_algorithm(17) == "favor"
+
+
+def test_each_workload_is_calibrated_at_its_rows_of_attention(monkeypatch):
+    seen = []
+
+    def timings(n, matrix, batch_heads=4, **kwargs):
+        seen.append(batch_heads)
+        return float(n * n * batch_heads), float(300 * n) - 1e-9  # FAVOR+ wins earlier with more rows
+
+    monkeypatch.setattr(calibration, "time_attention_algorithms", timings)
+    layer = MixedSelfAttention(16, heads=2, dim_head=8, algorithm="calibrated")
+    one, eight, many = layer.crossover(batch_heads=1), layer.crossover(batch_heads=6), layer.crossover(batch_heads=99)
+    assert set(seen) == {1, 8, 16} and one > eight > many  # b k bucketed to 1, 8 and the cap 16
+    assert [batch_heads_bucket(n) for n in (1, 2, 3, 5, 16, 17, 1000)] == [1, 2, 4, 8, 16, 16, 16]
+    calls = len(seen)
+    layer(torch.randn(3, 64, 16))  # b k = 3 * 2 = 6: measured above, so nothing is timed again
+    assert len(seen) == calls
 
 
 def test_nothing_to_time_falls_back_to_eq14(monkeypatch):

@@ -7,8 +7,8 @@ docs/benchmarks/attention.md). :func:`favor_crossover` times both algorithms on 
 doubling lengths and returns the length from which FAVOR+ is faster; ``MixedSelfAttention(
 algorithm="calibrated")`` gates on that length instead of ``lambda * d``.
 
-Results are cached in memory per ``(device, dtype, d, r)`` (``r`` the random-feature count), so a
-process measures each combination once (a few hundred milliseconds to a few seconds on a CPU).
+Results are cached in memory per ``(device, dtype, d, r, b k)`` (``r`` the random-feature count,
+``b k`` the rows of attention per call), so a process measures each combination once (a few hundred milliseconds to a few seconds on a CPU).
 Timing uses ``torch.utils.benchmark.Timer`` (which synchronises CUDA). The measurement runs the
 kernels only, without projections: those cost the same under both algorithms.
 """
@@ -29,6 +29,7 @@ __all__ = [
     "CalibrationKey",
     "calibration_cache",
     "clear_calibration_cache",
+    "batch_heads_bucket",
     "favor_crossover",
     "time_attention_algorithms",
 ]
@@ -38,16 +39,29 @@ DEFAULT_LENGTHS = tuple(2**i for i in range(5, 15))  # 32 .. 16384
 
 @dataclass(frozen=True)
 class CalibrationKey:
-    """What the crossover depends on: device (``"cpu"``, ``"cuda:0"``), dtype, head dim, features."""
+    """What the crossover depends on: device (``"cpu"``, ``"cuda:0"``), dtype, head dim, features,
+    and the rows of attention per call (``b * k``, a power of two: the FAVOR+ feature tensors
+    outgrow the caches as it grows, which moves the crossover for large head dims)."""
 
     device: str
     dtype: str
     dim_head: int
     nb_features: int
+    batch_heads: int
 
 
 _CACHE: dict[CalibrationKey, int] = {}
 _LOCK = threading.Lock()
+
+
+MAX_CALIBRATION_BATCH_HEADS = 16
+
+
+def batch_heads_bucket(batch_heads: int) -> int:
+    """The ``b * k`` a workload is calibrated at: the next power of two, at most 16 (beyond that the
+    kernels' time per row no longer changes much, and calibrating would take long)."""
+    check_positive_int(batch_heads, "batch_heads")
+    return min(1 << (batch_heads - 1).bit_length(), MAX_CALIBRATION_BATCH_HEADS)
 
 
 def calibration_cache() -> dict[CalibrationKey, int]:
@@ -121,7 +135,7 @@ def favor_crossover(
     If FAVOR+ never wins, the result is ``2 * max(lengths)`` (exact attention everywhere measured);
     if it wins from the first length on, it is ``lengths[0]``.
 
-    The key is ``(device, dtype, d, r)`` of ``projection_matrix (r, d)``; ``refresh=True`` measures
+    The key is ``(device, dtype, d, r)`` of ``projection_matrix (r, d)`` and ``batch_heads``; ``refresh=True`` measures
     again. Not callable on the meta device or inside a trace (there is nothing to time).
     """
     if not isinstance(projection_matrix, torch.Tensor) or projection_matrix.ndim != 2:
@@ -133,7 +147,7 @@ def favor_crossover(
         raise ValueError("expected at least one length to measure")
     r, d = projection_matrix.shape
     key = CalibrationKey(_device_name(projection_matrix.device), str(projection_matrix.dtype).removeprefix("torch."),
-                         int(d), int(r))
+                         int(d), int(r), int(batch_heads))
     with _LOCK:
         if not refresh and key in _CACHE:
             return _CACHE[key]

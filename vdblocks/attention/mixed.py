@@ -11,7 +11,7 @@ from einops import rearrange
 from performer_pytorch import FastAttention
 
 from .._validation import check_positive_int, check_tensor
-from .calibration import CalibrationKey, calibration_cache, favor_crossover
+from .calibration import CalibrationKey, batch_heads_bucket, calibration_cache, favor_crossover
 from .dispatch import BackendSpec, attention
 
 __all__ = ["MixedSelfAttention"]
@@ -35,7 +35,8 @@ class MixedSelfAttention(nn.Module):
     (``d = dim_head``, the paper's ``lambda = 2``), exact attention otherwise. ``"calibrated"``
     replaces ``lambda * d`` by the length from which FAVOR+ is measured to be faster on the
     device and dtype the layer runs on (:func:`vdblocks.attention.calibration.favor_crossover`,
-    measured on first use and cached per device, dtype, ``d`` and feature count; where nothing can
+    measured on first use and cached per device, dtype, ``d``, feature count and ``b * k``
+    (bucketed, :func:`~vdblocks.attention.calibration.batch_heads_bucket`); where nothing can
     be timed, on the meta device, under fake tensors or inside ``torch.compile``, it falls back to
     eq. 14, or to a crossover already measured for the key). ``"softmax"`` and ``"favor"`` force one
     algorithm. Exact attention runs through the backend dispatch
@@ -99,37 +100,45 @@ class MixedSelfAttention(nn.Module):
         self.nb_features = self.favor.nb_features
         self._crossovers: dict[tuple[torch.device, torch.dtype], float] = {}
 
-    def crossover(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> float:
+    def crossover(
+        self, device: torch.device | None = None, dtype: torch.dtype | None = None, batch_heads: int = 4
+    ) -> float:
         """Token count above which ``"auto"``/``"calibrated"`` choose FAVOR+ on ``device``/``dtype``
-        (default: the layer's): ``threshold * dim_head`` under ``"auto"``, the measured crossover
-        under ``"calibrated"``."""
+        (default: the layer's) for ``batch_heads = b * k`` rows of attention: ``threshold * dim_head``
+        under ``"auto"``, the crossover measured for that workload under ``"calibrated"``."""
         if self.algorithm != "calibrated":
             return self.threshold * self.dim_head
-        memo = self._crossovers.get((device, dtype))
+        memo = self._crossovers.get((device, dtype, batch_heads))
         if memo is not None:  # every forward asks: keep the common case to one dict lookup
             return memo
         paper = self.threshold * self.dim_head
         matrix = self.favor.projection_matrix
         resolved = (matrix.device if device is None else torch.device(device), matrix.dtype if dtype is None else dtype)
+        rows = batch_heads_bucket(batch_heads)
         if resolved[0].type == "meta" or _is_fake(matrix) or torch.compiler.is_compiling():
             key = CalibrationKey(str(resolved[0]), str(resolved[1]).removeprefix("torch."), self.dim_head,
-                                 self.nb_features)
+                                 self.nb_features, rows)
             return calibration_cache().get(key, paper)
         # a crossover of L means FAVOR+ wins from L on; the gate is "seq_len > crossover"
-        measured = favor_crossover(matrix.detach().to(*resolved), backend=self.backend) - 0.5
-        self._crossovers[(device, dtype)] = self._crossovers[resolved] = measured
+        measured = favor_crossover(matrix.detach().to(*resolved), batch_heads=rows, backend=self.backend) - 0.5
+        self._crossovers[(device, dtype, batch_heads)] = self._crossovers[(*resolved, batch_heads)] = measured
         return measured
 
     def select_algorithm(
-        self, seq_len: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+        self,
+        seq_len: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        batch_heads: int = 4,
     ) -> Literal["softmax", "favor"]:
         """The algorithm used for ``seq_len`` tokens: eq. 14's gate under ``"auto"``, the measured
-        crossover under ``"calibrated"`` (on ``device``/``dtype``, default the layer's)."""
+        crossover under ``"calibrated"`` (on ``device``/``dtype``, default the layer's, for
+        ``batch_heads = b * k`` rows of attention)."""
         if self.algorithm in ("softmax", "favor"):
             return self.algorithm  # type: ignore[return-value]
         if type(seq_len) is not int or seq_len < 1:  # fast check on the hot path, full message below
             check_positive_int(seq_len, "seq_len")
-        return "favor" if seq_len > self.crossover(device, dtype) else "softmax"
+        return "favor" if seq_len > self.crossover(device, dtype, batch_heads) else "softmax"
 
     @torch.no_grad()
     def redraw_projection_matrix(self) -> None:
@@ -145,7 +154,7 @@ class MixedSelfAttention(nn.Module):
             check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim})
             tokens = x
         q, k, v = rearrange(self.to_qkv(tokens), "b n (three k d) -> three b k n d", three=3, k=self.heads)
-        if self.select_algorithm(tokens.shape[1], q.device, q.dtype) == "favor":
+        if self.select_algorithm(tokens.shape[1], q.device, q.dtype, q.shape[0] * q.shape[1]) == "favor":
             out = attention(q, k, v, backend="favor", projection_matrix=self.favor.projection_matrix)
         else:
             out = attention(q, k, v, backend=self.backend)  # b k n d
