@@ -93,44 +93,44 @@ def _video(item: Any) -> torch.Tensor:
     return check_tensor(item["video"], "video", "(c, t, h, w)")
 
 
-class VideoClips(Dataset):
+class _ConsecutiveClips(Dataset):
+    """The first ``clips`` consecutive ``frames``-frame clips of each item of ``videos``."""
+
+    clips = 1
+
+    def __init__(self, videos: Dataset, frames: int) -> None:
+        self.videos, self.frames = videos, check_positive_int(frames, "frames")
+        if getattr(videos, "root", None) is not None:
+            self.root = videos.root
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def _clips(self, index: int) -> list[torch.Tensor]:
+        video = _video(self.videos[index])
+        T, n = self.frames, self.clips
+        if video.shape[1] < n * T:
+            need = f"t >= {T}" if n == 1 else f"t >= {n}T = {n * T} ({n} consecutive clips)"
+            raise ValueError(f"expected video of shape (c, t, h, w) with {need}, got {tuple(video.shape)}")
+        return [video[:, k * T : (k + 1) * T].contiguous() for k in range(n)]
+
+
+class VideoClips(_ConsecutiveClips):
     """``{"video": (c, T, H, W)}``: the first ``frames`` frames of each item of ``videos``."""
 
-    def __init__(self, videos: Dataset, frames: int) -> None:
-        self.videos, self.frames = videos, check_positive_int(frames, "frames")
-        if getattr(videos, "root", None) is not None:
-            self.root = videos.root
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        video = _video(self.videos[index])
-        if video.shape[1] < self.frames:
-            raise ValueError(f"expected video of shape (c, t, h, w) with t >= {self.frames}, got {tuple(video.shape)}")
-        return {"video": video[:, : self.frames].contiguous()}
+        (clip,) = self._clips(index)
+        return {"video": clip}
 
 
-class ClipPairs(Dataset):
+class ClipPairs(_ConsecutiveClips):
     """``{"x1": (c, T, H, W), "x2": (c, T, H, W)}``: two consecutive clips of each ``2T``-frame video."""
 
-    def __init__(self, videos: Dataset, frames: int) -> None:
-        self.videos, self.frames = videos, check_positive_int(frames, "frames")
-        if getattr(videos, "root", None) is not None:
-            self.root = videos.root
-
-    def __len__(self) -> int:
-        return len(self.videos)
+    clips = 2
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        video = _video(self.videos[index])
-        T = self.frames
-        if video.shape[1] < 2 * T:
-            raise ValueError(
-                f"expected video of shape (c, t, h, w) with t >= 2T = {2 * T} (two consecutive clips), "
-                f"got {tuple(video.shape)}"
-            )
-        return {"x1": video[:, :T].contiguous(), "x2": video[:, T : 2 * T].contiguous()}
+        x1, x2 = self._clips(index)
+        return {"x1": x1, "x2": x2}
 
 
 # ----------------------------------------------------------------------------- latent cache

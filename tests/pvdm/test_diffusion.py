@@ -156,3 +156,17 @@ def test_sampler_rejects_bad_arguments():
         sample_latents(nn.Linear(2, 2), 1, grid=GRID)
     ddpm = sample_latents(spy, 1, grid=GRID, sampler="ddpm", steps=3, generator=torch.Generator().manual_seed(0))
     assert ddpm.shape == (1, 2, N) and ddpm.abs().max() <= 10
+
+
+def test_clip_datasets_cut_consecutive_clips_and_name_the_layout_when_too_short():
+    from reference_models.pvdm.data import ClipPairs, VideoClips
+
+    video = torch.arange(2 * 5 * 2 * 2, dtype=torch.float32).reshape(2, 5, 2, 2)  # (c, t, h, w)
+    videos = [{"video": video}]
+    pair = ClipPairs(videos, 2)[0]
+    assert torch.equal(pair["x1"], video[:, :2]) and torch.equal(pair["x2"], video[:, 2:4])
+    assert torch.equal(VideoClips(videos, 5)[0]["video"], video)
+    with pytest.raises(ValueError, match=r"\(c, t, h, w\) with t >= 2T = 6"):
+        ClipPairs(videos, 3)[0]
+    with pytest.raises(ValueError, match=r"\(c, t, h, w\) with t >= 6"):
+        VideoClips(videos, 6)[0]
