@@ -44,11 +44,11 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from reference_models.common.cli import parse_override
+from reference_models.common.cli import parse_override, train_config_from_args
 from reference_models.common.data import MovingShapes, VideoFolder
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
-from reference_models.common.trainer import TrainConfig, TrainState, train
+from reference_models.common.trainer import TrainState, train
 from reference_models.common.video_io import save_frame_grid, write_samples
 from vdblocks.diffusion import NoiseSchedule, diffusion_loss
 
@@ -307,17 +307,6 @@ def make_sample_fn(stage: str, cfg: CMDConfig, dataset: Dataset, *, codec: Image
 # --------------------------------------------------------------------------- main
 
 
-def _train_config(args: argparse.Namespace, out: str) -> TrainConfig:
-    ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / args.steps))
-    sample_every = args.steps if args.sample_every is None else args.sample_every
-    return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps),
-        ema_decay=ema, precision=args.precision, log_every=min(args.log_every, args.steps), sample_every=sample_every,
-        ckpt_every=args.ckpt_every, out_dir=out, seed=args.seed, num_workers=args.num_workers, device=args.device,
-        progress=not args.no_progress,
-    )
-
-
 def _content_model(args: argparse.Namespace, cfg: CMDConfig) -> tuple[nn.Module, dict]:
     if not args.diffusers_content:
         return ContentDiT(cfg), {"kind": "dit"}
@@ -344,7 +333,7 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
     say = print if info.is_main else (lambda *a, **k: None)
     stage = args.stage
     out = args.out or f"runs/cmd/{stage}"
-    tcfg = _train_config(args, out)
+    tcfg = train_config_from_args(args, out_dir=out)
     autoencoder: CMDAutoencoder | None = None
     if stage == "ae":
         codec = load_image_codec(args.image_ae, info.device)

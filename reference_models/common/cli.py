@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_sampling_arguments", "parse_override"]
+if TYPE_CHECKING:
+    from .trainer import TrainConfig
+
+__all__ = ["add_sampling_arguments", "parse_override", "train_config_from_args"]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -31,3 +34,28 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, out: str = "sampl
     parser.add_argument("--device", default=device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--no-ema", action="store_true", help="use the trained weights, not the EMA")
     parser.add_argument("--out", default=out, help="output directory")
+
+
+def train_config_from_args(args: argparse.Namespace, *, out_dir: Any = None) -> TrainConfig:
+    """The :class:`~reference_models.common.trainer.TrainConfig` a training CLI's flags describe.
+
+    Reads the flags every system's training script has (``--steps``, ``--batch-size``, ``--lr``,
+    ``--warmup-steps``, ``--ema-decay``, ``--precision``, ``--log-every``, ``--sample-every``,
+    ``--ckpt-every``, ``--out``, ``--seed``, ``--num-workers``, ``--device``, ``--no-progress``) and
+    the optional ones some have (``--cosine``, ``--grad-clip``, ``--grad-checkpointing``; absent ones
+    keep TrainConfig's defaults). Defaults that depend on the run length: the EMA decay is
+    ``1 - 10 / steps`` (capped at 0.9999), samples are written at the end only, and the warm-up and
+    logging intervals are cut to the run. ``out_dir`` replaces ``--out`` (a stage's own directory).
+    """
+    from .trainer import TrainConfig
+
+    steps = args.steps
+    ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / steps))
+    optional = {name: getattr(args, name) for name in ("cosine", "grad_clip", "grad_checkpointing") if hasattr(args, name)}
+    return TrainConfig(
+        steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, steps),
+        ema_decay=ema, precision=args.precision, log_every=min(args.log_every, steps),
+        sample_every=steps if args.sample_every is None else args.sample_every, ckpt_every=args.ckpt_every,
+        out_dir=args.out if out_dir is None else out_dir, seed=args.seed, num_workers=args.num_workers,
+        device=args.device, progress=not args.no_progress, **optional,
+    )

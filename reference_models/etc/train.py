@@ -42,11 +42,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from reference_models.common.cli import parse_override
+from reference_models.common.cli import parse_override, train_config_from_args
 from reference_models.common.data import MovingShapes
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
-from reference_models.common.trainer import TrainConfig, TrainState, train
+from reference_models.common.trainer import TrainState, train
 from reference_models.common.video_io import write_samples
 from vdblocks.diffusion import NoiseSchedule, diffusion_loss
 
@@ -290,18 +290,6 @@ def make_sample_fn(cfg: ETCConfig, prompts: Sequence[SamplePrompt], *, steps: in
     return sample_fn
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / args.steps))
-    sample_every = args.steps if args.sample_every is None else args.sample_every
-    return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps),
-        ema_decay=ema, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
-        log_every=min(args.log_every, args.steps), sample_every=sample_every, ckpt_every=args.ckpt_every,
-        out_dir=args.out, seed=args.seed, num_workers=args.num_workers, device=args.device,
-        progress=not args.no_progress,
-    )
-
-
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     """Train ETC as the flags say (``--help``); returns the final ``TrainState``.
 
@@ -313,7 +301,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     say = print if info.is_main else (lambda *a, **k: None)
     try:
         start = time.perf_counter()
-        tcfg = _train_config(args)
+        tcfg = train_config_from_args(args)
         cfg = build_config(args)
         dataset = build_dataset(args, cfg)
         cfg = _fit_labels(cfg, dataset)

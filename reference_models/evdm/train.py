@@ -42,10 +42,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reference_models.common.cli import parse_override
+from reference_models.common.cli import parse_override, train_config_from_args
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
-from reference_models.common.trainer import TrainConfig, TrainState, train
+from reference_models.common.trainer import TrainState, train
 from vdblocks.diffusion import NoiseSchedule, diffusion_loss
 
 from .config import PRESETS, EVDMConfig, get_config
@@ -206,17 +206,6 @@ def make_sample_fn(cfg: EVDMConfig, clips: torch.Tensor, *, sample_frames: int, 
     return sample_fn
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / args.steps))
-    sample_every = args.steps if args.sample_every is None else args.sample_every
-    return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps),
-        cosine=args.cosine, ema_decay=ema, precision=args.precision, log_every=min(args.log_every, args.steps),
-        sample_every=sample_every, ckpt_every=args.ckpt_every, out_dir=args.out, seed=args.seed,
-        num_workers=args.num_workers, device=args.device, progress=not args.no_progress,
-    )
-
-
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     """Train EVDM as the flags say (``--help``); returns the final ``TrainState``.
 
@@ -228,7 +217,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     say = print if info.is_main else (lambda *a, **k: None)
     try:
         start = time.perf_counter()
-        tcfg = _train_config(args)
+        tcfg = train_config_from_args(args)
         cfg = build_config(args)
         if args.data is not None:
             record = data_record(args.data, fps=args.fps)

@@ -42,7 +42,7 @@ from reference_models.common.checkpoint import (
     read_checkpoint_config,
     resolve_checkpoint,
 )
-from reference_models.common.cli import parse_override
+from reference_models.common.cli import parse_override, train_config_from_args
 from reference_models.common.distributed import (
     DistInfo,
     barrier,
@@ -50,7 +50,8 @@ from reference_models.common.distributed import (
     init_distributed,
 )
 from reference_models.common.ema import unwrap_model
-from reference_models.common.trainer import TrainConfig, TrainState, train
+from reference_models.common.trainer import TrainState, train
+from reference_models.evdm.metrics import video_psnr
 
 from .autoencoder import PVDMAutoencoder
 from .config import (
@@ -84,7 +85,6 @@ __all__ = [
     "main",
     "make_ae_sample_fn",
     "make_long_sample_fn",
-    "psnr",
     "train_autoencoder",
     "train_diffusion",
 ]
@@ -145,24 +145,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return dict(parse_override(o) for o in args.overrides)
 
 
-def _train_config(args: argparse.Namespace, out: Path) -> TrainConfig:
-    ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / args.steps))
-    return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps),
-        cosine=args.cosine, grad_clip=args.grad_clip, ema_decay=ema, precision=args.precision,
-        log_every=min(args.log_every, args.steps),
-        sample_every=args.steps if args.sample_every is None else args.sample_every,
-        ckpt_every=args.ckpt_every, out_dir=out, seed=args.seed, num_workers=args.num_workers, device=args.device,
-        progress=not args.no_progress,
-    )
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of videos in ``[-1, 1]`` (range 2), per video: ``(b, ...) -> (b,)``."""
-    mse = (x.clamp(-1, 1) - y).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
-
-
 # ----------------------------------------------------------------------------- stage 1
 
 
@@ -182,7 +164,7 @@ def make_ae_sample_fn(clips: torch.Tensor, *, fps: float):
             ae.train(was_training)
         paths = write_samples(torch.cat([clips, rec]), out_dir, stem=f"step{step:06d}_recon", fps=fps)
         metrics = out_dir / f"step{step:06d}_recon_metrics.json"
-        metrics.write_text(json.dumps({"psnr": float(psnr(rec, clips).mean()), "step": step}) + "\n",
+        metrics.write_text(json.dumps({"psnr": float(video_psnr(rec.clamp(-1, 1), clips).mean()), "step": step}) + "\n",
                            encoding="utf-8")
         return [*paths, metrics]
 
@@ -195,7 +177,7 @@ def train_autoencoder(args: argparse.Namespace, info: DistInfo, say) -> TrainSta
     if cfg is None:
         raise SystemExit(f"--stage ae takes an autoencoder preset {sorted(AUTOENCODER_PRESETS)}, got {args.preset!r}")
     out = Path(args.out or "runs/pvdm/ae")
-    tcfg = _train_config(args, out)
+    tcfg = train_config_from_args(args, out_dir=out)
     if args.data is not None:
         record = data_record(args.data, fps=args.fps)
     else:
@@ -269,7 +251,7 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
         raise SystemExit(f"--set {clash} contradicts the autoencoder (the latent width and grid come from it)")
     cfg = cfg.replace(**tied)
     out = Path(args.out or "runs/pvdm/diffusion")
-    tcfg = _train_config(args, out)
+    tcfg = train_config_from_args(args, out_dir=out)
 
     if args.data is not None:
         record = data_record(args.data, fps=args.fps)

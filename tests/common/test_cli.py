@@ -1,0 +1,38 @@
+import argparse
+
+import pytest
+
+from reference_models.common.cli import add_sampling_arguments, parse_override, train_config_from_args
+
+
+def flags(**kw):
+    base = dict(steps=400, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=None, precision="fp32", log_every=50,
+                sample_every=None, ckpt_every=1000, out="runs/x", seed=3, num_workers=0, device="cpu",
+                no_progress=True)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_train_config_defaults_follow_the_run_length():
+    cfg = train_config_from_args(flags(steps=20))
+    assert cfg.steps == 20 and cfg.warmup_steps == 20 and cfg.log_every == 20 and cfg.sample_every == 20
+    assert cfg.ema_decay == pytest.approx(0.5) and not cfg.progress and str(cfg.out_dir) == "runs/x"
+    assert train_config_from_args(flags(steps=10**6)).ema_decay == 0.9999
+    assert train_config_from_args(flags(ema_decay=0.9, sample_every=0)).ema_decay == 0.9
+
+
+def test_optional_flags_reach_the_config_only_when_the_parser_has_them():
+    plain = train_config_from_args(flags())
+    extra = train_config_from_args(flags(cosine=True, grad_clip=0.5, grad_checkpointing=True), out_dir="runs/ae")
+    assert (extra.cosine, extra.grad_clip, extra.grad_checkpointing) == (True, 0.5, True)
+    assert (plain.cosine, plain.grad_checkpointing) == (False, False) and str(extra.out_dir) == "runs/ae"
+
+
+def test_sampling_arguments_and_overrides():
+    p = argparse.ArgumentParser()
+    add_sampling_arguments(p, out="o", device="cpu")
+    args = p.parse_args(["--seed", "2", "--no-ema"])
+    assert (args.seed, args.device, args.no_ema, args.out) == (2, "cpu", True, "o")
+    assert parse_override("channel_mult=[1,2]") == ("channel_mult", (1, 2))
+    assert parse_override("schedule=linear") == ("schedule", "linear")
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        parse_override("nothing")
