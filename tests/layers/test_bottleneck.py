@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vdblocks.layers import ScaleShiftGroupNorm
+from vdblocks.layers import ScaleShiftGroupNorm, channel_shuffle
 from vdblocks.layers.bottleneck import BottleneckResidualPathway
 from vdblocks.layers.channel_split import ChannelSplit
 
@@ -111,6 +111,68 @@ def test_matches_functional_reference(c_in, c_out, seed):
     gen = torch.Generator().manual_seed(seed)
     x, emb = torch.randn(2, c_in, 4, 3, generator=gen), torch.randn(2, 5, generator=gen)
     torch.testing.assert_close(m(x, emb), _reference(m, x, emb), atol=1e-4, rtol=1e-4)
+
+
+def _general_reference(m: BottleneckResidualPathway, x, emb):
+    """Any BRP variant (channel split, group shortcut) as a plain composition of functional ops."""
+
+    def ss_norm(norm, y):
+        gn = norm.norm
+        scale, shift = F.linear(F.silu(emb), norm.proj.weight, norm.proj.bias).chunk(2, dim=1)
+        y = F.group_norm(y, gn.num_groups, gn.weight, gn.bias, gn.eps)
+        return y * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+    def paths(p, y):
+        y = ss_norm(p.norm, F.conv2d(y, p.bottleneck.weight, p.bottleneck.bias))
+        return [F.conv2d(y, p.conv3x3.weight, p.conv3x3.bias, padding=1), F.conv2d(y, p.conv1x1.weight, p.conv1x1.bias)]
+
+    h = x
+    for stage in (m.stage1, m.stage2):
+        y = F.relu(ss_norm(stage.norm, h))
+        body = stage.body
+        if isinstance(body, ChannelSplit):
+            d = body.direct_channels
+            direct, x_b = (y[:, :d], y[:, d:]) if body.splits_input else (y, y)
+            h = channel_shuffle(torch.cat([direct, *paths(body.paths, x_b)], dim=1), body.shuffle_groups)
+        else:
+            h = torch.cat(paths(body, y), dim=1)
+    if m.shortcut_kind == "identity":
+        skip = x
+    elif m.shortcut_kind == "conv":
+        skip = F.conv2d(x, m.shortcut.weight, m.shortcut.bias)
+    else:
+        conv = m.shortcut[0]
+        skip = channel_shuffle(F.conv2d(x, conv.weight, conv.bias, groups=conv.groups), m.shortcut[1].groups)
+    return (skip + h) / math.sqrt(2)
+
+
+@given(
+    kwargs=st.sampled_from([
+        {},
+        {"shortcut": "group_shuffle", "shortcut_groups": 2},
+        {"channel_split": True},
+        {"channel_split": True, "shortcut": "group_shuffle", "shortcut_groups": 2},
+    ]),
+    sizes=st.sampled_from([(4, 8), (8, 4), (8, 8), (6, 10)]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_variant_matches_the_reference_in_value_and_gradient(kwargs, sizes, seed):
+    """The block's fused eager code (shuffle read as a view, in-place ops) is the paper's composition."""
+    c_in, c_out = sizes
+    m = BottleneckResidualPathway(c_in, c_out, 5, bottleneck_ratio=2, project_shortcut=True, **kwargs)
+    _randomize(m, seed)
+    m.double()  # float64, so that only a real difference (not summation order) can fail the test
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c_in, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    emb = torch.randn(2, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    y, ref = m(x, emb), _general_reference(m, x, emb)
+    torch.testing.assert_close(y, ref)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, emb), ref)
+    leaves = [x, emb, *m.parameters()]
+    grad_out = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    for got, want in zip(torch.autograd.grad(y, leaves, grad_out), torch.autograd.grad(ref, leaves, grad_out)):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize(

@@ -62,8 +62,10 @@ def test_shape_widths_and_reference(sizes, b, h, w, emb_dim):
     c_in, c_out, ratio = sizes
     m = ChannelSplit(c_in, c_out, emb_dim=emb_dim, bottleneck_ratio=ratio)
     _randomize(m, seed=c_in * 100 + c_out)
-    x = torch.randn(b, c_in, h, w)
-    emb = None if emb_dim is None else torch.randn(b, emb_dim)
+    # float64: a GroupNorm over one value per sample (h = w = 1) multiplies rounding by 1/sqrt(eps)
+    m.double()
+    x = torch.randn(b, c_in, h, w, dtype=torch.float64)
+    emb = None if emb_dim is None else torch.randn(b, emb_dim, dtype=torch.float64)
     if b * h * w == 1 and any(
         isinstance(g, torch.nn.GroupNorm) and g.num_channels == g.num_groups for g in m.modules()
     ):
@@ -81,6 +83,33 @@ def test_shape_widths_and_reference(sizes, b, h, w, emb_dim):
     assert m.direct_channels + m.conv_channels == c_out
     assert m.bottleneck_channels == c_out // ratio == m.paths.bottleneck.out_channels
     torch.testing.assert_close(y, _reference(m, x, emb), atol=1e-5, rtol=1e-5)
+
+
+@given(sizes=split_sizes(), groups=st.sampled_from([None, 1, 2, 3]), emb_dim=st.one_of(st.none(), st.just(3)),
+       seed=st.integers(0, 2**16))
+def test_gradients_and_no_grad_path_match_the_reference(sizes, groups, emb_dim, seed):
+    """The split writes its parts straight to their shuffled channels; that must change nothing."""
+    c_in, c_out, ratio = sizes
+    if groups is not None and c_out % groups:
+        groups = 1
+    m = ChannelSplit(c_in, c_out, emb_dim=emb_dim, bottleneck_ratio=ratio, shuffle_groups=groups)
+    _randomize(m, seed)
+    m.double()  # float64, so that only a real difference (not summation order) can fail the test
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(2, c_in, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    emb = None if emb_dim is None else torch.randn(2, emb_dim, generator=gen, dtype=torch.float64)
+    y, ref = m(x, emb), _reference(m, x, emb)
+    torch.testing.assert_close(y, ref)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, emb), ref)
+    leaves = [x, *m.parameters()]
+    grad_out = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(y, leaves, grad_out, allow_unused=True)
+    want = torch.autograd.grad(ref, leaves, grad_out, allow_unused=True)
+    for a, e in zip(got, want):
+        assert (a is None) == (e is None)
+        if a is not None:
+            torch.testing.assert_close(a, e)
 
 
 @given(sizes=split_sizes(), groups=st.sampled_from([None, 1, 2, 3]), seed=st.integers(0, 2**16))

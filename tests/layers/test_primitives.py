@@ -10,6 +10,7 @@ from vdblocks.layers import (
     SinusoidalEmbedding,
     TimestepEmbedding,
     TransformerBlock,
+    add_channel_shuffled,
     channel_shuffle,
     channel_shuffle_permutation,
     group_norm,
@@ -125,6 +126,54 @@ def test_scale_shift_group_norm(b, c, e, spatial):
     assert y.shape == x.shape
     scale, shift = m.proj(torch.nn.functional.silu(emb)).chunk(2, dim=1)
     torch.testing.assert_close(y, modulate(m.norm(x), shift, scale))
+
+
+@given(b=st.integers(1, 3), c=st.sampled_from([4, 6, 8]), spatial=st.lists(st.integers(2, 4), min_size=1, max_size=2),
+       seed=st.integers(0, 2**16))
+def test_scale_shift_group_norm_folded_affine_matches_the_composition(b, c, spatial, seed):
+    """The block folds GroupNorm's affine into the scale-shift; values and gradients must not change."""
+    gen = torch.Generator().manual_seed(seed)
+    m = ScaleShiftGroupNorm(c, 5, max_groups=2).double()  # float64: only a real difference can fail
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    x = torch.randn(b, c, *spatial, generator=gen, dtype=torch.float64, requires_grad=True)
+    emb = torch.randn(b, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def reference():
+        scale, shift = m.proj(torch.nn.functional.silu(emb)).chunk(2, dim=1)
+        return modulate(m.norm(x), shift, scale)
+
+    y, ref = m(x, emb), reference()
+    torch.testing.assert_close(y, ref)
+    with torch.no_grad():  # the in-place path
+        torch.testing.assert_close(m(x, emb), ref)
+    leaves = [x, emb, *m.parameters()]
+    grad_out = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    for got, want in zip(torch.autograd.grad(y, leaves, grad_out), torch.autograd.grad(ref, leaves, grad_out)):
+        torch.testing.assert_close(got, want)
+
+
+@given(b=st.integers(1, 3), groups=st.integers(1, 4), per=st.integers(1, 4), hw=st.integers(1, 3),
+       scale=st.sampled_from([None, 0.5]))
+def test_add_channel_shuffled_equals_add_of_the_shuffle(b, groups, per, hw, scale):
+    c = groups * per
+    x = torch.randn(b, c, hw, hw, requires_grad=True)
+    y = torch.randn(b, c, hw, hw, requires_grad=True)
+    out = add_channel_shuffled(x, y, groups, scale)
+    ref = (x + channel_shuffle(y, groups)) * (1.0 if scale is None else scale)
+    assert out.shape == (b, c, hw, hw)
+    torch.testing.assert_close(out, ref)
+    grad_out = torch.randn(out.shape)
+    for got, want in zip(torch.autograd.grad(out, (x, y), grad_out), torch.autograd.grad(ref, (x, y), grad_out)):
+        torch.testing.assert_close(got, want)
+
+
+def test_add_channel_shuffled_rejects():
+    with pytest.raises(ValueError, match="same shape"):
+        add_channel_shuffled(torch.randn(1, 4, 2, 2), torch.randn(1, 6, 2, 2), 2)
+    with pytest.raises(ValueError, match="divisible by groups=3"):
+        add_channel_shuffled(torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2), 3)
 
 
 def test_scale_shift_group_norm_rejects():

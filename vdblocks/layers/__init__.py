@@ -15,7 +15,8 @@ from .fps import FPSEmbedding
 from .grid import SpatialTemporalMixedEmbedding, grid_for, grid_to_video, video_to_grid
 from .modulation import ScaleShiftGroupNorm, modulate
 from .norm import group_norm, num_groups_for
-from .shuffle import ChannelShuffle, channel_shuffle, channel_shuffle_permutation
+from .pointwise import PointwiseConv2d, pointwise_conv2d
+from .shuffle import ChannelShuffle, add_channel_shuffled, channel_shuffle, channel_shuffle_permutation
 from .transformer import Attention, FeedForward, TransformerBlock
 from .triplane import (
     AxisProjector,
@@ -45,6 +46,7 @@ __all__ = [
     "FeedForward",
     "MotionLatentHead",
     "PatchEmbed2d",
+    "PointwiseConv2d",
     "ScaleShiftGroupNorm",
     "SinusoidalEmbedding",
     "SpatialTemporalMixedEmbedding",
@@ -54,6 +56,7 @@ __all__ = [
     "VideoPatchEmbed",
     "VideoPatchUnembed",
     "VideoTransformer",
+    "add_channel_shuffled",
     "channel_shuffle",
     "channel_shuffle_permutation",
     "dit_positions",
@@ -62,6 +65,7 @@ __all__ = [
     "group_norm",
     "modulate",
     "num_groups_for",
+    "pointwise_conv2d",
     "sincos_1d",
     "sincos_2d",
     "sinusoidal_embedding",

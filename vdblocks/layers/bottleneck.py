@@ -53,9 +53,12 @@ from .._validation import check_positive_int, check_same_batch, check_tensor
 from .channel_split import ChannelSplit, _BottleneckConv, _check_group_norm_size, _check_param_dtype
 from .modulation import ScaleShiftGroupNorm
 from .norm import group_norm
-from .shuffle import ChannelShuffle
+from .pointwise import PointwiseConv2d
+from .shuffle import ChannelShuffle, add_channel_shuffled
 
 __all__ = ["BottleneckResidualPathway"]
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 _SHORTCUTS = ("conv", "group_shuffle")
 
@@ -79,7 +82,7 @@ class _BRPStage(nn.Module):
         self.scale_shift_input = scale_shift_input
         self.temporal_enhancement = temporal_enhancement
         self.norm: nn.Module = ScaleShiftGroupNorm(in_channels, emb_dim) if scale_shift_input else group_norm(in_channels)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)  # its input is the norm's fresh output, kept by nothing
         self.dropout = nn.Dropout(dropout)
         body_emb_dim = emb_dim if temporal_enhancement else None
         self.body: nn.Module
@@ -189,7 +192,7 @@ class BottleneckResidualPathway(nn.Module):
         if not project:
             self.shortcut = nn.Identity()
         elif shortcut == "conv":
-            self.shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            self.shortcut = PointwiseConv2d(in_channels, out_channels)
         else:
             check_positive_int(shortcut_groups, "shortcut_groups")
             if in_channels % shortcut_groups or out_channels % shortcut_groups:
@@ -199,7 +202,7 @@ class BottleneckResidualPathway(nn.Module):
                     f"out_channels={out_channels}"
                 )
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, groups=shortcut_groups),
+                PointwiseConv2d(in_channels, out_channels, groups=shortcut_groups),
                 ChannelShuffle(shortcut_groups),
             )
 
@@ -220,8 +223,12 @@ class BottleneckResidualPathway(nn.Module):
 
         h = self.stage1(x, emb)  # b c_out h w
         h = self.stage2(h, emb)  # b c_out h w
-        out = self.shortcut(x) + h  # b c_out h w
-        return out / math.sqrt(2.0) if self.skip_rescale else out
+        scale = _INV_SQRT2 if self.skip_rescale else None
+        if self.shortcut_kind == "group_shuffle":
+            # h + shuffle(grouped_conv(x)), the shuffle read as a strided view instead of a copy
+            return add_channel_shuffled(h, self.shortcut[0](x), self.shortcut[1].groups, scale)  # b c_out h w
+        out = torch.add(h, self.shortcut(x))  # b c_out h w
+        return out.mul_(scale) if scale is not None else out  # in place: add keeps no output
 
     def extra_repr(self) -> str:
         return (

@@ -37,7 +37,8 @@ import torch.nn as nn
 from .._validation import check_positive_int, check_same_batch, check_tensor
 from .modulation import ScaleShiftGroupNorm
 from .norm import group_norm
-from .shuffle import channel_shuffle, channel_shuffle_permutation
+from .pointwise import PointwiseConv2d
+from .shuffle import channel_shuffle_permutation
 
 __all__ = ["ChannelSplit"]
 
@@ -85,6 +86,31 @@ def _check_group_norm_size(module: nn.Module, x: torch.Tensor) -> None:
             )
 
 
+def _concat_shuffled(parts: list[torch.Tensor], groups: int) -> torch.Tensor:
+    """``channel_shuffle(torch.cat(parts, dim=1), groups)`` with each value copied once.
+
+    ``parts`` are ``(b, c_k, h, w)`` with ``sum(c_k) = c`` divisible by ``groups``. Channel
+    ``i * (c / groups) + j`` of the concatenation goes to output channel ``j * groups + i``, so row
+    ``i`` of the concatenation (its ``i``-th run of ``c / groups`` channels) becomes every
+    ``groups``-th output channel: stacking the rows on a new axis after the channels *is* the
+    shuffle. A row that lies inside one part is a view of it; only rows that span parts are
+    concatenated first. Autograd splits the gradient back with views as well.
+    """
+    per_row = sum(p.shape[1] for p in parts) // groups
+    rows: list[list[torch.Tensor]] = [[] for _ in range(groups)]
+    start = 0
+    for part in parts:
+        done, n = 0, part.shape[1]
+        while done < n:
+            i, j = divmod(start + done, per_row)
+            take = min(n - done, per_row - j)
+            rows[i].append(part[:, done:done + take])  # b take h w
+            done += take
+        start += n
+    stacked = torch.stack([r[0] if len(r) == 1 else torch.cat(r, dim=1) for r in rows], dim=2)  # b c/g g h w
+    return stacked.flatten(1, 2)  # b c h w
+
+
 class _BottleneckConv(nn.Module):
     """EVDM eqs. 9-10 after the ReLU: pointwise bottleneck, (scale-shift) GroupNorm, 3x3 || 1x1.
 
@@ -97,7 +123,7 @@ class _BottleneckConv(nn.Module):
 
     def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int, emb_dim: int | None) -> None:
         super().__init__()
-        self.bottleneck = nn.Conv2d(in_channels, bottleneck_channels, kernel_size=1)
+        self.bottleneck = PointwiseConv2d(in_channels, bottleneck_channels)  # reads a channel slice in place
         self.norm: nn.Module
         if emb_dim is None:
             self.norm = group_norm(bottleneck_channels)
@@ -105,16 +131,20 @@ class _BottleneckConv(nn.Module):
             self.norm = ScaleShiftGroupNorm(bottleneck_channels, emb_dim)
         self.conv3x3 = nn.Conv2d(bottleneck_channels, out_channels - out_channels // 2, kernel_size=3, padding=1)
         self.conv1x1 = (
-            nn.Conv2d(bottleneck_channels, out_channels // 2, kernel_size=1) if out_channels // 2 else None
+            PointwiseConv2d(bottleneck_channels, out_channels // 2) if out_channels // 2 else None
         )
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+    def branches(self, x: torch.Tensor, emb: torch.Tensor | None) -> list[torch.Tensor]:
+        """The parallel paths' outputs, in concatenation order: ``[3x3 (b, ceil(c_out/2), h, w), 1x1 (...)]``."""
         y = self.bottleneck(x)  # b c_bottleneck h w
         y = self.norm(y) if emb is None else self.norm(y, emb)  # b c_bottleneck h w
         paths = [self.conv3x3(y)]  # b ceil(c_out/2) h w
         if self.conv1x1 is not None:
             paths.append(self.conv1x1(y))  # b floor(c_out/2) h w
-        return torch.cat(paths, dim=1)  # b c_out h w
+        return paths
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat(self.branches(x, emb), dim=1)  # b c_out h w
 
 
 class ChannelSplit(nn.Module):
@@ -224,12 +254,12 @@ class ChannelSplit(nn.Module):
 
         d = self.direct_channels
         if self.splits_input:
-            direct, x_b = x[:, :d], x[:, d:]  # b d h w, b (c_in - d) h w
+            # split, not two slices: its gradient is one concatenation, not two zero-filled copies
+            direct, x_b = x.split([d, self.in_channels - d], dim=1)  # b d h w, b (c_in - d) h w
         else:
             direct, x_b = x, x  # b c_in h w, both paths see the whole input
-        conv = self.paths(x_b, emb)  # b m h w
-        y = torch.cat([direct, conv], dim=1)  # b c_out h w
-        return channel_shuffle(y, self.shuffle_groups)  # b c_out h w
+        parts = [direct, *self.paths.branches(x_b, emb)]  # b d h w, b ceil(m/2) h w, b floor(m/2) h w
+        return _concat_shuffled(parts, self.shuffle_groups)  # b c_out h w: shuffle([direct, conv])
 
     def extra_repr(self) -> str:
         return (
