@@ -5,14 +5,15 @@ The three stages of CMD (section 3.2) run one after the other with the ``tiny`` 
 ``python -m reference_models.cmd.train``:
 
 1. ``ae``: the autoencoder (video -> content frame + motion latents, l2 reconstruction);
-2. ``content``: the class-conditional content-frame DiT on the frozen autoencoder's content frames;
+2. ``content``: the class-conditional content-frame model (``tiny``: a small ADM U-Net; the paper's
+   DiT with ``--set content_model=dit``) on the frozen autoencoder's content frames;
 3. ``motion``: the motion DiT on its motion latents, given the content frame and the class.
 
 Then one video per class is sampled (content frame by guided DDIM, motion given it, decode) and
 written as ``<out>/samples/cmd_<i>.mp4`` with a PNG grid, exactly what
 ``python -m reference_models.cmd.sample`` does with the three checkpoints::
 
-    python examples/train_cmd.py                       # ~5 minutes on one CPU thread
+    python examples/train_cmd.py                       # ~4 minutes on two CPU threads
     python examples/train_cmd.py --out runs/cmd --scale 4   # 4x the steps of every stage
 
 Every stage writes its own checkpoints and samples under ``<out>/<stage>/``; rerunning with the same
@@ -31,7 +32,7 @@ import torch
 from reference_models.cmd import sample as sample_mod
 from reference_models.cmd import train as train_mod
 
-# Steps per stage at --scale 1 (tuned to finish the whole example in about five CPU minutes).
+# Steps per stage at --scale 1 (the whole example takes about four minutes on two CPU threads).
 STEPS = {"ae": 250, "content": 900, "motion": 600}
 LR = {"ae": 2e-3, "content": 1e-3, "motion": 1e-3}
 

@@ -1,6 +1,6 @@
 """CMD: content-motion latent diffusion (Yu et al., ICLR 2024). A video autoencoder to one content
-frame and two motion latents (eqs. 3-6), an image DiT for content frames (eq. 7, or a diffusers
-model fine-tuned in its place) and a motion DiT conditioned on the content frame and the class (eq. 8)."""
+frame and two motion latents (eqs. 3-6), an image DiT or U-Net for content frames (eq. 7, or a
+diffusers model fine-tuned in its place) and a motion DiT conditioned on the content frame and the class (eq. 8)."""
 
 from ..common.lazy import lazy_exports
 from .autoencoder import (
@@ -11,7 +11,7 @@ from .autoencoder import (
     unpack_motion,
 )
 from .config import DIT_SIZES, PRESETS, CMDConfig, get_config, with_dit
-from .content_model import ConditionEmbedding, ContentDiT, DataNormalizer
+from .content_model import ConditionEmbedding, ContentDiT, ContentUNet, DataNormalizer, build_native_content_model
 from .diffusers_adapter import DiffusersContentModel, from_diffusers
 from .motion_model import MotionDiT, motion_sequence_length
 
@@ -30,10 +30,12 @@ __all__ = [
     "CMDSample",
     "ConditionEmbedding",
     "ContentDiT",
+    "ContentUNet",
     "DataNormalizer",
     "DiffusersContentModel",
     "ImageLatentCodec",
     "MotionDiT",
+    "build_native_content_model",
     "from_diffusers",
     "get_config",
     "load_autoencoder",

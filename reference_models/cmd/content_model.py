@@ -1,9 +1,9 @@
-"""CMD's content-frame diffusion model (eq. 7): an image DiT over content frames, class/text conditioned.
+"""CMD's content-frame diffusion model (eq. 7): an image DiT or U-Net over content frames, class/text conditioned.
 
 ``eps_theta_I(x_bar_t, c, t)`` learns ``p(x_bar | c)`` with the plain eps objective of eq. 7. For
 UCF-101 the paper trains a DiT-XL/2 from scratch (Table 7), for WebVid it fine-tunes Stable
 Diffusion; :mod:`reference_models.cmd.diffusers_adapter` puts a pretrained diffusers model behind
-the same call as :class:`ContentDiT`:
+the same call as :class:`ContentDiT` and :class:`ContentUNet`:
 
     ``model(x (b, C, H, W), t (b,), labels=None, text=None, drop=None) -> eps (b, C, H, W)``
 
@@ -17,6 +17,7 @@ sample to both nulls. Classifier-free guidance runs the model on ``drop = False`
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vdblocks._validation import check_positive_int, check_tensor
@@ -28,10 +29,20 @@ from vdblocks.layers.dit import (
     unpatchify,
 )
 from vdblocks.layers.embeddings import TimestepEmbedding
+from vdblocks.layers.norm import group_norm
 
+from ..common.unet_blocks import ADMResBlock, SelfAttention2d, small_map_groups
 from .config import CMDConfig
 
-__all__ = ["ConditionEmbedding", "ContentDiT", "DataNormalizer", "check_condition_inputs", "draw_drop"]
+__all__ = [
+    "ConditionEmbedding",
+    "ContentDiT",
+    "ContentUNet",
+    "DataNormalizer",
+    "build_native_content_model",
+    "check_condition_inputs",
+    "draw_drop",
+]
 
 
 def check_condition_inputs(
@@ -221,3 +232,115 @@ class ContentDiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, c)  # b n dim
         return unpatchify(self.final(tokens, c), self.patch, gh, gw)  # b C H W
+
+
+class _Level(nn.Module):
+    def __init__(self, blocks: list[ADMResBlock], attns: list[nn.Module | None], resample: nn.Module | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attns = nn.ModuleList(a if a is not None else nn.Identity() for a in attns)
+        self.resample = resample
+
+
+class ContentUNet(nn.Module):
+    """ADM-style image U-Net for content frames, the convolutional alternative to the DiT of eq. 7.
+
+    ``(b, C, H, W), (b,) -> (b, C, H, W)`` for any ``H, W``, with the call of :class:`ContentDiT`
+    (``forward(x, t, labels=None, text=None, drop=None)``, the same :class:`ConditionEmbedding`, so
+    classifier-free guidance and the null class work alike). The paper's content models are a
+    DiT-XL/2 trained from scratch (UCF-101) and fine-tuned Stable Diffusion (WebVid), whose
+    denoiser is a U-Net; at the tiny sizes that train on a CPU in minutes the convolutional prior
+    learns recognisable shapes in far fewer steps than a DiT does, so the ``tiny`` preset uses this.
+
+    Layout (ADM / LDM): ``conv3x3(C -> c0)``; per level ``l`` (width ``c0 * content_unet_mult[l]``)
+    ``content_unet_blocks`` res blocks (:class:`~reference_models.common.unet_blocks.ADMResBlock`), each
+    followed by :class:`~reference_models.common.unet_blocks.SelfAttention2d` where the
+    downsampling factor ``2^l`` is in ``content_unet_attention``, then (but at the last level) a
+    stride-2 ``conv3x3`` (``n -> ceil(n / 2)``); a middle of res block, attention, res block; per
+    level from the last, ``blocks + 1`` res blocks on ``[h, skip]`` (plus attention), then nearest
+    upsampling back to the skip's exact size and a ``conv3x3``; ``GN, SiLU, conv3x3(c0 -> C)``.
+    The condition ``c`` (width ``4 c0``) drives every res block's scale-shift norm. Residual
+    branches, attention outputs and the output start at zero (ADM's ``zero_module``).
+    """
+
+    def __init__(self, cfg: CMDConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c0, mults, n_blocks = cfg.content_unet_channels, cfg.content_unet_mult, cfg.content_unet_blocks
+        emb = 4 * c0
+        self.in_channels = cfg.channels
+        self.cond = ConditionEmbedding(emb, cfg.num_classes, cfg.text_dim, frequency_dim=c0)
+        self.conv_in = nn.Conv2d(cfg.channels, c0, 3, padding=1)
+
+        def attn(ch: int, level: int) -> SelfAttention2d | None:
+            return SelfAttention2d(ch, cfg.content_unet_heads) if 2 ** level in cfg.content_unet_attention else None
+
+        ch, skips = c0, [c0]
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(mults):
+            blocks, attns = [], []
+            for _ in range(n_blocks):
+                blocks.append(ADMResBlock(ch, c0 * mult, emb))
+                ch = c0 * mult
+                attns.append(attn(ch, level))
+                skips.append(ch)
+            last = level == len(mults) - 1
+            self.down.append(_Level(blocks, attns, None if last else nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
+            if not last:
+                skips.append(ch)
+        self.mid = nn.ModuleList([ADMResBlock(ch, ch, emb), SelfAttention2d(ch, cfg.content_unet_heads),
+                                  ADMResBlock(ch, ch, emb)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(mults))):
+            blocks, attns = [], []
+            for _ in range(n_blocks + 1):
+                blocks.append(ADMResBlock(ch + skips.pop(), c0 * mult, emb))
+                ch = c0 * mult
+                attns.append(attn(ch, level))
+            self.up.append(_Level(blocks, attns, nn.Conv2d(ch, ch, 3, padding=1) if level > 0 else None))
+        self.norm_out = group_norm(ch, small_map_groups(ch))
+        self.conv_out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
+        self.normalizer = DataNormalizer(cfg.channels)  # the diffusion runs on normalizer.normalize(x_bar)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Zero the residual branches' last convolutions and scale-shifts, the attention outputs and
+        the output convolution: the network starts as a skip-connected map that predicts zero."""
+        for m in self.modules():
+            if isinstance(m, ADMResBlock):
+                for layer in (m.conv2, m.norm2.proj):
+                    nn.init.zeros_(layer.weight)
+                    nn.init.zeros_(layer.bias)
+            elif isinstance(m, SelfAttention2d):
+                nn.init.zeros_(m.attn.to_out.weight)
+                nn.init.zeros_(m.attn.to_out.bias)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+                text: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor(x, "x", "(b, C, H, W)", sizes={"C": self.in_channels})
+        if t.ndim != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"expected t of shape (b,) with b={x.shape[0]}, got {tuple(t.shape)}")
+        c = self.cond(t, labels, text, drop)  # b 4c0
+        h = self.conv_in(x)  # b c0 H W
+        hs = [h]
+        for level in self.down:
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(h, c))  # b c_l H_l W_l
+                hs.append(h)
+            if level.resample is not None:
+                h = level.resample(h)  # b c_l ceil(H_l/2) ceil(W_l/2)
+                hs.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, c)), c)
+        for level in self.up:
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(torch.cat([h, hs.pop()], dim=1), c))  # b c_l H_l W_l
+            if level.resample is not None:
+                h = level.resample(F.interpolate(h, size=hs[-1].shape[-2:], mode="nearest"))  # b c_l H_{l-1} W_{l-1}
+        return self.conv_out(F.silu(self.norm_out(h)))  # b C H W
+
+
+def build_native_content_model(cfg: CMDConfig) -> nn.Module:
+    """The content model ``cfg.content_model`` names: :class:`ContentDiT` (``"dit"``) or :class:`ContentUNet`."""
+    return ContentUNet(cfg) if cfg.content_model == "unet" else ContentDiT(cfg)

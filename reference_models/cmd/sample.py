@@ -44,7 +44,7 @@ from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
 
 from .autoencoder import CMDAutoencoder, ImageLatentCodec, unpack_motion
 from .config import CMDConfig
-from .content_model import ContentDiT
+from .content_model import build_native_content_model
 from .motion_model import MotionDiT
 
 __all__ = [
@@ -300,12 +300,13 @@ def load_autoencoder(checkpoint: str | Path, *, device: str | torch.device = "cp
 
 
 def build_content_model(cfg: CMDConfig, record: dict | None) -> nn.Module:
-    """A :class:`ContentDiT` or, for a record of the diffusers adapter, the rebuilt adapter."""
+    """The :class:`ContentDiT` / :class:`ContentUNet` ``cfg`` names or, for a record of the diffusers adapter,
+    the rebuilt adapter."""
     if record and record.get("kind") == "diffusers":
         from .diffusers_adapter import build_from_record
 
         return build_from_record(record)
-    return ContentDiT(cfg)
+    return build_native_content_model(cfg)
 
 
 def load_content_model(checkpoint: str | Path, *, device: str | torch.device = "cpu",

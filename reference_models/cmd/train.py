@@ -3,9 +3,10 @@
 1. ``ae``: the autoencoder with an l2 reconstruction loss ("a simple reconstruction objective (e.g.,
    l2 loss)"), on pixels or, with ``--image-ae DIR``, on the latents of a frozen diffusers
    ``AutoencoderKL`` (SD's, 4 channels at 1/8 resolution).
-2. ``content``: the content-frame model on content frames of the frozen autoencoder (eq. 7), a
-   :class:`~reference_models.cmd.content_model.ContentDiT` or, with ``--diffusers-content DIR``, a
-   pretrained diffusers model fine-tuned in its place.
+2. ``content``: the content-frame model on content frames of the frozen autoencoder (eq. 7), the
+   :class:`~reference_models.cmd.content_model.ContentDiT` or
+   :class:`~reference_models.cmd.content_model.ContentUNet` that ``content_model`` names or, with
+   ``--diffusers-content DIR``, a pretrained diffusers model fine-tuned in its place.
 3. ``motion``: the motion DiT on the frozen autoencoder's motion latents, given the content frame and
    the class (eq. 8).
 
@@ -54,7 +55,7 @@ from vdblocks.diffusion import NoiseSchedule, diffusion_loss
 
 from .autoencoder import CMDAutoencoder, ImageLatentCodec, pack_motion
 from .config import PRESETS, CMDConfig, get_config, with_dit
-from .content_model import ContentDiT, draw_drop
+from .content_model import build_native_content_model, draw_drop
 from .motion_model import MotionDiT
 from .sample import (
     check_compatible,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=16, help="per process")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--warmup-steps", type=int, default=50)
+    g.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate after the warm-up")
     g.add_argument("--ema-decay", type=float, default=None, help="default: 1 - 10/steps, capped at 0.9999")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--num-workers", type=int, default=0)
@@ -309,7 +311,7 @@ def make_sample_fn(stage: str, cfg: CMDConfig, dataset: Dataset, *, codec: Image
 
 def _content_model(args: argparse.Namespace, cfg: CMDConfig) -> tuple[nn.Module, dict]:
     if not args.diffusers_content:
-        return ContentDiT(cfg), {"kind": "dit"}
+        return build_native_content_model(cfg), {"kind": cfg.content_model}
     import diffusers
 
     from .diffusers_adapter import from_diffusers

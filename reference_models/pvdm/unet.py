@@ -47,12 +47,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vdblocks import ScaleShiftGroupNorm, TimestepEmbedding
+from vdblocks import TimestepEmbedding
 from vdblocks._validation import check_positive_int, check_tensor
 from vdblocks.layers.embeddings import sincos_1d
 from vdblocks.layers.norm import group_norm
 from vdblocks.layers.transformer import Attention
 
+from ..common.unet_blocks import ADMResBlock, small_map_groups
 from .config import DiffusionConfig
 from .planes import check_grid, pack_planes, unpack_planes
 
@@ -77,10 +78,7 @@ def _per_plane(fn: Callable[..., torch.Tensor], xs: PlaneList, embs: Sequence[to
     return out  # type: ignore[return-value]
 
 
-def _groups(channels: int) -> int:
-    """GroupNorm groups: at most 32 (LDM's), with at least two channels per group, so that a plane
-    downsampled to ``1 x 1`` still has more than one value per group to normalise."""
-    return max(1, min(32, channels // 2))
+_groups = small_map_groups  # at most 32 groups, at least two channels per group
 
 
 def plane_positions(dim: int, shapes: Sequence[tuple[int, int]], like: torch.Tensor | None = None) -> torch.Tensor:
@@ -111,26 +109,7 @@ def plane_positions(dim: int, shapes: Sequence[tuple[int, int]], like: torch.Ten
     return out
 
 
-class PlaneResBlock(nn.Module):
-    """ADM res block with scale-shift norm on one plane: ``x (b, c_in, p, q), emb (b, e) -> (b, c_out, p, q)``.
-
-    ``h = conv(SiLU(GN(x))); h = conv(dropout(SiLU(GN(h) (1 + s) + b))); out = skip(x) + h`` with
-    ``[s, b] = Linear(SiLU(emb))``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = group_norm(in_channels, _groups(in_channels))
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = ScaleShiftGroupNorm(out_channels, emb_dim, max_groups=_groups(out_channels))
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # b c_out p q
-        h = self.conv2(self.dropout(F.silu(self.norm2(h, emb))))  # b c_out p q
-        return self.skip(x) + h
+PlaneResBlock = ADMResBlock  # the ADM res block, run on one plane at a time
 
 
 class JointPlaneAttention(nn.Module):

@@ -13,7 +13,7 @@ from reference_models.cmd.config import (
     get_config,
     with_dit,
 )
-from reference_models.cmd.content_model import ContentDiT, DataNormalizer
+from reference_models.cmd.content_model import ContentDiT, ContentUNet, DataNormalizer, build_native_content_model
 from reference_models.cmd.motion_model import MotionDiT, motion_sequence_length
 from reference_models.cmd.sample import conditional_model_fn
 from vdblocks.diffusion import guided_eps
@@ -52,6 +52,59 @@ def test_content_dit_shapes_for_non_square_frames(gh, gw, seed):
     x = torch.randn(2, 3, 2 * gh, 2 * gw)
     eps = model(x, torch.tensor([3, 500]), labels=torch.tensor([0, 4]))
     assert eps.shape == x.shape and torch.isfinite(eps).all()
+
+
+UNET = dict(content_model="unet", content_unet_channels=8, content_unet_mult=(1, 2), content_unet_blocks=1,
+            content_unet_attention=(2,), content_unet_heads=2)
+
+
+@given(h=st.integers(1, 13), w=st.integers(1, 13), mult=st.sampled_from([(1,), (1, 2), (1, 2, 2)]),
+       seed=st.integers(0, 50))
+def test_content_unet_shapes_for_any_frame_size(h, w, mult, seed):
+    cfg = small_cfg(**{**UNET, "content_unet_mult": mult})
+    model = ContentUNet(cfg)
+    perturb_zero_init(model, seed)
+    x = torch.randn(2, 3, h, w)
+    eps = model(x, torch.tensor([3, 500]), labels=torch.tensor([0, 4]))
+    assert eps.shape == x.shape and torch.isfinite(eps).all()
+
+
+def test_content_unet_conditions_on_class_and_text_and_its_nulls_guide():
+    cfg = small_cfg(**UNET, text_dim=4)
+    model = ContentUNet(cfg).eval()
+    perturb_zero_init(model, 2)
+    x, t, text = torch.randn(2, 3, 8, 12), torch.tensor([10, 900]), torch.randn(2, 4)
+    a = model(x, t, labels=torch.tensor([0, 1]), text=text)
+    assert not torch.allclose(a, model(x, t, labels=torch.tensor([2, 3]), text=text))
+    assert not torch.allclose(a, model(x, t, labels=torch.tensor([0, 1]), text=text + 1))
+    null = model(x, t, labels=torch.tensor([0, 1]), text=text, drop=torch.tensor([True, True]))
+    torch.testing.assert_close(null, model(x, t, labels=torch.full((2,), cfg.num_classes)))
+    fn = conditional_model_fn(model, labels=torch.tensor([0, 1]), guidance=4.0, extra={"text": text})
+    torch.testing.assert_close(fn(x, t), null + 4.0 * (a - null), atol=1e-5, rtol=1e-5)
+
+
+def test_content_unet_gradients_zero_start_and_the_config_switch():
+    cfg = small_cfg(**UNET)
+    x, t = torch.randn(2, 3, 8, 12), torch.tensor([1, 999])
+    assert torch.equal(ContentUNet(cfg)(x, t), torch.zeros_like(x))  # ADM's zero_module init
+    model = ContentUNet(cfg)
+    perturb_zero_init(model, 1)
+    model(x, t, labels=torch.tensor([0, 5])).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert isinstance(build_native_content_model(cfg), ContentUNet)
+    assert isinstance(build_native_content_model(small_cfg(content_model="dit")), ContentDiT)
+    assert with_dit(cfg, content="S").content_model == "dit"
+    # the U-Net takes sizes no DiT patch divides
+    assert small_cfg(**UNET, content_dit_patch=4, height=6, width=10, ae_patch=1, content_patch=2).height == 6
+    with pytest.raises(ValueError, match="content_model 'dit' or 'unet'"):
+        small_cfg(content_model="vit")
+    with pytest.raises(ValueError, match="divisible by content_unet_heads=3"):
+        small_cfg(**{**UNET, "content_unet_heads": 3})
+    with pytest.raises(ValueError, match="content_unet_mult to be a tuple of positive ints"):
+        small_cfg(**{**UNET, "content_unet_mult": (1, 0)})
+    with pytest.raises(ValueError, match=r"\(b, C, H, W\) with C=3"):
+        model(x[:, :2], t)
 
 
 @given(lt=st.integers(1, 3), gh=st.integers(1, 3), gw=st.integers(1, 3), q=st.sampled_from([2, 4]))

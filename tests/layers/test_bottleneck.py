@@ -79,14 +79,19 @@ def test_shapes_over_generated_sizes(cfg, b, h, w, e):
         assert isinstance(m.shortcut, nn.Identity)
 
 
+def _ss_norm(norm, y, emb):
+    """Eq. 8's scale-shift GroupNorm with functional ops on the module's own weights."""
+    gn = norm.norm
+    scale, shift = F.linear(F.silu(emb), norm.proj.weight, norm.proj.bias).chunk(2, dim=1)
+    y = F.group_norm(y, gn.num_groups, gn.weight, gn.bias, gn.eps)
+    return y * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
 def _reference(m: BottleneckResidualPathway, x, emb):
     """Eqs. 8-10 twice plus the skip, with functional ops on the block's own weights."""
 
     def ss_norm(norm, y):
-        gn = norm.norm
-        scale, shift = F.linear(F.silu(emb), norm.proj.weight, norm.proj.bias).chunk(2, dim=1)
-        y = F.group_norm(y, gn.num_groups, gn.weight, gn.bias, gn.eps)
-        return y * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return _ss_norm(norm, y, emb)
 
     h = x
     for stage in (m.stage1, m.stage2):
@@ -117,10 +122,7 @@ def _general_reference(m: BottleneckResidualPathway, x, emb):
     """Any BRP variant (channel split, group shortcut) as a plain composition of functional ops."""
 
     def ss_norm(norm, y):
-        gn = norm.norm
-        scale, shift = F.linear(F.silu(emb), norm.proj.weight, norm.proj.bias).chunk(2, dim=1)
-        y = F.group_norm(y, gn.num_groups, gn.weight, gn.bias, gn.eps)
-        return y * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return _ss_norm(norm, y, emb)
 
     def paths(p, y):
         y = ss_norm(p.norm, F.conv2d(y, p.bottleneck.weight, p.bottleneck.bias))
