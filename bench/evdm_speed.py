@@ -4,7 +4,8 @@ EVDM reports 2.7x lower latency for EVDM-L than for its MCVD baseline on an A40 
 script measures the same comparison on whatever machine runs it, for the three models the presets
 ``{data}_mcvd``, ``{data}_evdm`` and ``{data}_evdm_l`` build (:mod:`reference_models.evdm`):
 
-* **training step**: forward, backward and an AdamW step on DDPM's epsilon loss
+* **training step**: forward, backward and an AdamW step (the training loop's
+  :func:`reference_models.common.build_optimizer`, fused where PyTorch can) on DDPM's epsilon loss
   (:func:`vdblocks.diffusion.diffusion_loss`, the model conditioned on its past / future frames),
   model in train mode (the presets' dropout on);
 * **sampling step**: one no-grad forward of the denoiser in eval mode, what one DDPM / DDIM step
@@ -59,6 +60,7 @@ from _common import (
     time_calls,
 )
 
+from reference_models.common import build_optimizer
 from reference_models.evdm import (
     DATASETS,
     VARIANTS,
@@ -152,7 +154,7 @@ class Setup:
         self.model = EVDMUNet(cfg)
         self.model.init_weights()
         self.model.to(device=device, dtype=dtype)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.optimizer = build_optimizer(self.model, lr=1e-4)  # what the training loop steps with
         self.schedule = NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)
         gen = torch.Generator().manual_seed(seed)
         size = cfg.image_size
@@ -445,7 +447,8 @@ def main() -> None:
             quick=args.quick, data=data, presets=presets, batch=batch, dtype=args.dtype, device=str(device),
             threads=torch.get_num_threads(), repeat=repeat, warmup=args.warmup, image_size=cfg.image_size,
             num_past=cfg.num_past, num_future=cfg.num_future, num_frames=cfg.num_frames, channels=cfg.channels,
-            optimizer="AdamW(lr=1e-4)", timing="median of interleaved rounds, seconds per step",
+            optimizer="build_optimizer(lr=1e-4): AdamW, fused where supported",
+            timing="median of interleaved rounds, seconds per step",
             speedup="baseline seconds / model seconds", mac_share="speedup / MAC cut",
         ),
         results=rows,

@@ -396,6 +396,24 @@ def test_optimizer_decays_matrices_only() -> None:
         assert (id(p) in decay) == (p.ndim >= 2)
 
 
+def test_optimizer_is_fused_on_cpu_and_matches_the_plain_adamw_update() -> None:
+    torch.manual_seed(0)
+    model, twin = ToyNet(dropout=0.0), ToyNet(dropout=0.0)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 3, 4, 4)
+    fused = build_optimizer(model, lr=1e-2, weight_decay=0.1)
+    plain = build_optimizer(twin, lr=1e-2, weight_decay=0.1, fused=False)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in plain.param_groups)
+    for _ in range(3):
+        for m, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not any(g["fused"] for g in build_optimizer(model.to(torch.float64), 1e-3, fused=False).param_groups)
+
+
 # --------------------------------------------------------------------------- logging, checkpointing
 
 
