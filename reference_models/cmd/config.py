@@ -168,8 +168,9 @@ class CMDConfig(ConfigBase):
     def check_size(self, frames: int, height: int, width: int) -> None:
         """Raise ``ValueError`` unless every patch divides its axis for a ``frames x height x width`` input.
 
-        ``H, W`` by ``ae_patch``, ``content_dit_patch`` (for the DiT content model) and ``content_patch``; ``L, H', W'`` by
-        ``motion_patch`` (the motion DiT patches the ``(L, H')`` and ``(L, W')`` planes).
+        ``H, W`` by ``ae_patch``, ``content_dit_patch`` (for the DiT content model) and
+        ``content_patch``; ``L, H', W'`` by ``motion_patch`` (the motion DiT patches the ``(L, H')``
+        and ``(L, W')`` planes).
         """
         rules = [
             ("height", height, self.ae_patch, "ae_patch"), ("width", width, self.ae_patch, "ae_patch"),

@@ -41,7 +41,7 @@ from vdblocks.layers.dit import (
 
 from .autoencoder import unpack_motion
 from .config import CMDConfig
-from .content_model import ConditionEmbedding, DataNormalizer
+from .content_model import ConditionEmbedding, DataNormalizer, init_dit_weights
 
 __all__ = ["MotionDiT", "motion_sequence_length"]
 
@@ -84,23 +84,8 @@ class MotionDiT(nn.Module):
 
     def init_weights(self) -> None:
         """DiT's initialisation (see :meth:`ContentDiT.init_weights`); type embeddings normal(0.02)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for embed in (self.motion_embed, self.content_embed):
-            w = embed.proj.weight
-            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-            nn.init.zeros_(embed.proj.bias)
+        init_dit_weights(self, [self.motion_embed, self.content_embed])
         nn.init.normal_(self.type_embed, std=0.02)
-        for layer in (self.cond.time.mlp[0], self.cond.time.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.ada[-1].weight)
-            nn.init.zeros_(block.ada[-1].bias)
-        for layer in (self.final.ada[-1], self.final.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
     def sequence_length(self, frames: int, height: int, width: int) -> tuple[int, int]:
         """``(motion tokens, content tokens)`` for this input size (:func:`motion_sequence_length`)."""

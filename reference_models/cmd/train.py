@@ -45,7 +45,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from reference_models.common.cli import parse_override, train_config_from_args
+from reference_models.common.cli import parse_override, run_summary, train_config_from_args
 from reference_models.common.data import MovingShapes, VideoFolder
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
@@ -422,11 +422,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     try:
         start = time.perf_counter()
         state = run_stage(args, info)
-        losses = [row["loss"] for row in state.history if "loss" in row]
-        if losses:
-            say(f"loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over {state.step} steps; "
-                f"{time.perf_counter() - start:.0f} s")
-        say(f"checkpoint: {state.last_checkpoint}")
+        for line in run_summary(state, time.perf_counter() - start):
+            say(line)
         return state
     finally:
         cleanup()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
 
-__all__ = ["add_sampling_arguments", "parse_override", "train_config_from_args"]
+__all__ = ["add_sampling_arguments", "parse_override", "run_summary", "train_config_from_args"]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -59,3 +60,18 @@ def train_config_from_args(args: argparse.Namespace, *, out_dir: Any = None) -> 
         out_dir=args.out if out_dir is None else out_dir, seed=args.seed, num_workers=args.num_workers,
         device=args.device, progress=not args.no_progress, **optional,
     )
+
+
+def run_summary(state: Any, seconds: float, prefix: str = "") -> list[str]:
+    """The lines a training CLI prints when it is done: first and last logged loss, time, checkpoint.
+
+    ``state`` is the :class:`~reference_models.common.trainer.TrainState` the run returned; non-finite
+    logged losses (skipped steps) are left out of the loss line, which is omitted when nothing was logged.
+    """
+    losses = [row["loss"] for row in state.history if "loss" in row and math.isfinite(row["loss"])]
+    lines = []
+    if losses:
+        lines.append(f"{prefix}loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over "
+                     f"{state.step} steps; {seconds:.0f} s")
+    return lines + [f"checkpoint: {state.last_checkpoint}"]
+

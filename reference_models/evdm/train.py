@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reference_models.common.cli import parse_override, train_config_from_args
+from reference_models.common.cli import parse_override, run_summary, train_config_from_args
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainState, train
@@ -260,11 +260,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
                       resume=args.resume, dist_info=info, preflight=preflight)
 
         out = Path(args.out)
-        losses = [row["loss"] for row in state.history if "loss" in row]
-        if losses:
-            say(f"loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over {state.step} steps; "
-                f"{time.perf_counter() - start:.0f} s")
-        say(f"checkpoint: {state.last_checkpoint}")
+        for line in run_summary(state, time.perf_counter() - start):
+            say(line)
         say(f"metrics:    {out / 'metrics.csv'}")
         samples = out / "samples"
         if info.is_main and (samples / f"step{state.step:06d}_generate_grid.png").is_file():

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from reference_models.common.checkpoint import (
     read_checkpoint_config,
     resolve_checkpoint,
 )
-from reference_models.common.cli import parse_override, train_config_from_args
+from reference_models.common.cli import parse_override, run_summary, train_config_from_args
 from reference_models.common.distributed import (
     DistInfo,
     barrier,
@@ -312,11 +311,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     try:
         start = time.perf_counter()
         state = (train_autoencoder if args.stage == "ae" else train_diffusion)(args, info, say)
-        losses = [row["loss"] for row in state.history if "loss" in row and math.isfinite(row["loss"])]
-        if losses:
-            say(f"{args.stage}: loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over {state.step} "
-                f"steps; {time.perf_counter() - start:.0f} s")
-        say(f"checkpoint: {state.last_checkpoint}")
+        for line in run_summary(state, time.perf_counter() - start, prefix=f"{args.stage}: "):
+            say(line)
         return state
     finally:
         cleanup()

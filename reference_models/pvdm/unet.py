@@ -78,9 +78,6 @@ def _per_plane(fn: Callable[..., torch.Tensor], xs: PlaneList, embs: Sequence[to
     return out  # type: ignore[return-value]
 
 
-_groups = small_map_groups  # at most 32 groups, at least two channels per group
-
-
 def plane_positions(dim: int, shapes: Sequence[tuple[int, int]], like: torch.Tensor | None = None) -> torch.Tensor:
     """Sin-cos positions of the tokens of the three planes: ``-> (n, dim)``, ``n = sum of h_k w_k``.
 
@@ -127,7 +124,7 @@ class JointPlaneAttention(nn.Module):
         heads = check_positive_int(heads, "heads")
         if channels % heads:
             raise ValueError(f"expected channels={channels} divisible by heads={heads}")
-        self.norm = group_norm(channels, _groups(channels))
+        self.norm = group_norm(channels, small_map_groups(channels))
         self.attn = Attention(channels, heads, channels // heads)
 
     def forward(self, xs: PlaneList) -> PlaneList:
@@ -199,7 +196,7 @@ class TriplaneUNet(nn.Module):
                                              attn(out, factor), up=up))
                 ch = out
             factor //= 2
-        self.out_norm = group_norm(ch, _groups(ch))
+        self.out_norm = group_norm(ch, small_map_groups(ch))
         self.out_conv = nn.Conv2d(ch, C, 3, padding=1)
         self.init_weights()
 
