@@ -17,12 +17,20 @@ Formats are chosen by suffix:
 Every writer creates the parent directory and writes to a hidden temporary name in the same
 directory, then renames it over ``path``, so a crash never leaves a half-written file under the
 final name.
+
+Frames are converted with ``frame_to_array``, never with PyAV's ``frame.to_ndarray``/``reformat``
+defaults: those share one thread-local swscale context per thread whose slice threads (FFmpeg's
+``avpriv_slicethread``) do not survive ``fork``, so a DataLoader worker forked after the parent
+converted a frame waited forever in ``sws_scale_frame``. ``frame_to_array`` scales single-threaded
+(``threads=1``: no slice-thread pool exists to inherit) with a context owned by this module and
+rebuilt in every new process and thread.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -31,11 +39,15 @@ import av
 import einops
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from vdblocks._validation import check_tensor
 
-__all__ = ["write_video", "write_samples", "save_frame_grid", "read_video", "VIDEO_SUFFIXES"]
+__all__ = [
+    "write_video", "write_samples", "save_frame_grid", "read_video", "frame_to_array",
+    "VIDEO_SUFFIXES",
+]
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 """Suffixes ``write_video`` can write. ``read_video`` reads anything PyAV can demux."""
@@ -43,6 +55,34 @@ VIDEO_SUFFIXES = (".mp4", ".gif")
 # Constant-quality x264: visually lossless for the small synthetic clips this library writes, and
 # small enough that sample grids stay cheap to keep around.
 _X264_CRF = "18"
+
+
+_local = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's swscale context, created anew after a fork (the pid no longer matches)."""
+    owner = getattr(_local, "owner", None)
+    if owner is None or owner[0] != os.getpid():
+        _local.owner = owner = (os.getpid(), VideoReformatter())
+    return owner[1]
+
+
+def frame_to_array(
+    frame: av.VideoFrame,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    format: str = "rgb24",
+    interpolation: str | None = None,
+) -> np.ndarray:
+    """Scale/convert a decoded ``frame`` and return it as a uint8 ``(h, w, c)`` array (``(h, w)``
+    for ``format="gray"``), safely in any process: see the module docstring for why it does not
+    use ``frame.to_ndarray``'s shared, multi-threaded swscale context."""
+    out = _reformatter().reformat(
+        frame, width=width, height=height, format=format, interpolation=interpolation, threads=1
+    )
+    return out.to_ndarray()
 
 
 def _check_value_range(value_range: Sequence[float]) -> tuple[float, float]:
@@ -228,7 +268,7 @@ def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, flo
             stream.thread_type = "AUTO"
             nominal = stream.average_rate or stream.guessed_rate
             for i, frame in enumerate(container.decode(stream)):
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(frame_to_array(frame))
                 # Some demuxers leave pts unset; fall back to the nominal rate.
                 times.append(float(frame.time) if frame.pts is not None else i / float(nominal or 1))
     except av.error.FFmpegError as error:

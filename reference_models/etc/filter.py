@@ -66,6 +66,7 @@ from einops import rearrange
 from reference_models.common.data.image_folder import center_crop_box, resize_crop_size
 from reference_models.common.data.moving_shapes import PALETTE
 from reference_models.common.data.video_folder import VideoFolder
+from reference_models.common.video_io import frame_to_array
 from vdblocks._validation import check_positive_int, check_same_batch, check_tensor
 
 __all__ = [
@@ -375,7 +376,7 @@ def sample_frames(path: str | Path, frames: int, height: int, width: int) -> tor
 
     def convert(frame: av.VideoFrame) -> np.ndarray:
         rh, rw = resize_crop_size(frame.height, frame.width, height, width)
-        image = frame.reformat(width=rw, height=rh, format="rgb24", interpolation="AREA").to_ndarray()
+        image = frame_to_array(frame, width=rw, height=rh, interpolation="AREA")
         top, left = center_crop_box(rh, rw, height, width)
         return image[top : top + height, left : left + width]
 

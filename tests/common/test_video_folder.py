@@ -187,7 +187,7 @@ def test_dataloader_workers_survive_a_corrupt_file(messy_root):
         warnings.simplefilter("ignore", RuntimeWarning)
         ds = VideoFolder(messy_root, frames=4, height=H, width=W, fps=10, seed=0)
         (messy_root / "dogs" / "d1.mp4").write_bytes(b"garbage" * 100)
-        batches = list(DataLoader(ds, batch_size=2, num_workers=2))
+        batches = list(DataLoader(ds, batch_size=2, num_workers=2, timeout=60))
     assert sum(len(b["path"]) for b in batches) == len(ds)
     assert all(b["video"].shape[1:] == (3, 4, H, W) for b in batches)
     assert str(messy_root / "dogs" / "d1.mp4") not in [p for b in batches for p in b["path"]]
@@ -247,3 +247,25 @@ def test_malformed_caption_sidecar(tmp_path):
         VideoFolder(tmp_path / "v", frames=2, height=8, width=8, captions=bad)
     with pytest.raises(FileNotFoundError):
         VideoFolder(tmp_path / "v", frames=2, height=8, width=8, captions=tmp_path / "none.json")
+
+
+@pytest.mark.timeout(120)
+def test_forked_workers_do_not_hang_after_the_parent_decoded(tmp_path):
+    """Regression: FFmpeg's swscale slice threads do not survive fork. The parent decodes and scales
+    frames first (through VideoFolder and through PyAV's own shared ``to_ndarray`` path), then two
+    *forked* workers decode: each batch must arrive within the DataLoader's time limit."""
+    import av
+
+    gen = torch.Generator().manual_seed(0)
+    for i in range(4):
+        write_video(tmp_path / f"v{i}.mp4", torch.rand(3, 30, 120, 160, generator=gen) * 2 - 1, 25)
+    ds = VideoFolder(tmp_path, frames=4, height=64, width=64, fps=10, seed=0)
+    assert ds[0]["video"].shape == (3, 4, 64, 64)  # the parent scales frames itself
+    with av.open(str(tmp_path / "v0.mp4")) as container:
+        for frame in container.decode(video=0):
+            frame.to_ndarray(format="rgb24", width=80, height=60)  # PyAV's shared, threaded context
+    for _ in range(2):  # a second epoch forks fresh workers from the same parent
+        loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="fork",
+                            timeout=30)
+        batches = list(loader)
+        assert [b["video"].shape for b in batches] == [(2, 3, 4, 64, 64)] * 2

@@ -11,7 +11,8 @@ Timestamps come from demuxing the packets (no decoding), cached per file and pro
 frames of the clip are decoded, starting from the keyframe before the clip (a container seek, with a
 decode from the start as fallback when a format seeks badly). Each picked frame is scaled by
 swscale so that it covers ``height x width`` (shorter side relative to the target aspect) and
-centre-cropped.
+centre-cropped. Scaling goes through ``video_io.frame_to_array``, which is safe in DataLoader
+workers forked after the parent decoded a frame (PyAV's shared swscale threads are not).
 
 Clip start: ``clip_start="random"`` draws ``s_0`` uniformly among the starts whose clip fits, from
 ``torch``'s RNG when ``seed is None`` (so each DataLoader worker draws differently) or from
@@ -38,6 +39,8 @@ import numpy as np
 import torch
 
 from vdblocks._validation import check_positive_int
+
+from ..video_io import frame_to_array
 
 from .image_folder import _FolderDataset, center_crop_box, resize_crop_size
 
@@ -209,10 +212,10 @@ class VideoFolder(_FolderDataset):
         """Resize to cover ``height x width``, centre-crop, as uint8 ``(h, w, c)``."""
         rh, rw = resize_crop_size(frame.height, frame.width, self.height, self.width)
         shrink = rh * rw < frame.height * frame.width
-        image = frame.reformat(
-            width=rw, height=rh, format="rgb24" if self.channels == 3 else "gray",
+        image = frame_to_array(
+            frame, width=rw, height=rh, format="rgb24" if self.channels == 3 else "gray",
             interpolation="AREA" if shrink else "BICUBIC",
-        ).to_ndarray()
+        )
         top, left = center_crop_box(rh, rw, self.height, self.width)
         image = image.reshape(rh, rw, self.channels)
         return image[top : top + self.height, left : left + self.width]
