@@ -277,7 +277,8 @@ def test_concurrent_forwards_keep_their_own_fps():
     for w in workers:
         w.start()
     for w in workers:
-        w.join()
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a forward pass hung"
     for k in (0, 1):
         assert len(results[k]) == 3
         for out in results[k]:
