@@ -13,7 +13,12 @@ and moved into place with ``os.replace`` (atomic on POSIX and Windows). The tens
 its content hash, so it never overwrites a file a manifest refers to; the manifest is replaced next,
 then ``latest``. A crash at any point leaves ``latest`` naming a complete, loadable checkpoint (the
 previous one until the final rename). ``load_checkpoint`` checks the tensor file's SHA-256 against
-the manifest.
+the manifest. A crash leaves at most some ``.tmp-*`` files, which the next save removes. Files are
+created with the mode the umask gives every other output (``0o666 & ~umask``), not ``0600``.
+
+Resuming. ``latest`` is a hint: ``find_resumable_checkpoint`` tries the checkpoint it names, then
+every other manifest newest first, and takes the first that verifies (manifest parses, format and
+version match, tensor file present, SHA-256 matches), saying which it skipped and why.
 
 No pickle. Nested state (``optimizer.state_dict()``, an LR scheduler's, EMA's) is split by
 ``encode_state``: tensors go to the safetensors file under their dotted path; the rest becomes
@@ -47,6 +52,7 @@ from .ema import EMA, unwrap_model
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "StateDictMismatchError",
     "encode_state",
     "decode_state",
     "capture_rng_state",
@@ -58,8 +64,11 @@ __all__ = [
     "read_checkpoint_config",
     "list_checkpoints",
     "latest_checkpoint",
+    "verify_checkpoint",
+    "find_resumable_checkpoint",
     "resolve_checkpoint",
     "checkpoint_path",
+    "state_mismatch",
 ]
 
 FORMAT = "vdblocks-checkpoint"
@@ -67,10 +76,26 @@ VERSION = 1
 LATEST = "latest"
 _MANIFEST_RE = re.compile(r"^step_(\d+)\.json$")
 _TENSORS_RE = re.compile(r"^step_(\d+)\.[0-9a-f]+\.safetensors$")
+# The temporary names save_checkpoint creates: ".tmp-<uuid hex>.safetensors" for the tensors and
+# mkstemp's ".tmp-<target name>-<random>" for the manifest and the latest pointer. Nothing else
+# in a checkpoint directory is ever removed as a leftover.
+_TEMP_RES = (
+    re.compile(r"^\.tmp-[0-9a-f]{32}\.safetensors$"),
+    re.compile(r"^\.tmp-(latest|step_\d+\.json)-[A-Za-z0-9_]+$"),
+)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, malformed, or does not match the objects it is loaded into."""
+
+
+class StateDictMismatchError(CheckpointError):
+    """A checkpoint's model weights do not fit the model: ``summary`` names the first few missing,
+    unexpected and mis-shaped entries with their counts (instead of torch's full list)."""
+
+    def __init__(self, message: str, summary: str) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -274,11 +299,52 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def _umask() -> int:
+    """The process umask. Linux shows it in /proc/self/status; elsewhere it is read by setting and
+    restoring it (racy only against another thread creating a file at that very moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file, ``0o666 & ~umask`` (mkstemp and safetensors: 0600)."""
+    return 0o666 & ~_umask()
+
+
+def _set_mode(target: int | Path, mode: int) -> None:
+    if os.name != "posix":  # Windows has no permission bits to follow
+        return
+    if isinstance(target, int):
+        os.fchmod(target, mode)
+    else:
+        os.chmod(target, mode)
+
+
+def _remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete the temporary files an interrupted ``save_checkpoint`` left in ``directory`` (only
+    names this module creates; rank 0 is the only writer, so none is in use). Returns them."""
+    removed = []
+    for p in directory.iterdir():
+        if any(r.match(p.name) for r in _TEMP_RES) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _write_text_atomic(path: Path, text: str, mode: int) -> None:
     """Write ``text`` to ``path`` via a synced temporary file and ``os.replace``."""
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            _set_mode(f.fileno(), mode)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -322,18 +388,111 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return path
 
 
+def verify_checkpoint(path: str | os.PathLike, *, check_hash: bool = True) -> dict:
+    """Check that the manifest ``path`` describes a complete checkpoint and return the manifest.
+
+    Checks that the manifest is JSON of this format and version with every field a load needs, that
+    its tensor file exists and (``check_hash``) that the file's SHA-256 is the recorded one. Raises
+    ``CheckpointError`` naming the file and the problem.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise CheckpointError(f"checkpoint manifest {path} does not exist") from err
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"checkpoint manifest {path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has format version {manifest.get('version')}, this code reads {VERSION}"
+        )
+    missing = [k for k in ("step", "tensors_file", "tensors_sha256", "state") if k not in manifest]
+    if missing:
+        raise CheckpointError(f"{path} lacks the field(s) {', '.join(missing)}")
+    name = manifest["tensors_file"]
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise CheckpointError(f"{path} names an invalid tensor file {name!r}")
+    tensor_path = path.parent / name
+    if not tensor_path.is_file():
+        raise CheckpointError(f"{path} refers to {name}, which does not exist")
+    if check_hash and _sha256(tensor_path) != manifest["tensors_sha256"]:
+        raise CheckpointError(
+            f"{tensor_path} does not match the SHA-256 recorded in {path} (truncated or corrupted)"
+        )
+    return manifest
+
+
+def _latest_name(directory: Path) -> str | None:
+    """The name ``directory/latest`` holds, or ``None`` when it is missing or unreadable."""
+    try:
+        return (directory / LATEST).read_text(encoding="utf-8").strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def find_resumable_checkpoint(directory: str | os.PathLike) -> tuple[Path | None, list[str]]:
+    """The checkpoint in ``directory`` to resume from, and a note for each one skipped on the way.
+
+    ``latest`` is a hint, not the only source: the manifest it names is tried first, then every
+    other manifest newest step first; the first that passes ``verify_checkpoint`` wins. Returns
+    ``(None, notes)`` when ``directory`` holds no manifest. Raises ``CheckpointError`` naming the
+    directory and each manifest's problem when there are manifests but none verifies.
+    """
+    directory = Path(directory)
+    manifests = list_checkpoints(directory)
+    order = manifests[::-1]
+    notes: list[str] = []
+    pointer = directory / LATEST
+    hint = _latest_name(directory)
+    if hint is not None and directory / hint in order:
+        order.remove(directory / hint)
+        order.insert(0, directory / hint)
+    elif manifests and pointer.exists():
+        what = ("is empty or unreadable" if hint is None
+                else f"names {hint!r}, not a checkpoint there")
+        notes.append(f"{pointer} {what}; ignoring it")
+    elif manifests:
+        notes.append(f"{directory} has no '{LATEST}' pointer; taking the newest checkpoint that "
+                     "verifies")
+    problems: list[str] = []
+    for path in order:
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            notes.append(f"skipped checkpoint {path.name}: {err}")
+            continue
+        if problems:
+            notes.append(f"falling back to {path.name}, the newest checkpoint that verifies")
+        return path, notes
+    if manifests:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise CheckpointError(
+            f"cannot resume: none of the {len(manifests)} checkpoint(s) in {directory} verifies:\n"
+            f"{listing}\nMove them away to start a new run there, restore them from a backup, "
+            "or resume from another checkpoint with resume=PATH (--resume PATH)."
+        )
+    return None, notes
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """Turn a manifest path, a checkpoint directory (following ``latest``), a ``latest`` file or a
-    training output directory holding ``checkpoints/`` into a manifest path."""
+    """Turn a manifest path, a checkpoint directory (following ``latest``, else taking the newest
+    manifest), a ``latest`` file or a training output directory holding ``checkpoints/`` into a
+    manifest path."""
     path = Path(path)
     if path.is_file() and path.name == LATEST:
         path = path.parent
     if path.is_dir():
         for directory in (path, path / "checkpoints"):
             found = latest_checkpoint(directory)
+            if found is None:
+                manifests = list_checkpoints(directory)
+                found = manifests[-1] if manifests else None
             if found is not None:
                 return found
-        raise FileNotFoundError(f"no checkpoint in {path} (no '{LATEST}' pointer file)")
+        raise FileNotFoundError(f"no checkpoint in {path} (no step_*.json manifest)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path
@@ -341,18 +500,31 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def _prune(directory: Path, keep_last: int) -> None:
     """Delete all but the ``keep_last`` newest checkpoints (never the one ``latest`` names), then
-    tensor files no manifest refers to (left by a crash between the two renames)."""
-    latest = latest_checkpoint(directory)
+    tensor files no manifest refers to (left by a crash between the two renames).
+
+    Only ever called on the directory of the run being trained: ``train`` refuses to start afresh
+    in a directory that holds another run's checkpoints. A tensor file whose step has a manifest
+    that cannot be read is kept (the manifest may be repaired by hand).
+    """
+    latest = _latest_name(directory)
     manifests = list_checkpoints(directory)
     for old in manifests[: max(0, len(manifests) - keep_last)]:
-        if latest is not None and old.name == latest.name:
+        if old.name == latest:
             continue
         old.unlink(missing_ok=True)
-    referenced = set()
+    referenced: set[str] = set()
+    unreadable_steps: set[int] = set()
     for m in list_checkpoints(directory):
-        referenced.add(json.loads(m.read_text(encoding="utf-8"))["tensors_file"])
+        try:
+            name = json.loads(m.read_text(encoding="utf-8"))["tensors_file"]
+            referenced.add(str(name))
+        except (OSError, ValueError, KeyError, TypeError):
+            step = _MANIFEST_RE.match(m.name)
+            assert step is not None  # list_checkpoints only returns matching names
+            unreadable_steps.add(int(step.group(1)))
     for p in directory.iterdir():
-        if _TENSORS_RE.match(p.name) and p.name not in referenced:
+        match = _TENSORS_RE.match(p.name)
+        if match and p.name not in referenced and int(match.group(1)) not in unreadable_steps:
             p.unlink(missing_ok=True)
 
 
@@ -386,6 +558,8 @@ def save_checkpoint(
         raise ValueError(f"expected keep_last >= 1 or None, got {keep_last}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(directory)  # an earlier save that crashed may have left some
+    mode = _file_mode()
 
     components: dict[str, Any] = {"model": unwrap_model(model).state_dict()}
     if ema is not None:
@@ -419,6 +593,7 @@ def save_checkpoint(
     created: Path | None = None
     try:
         safetensors.torch.save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        _set_mode(tmp, mode)
         _fsync_file(tmp)
         digest = _sha256(tmp)
         tensor_path = directory / f"step_{step:08d}.{digest[:12]}.safetensors"
@@ -437,10 +612,10 @@ def save_checkpoint(
             **meta,
         }
         manifest_path = directory / _manifest_name(step)
-        _write_text_atomic(manifest_path, json.dumps(manifest, indent=1, allow_nan=True))
+        _write_text_atomic(manifest_path, json.dumps(manifest, indent=1, allow_nan=True), mode)
         created = None
         _fsync_dir(directory)
-        _write_text_atomic(directory / LATEST, manifest_path.name + "\n")
+        _write_text_atomic(directory / LATEST, manifest_path.name + "\n", mode)
         _fsync_dir(directory)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -453,23 +628,63 @@ def save_checkpoint(
 
 
 def _read_manifest(path: Path, verify: bool) -> tuple[dict, dict[str, torch.Tensor]]:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint manifest {path} is not valid JSON: {err}") from err
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} manifest")
-    if manifest.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path} has format version {manifest.get('version')}, this code reads {VERSION}"
-        )
+    manifest = verify_checkpoint(path, check_hash=verify)
     tensor_path = path.parent / manifest["tensors_file"]
-    if not tensor_path.is_file():
-        raise CheckpointError(f"{path} refers to {tensor_path.name}, which does not exist")
-    if verify and _sha256(tensor_path) != manifest["tensors_sha256"]:
-        raise CheckpointError(f"{tensor_path} does not match the SHA-256 recorded in {path}")
-    tensors = safetensors.torch.load_file(str(tensor_path), device="cpu")
+    try:
+        tensors = safetensors.torch.load_file(str(tensor_path), device="cpu")
+    except Exception as err:  # safetensors raises its own error type for a damaged file
+        raise CheckpointError(
+            f"cannot read the tensors of {path} from {tensor_path}: {err}"
+        ) from err
     return manifest, tensors
+
+
+def _shown(items: list[str], limit: int) -> str:
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any], *, strict: bool = True,
+                   limit: int = 4) -> str | None:
+    """A short account of why ``found`` (a checkpoint's state dict) does not fit ``expected`` (the
+    model's): counts and the first ``limit`` missing, unexpected and mis-shaped entries; ``None``
+    when it fits. ``strict=False`` only looks at shapes, as ``load_state_dict`` does."""
+    missing = [k for k in expected if k not in found] if strict else []
+    unexpected = [k for k in found if k not in expected] if strict else []
+    misshaped = [
+        f"{k} {tuple(found[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in found and isinstance(v, torch.Tensor) and isinstance(found[k], torch.Tensor)
+        and found[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(items)} {label}: {_shown(items, limit)}"
+        for label, items in (
+            ("missing from the checkpoint", missing),
+            ("not in the model", unexpected),
+            ("with another shape", misshaped),
+        )
+        if items
+    ]
+    return "; ".join(parts) or None
+
+
+def _load_model_state(model: nn.Module, weights: Mapping[str, Any], strict: bool,
+                      source: Path) -> None:
+    """``load_state_dict``, after checking that the weights fit (a short error, not torch's list
+    of every key)."""
+    target = unwrap_model(model)
+    summary = state_mismatch(target.state_dict(), weights, strict=strict)
+    # A load_state_dict pre-hook may rename or add entries (old checkpoint layouts): leave those
+    # models to torch, which applies the hooks first.
+    hooked = any(m._load_state_dict_pre_hooks for m in target.modules())
+    if summary is not None and not hooked:
+        raise StateDictMismatchError(
+            f"the weights in {source} do not fit this {type(target).__name__} (another "
+            f"architecture or config?): {summary}",
+            summary,
+        )
+    target.load_state_dict(weights, strict=strict)
 
 
 def load_checkpoint(
@@ -488,7 +703,8 @@ def load_checkpoint(
 
     Tensors are read to CPU and copied into the objects (``load_state_dict`` moves optimizer state to
     the parameters' device). Never unpickles. Raises ``CheckpointError`` when an object is passed
-    whose state the checkpoint does not hold; ``verify`` checks the tensor file's SHA-256.
+    whose state the checkpoint does not hold, ``StateDictMismatchError`` (a short summary) when the
+    model weights do not fit ``model``; ``verify`` checks the tensor file's SHA-256.
     """
     manifest_path = resolve_checkpoint(path)
     manifest, tensors = _read_manifest(manifest_path, verify)
@@ -500,7 +716,7 @@ def load_checkpoint(
         return state[name]
 
     if model is not None:
-        unwrap_model(model).load_state_dict(component("model"), strict=strict)
+        _load_model_state(model, component("model"), strict, manifest_path)
     if ema is not None:
         ema.load_state_dict(component("ema"))
     if optimizer is not None:
@@ -532,7 +748,7 @@ def load_weights(
         weights = ckpt.state["ema"]["shadow"]
     else:
         weights = ckpt.state["model"]
-    unwrap_model(model).load_state_dict(weights, strict=strict)
+    _load_model_state(model, weights, strict, ckpt.path)
     return ckpt
 
 

@@ -21,7 +21,9 @@ With ``num_workers > 0`` the data order stays exact, but random augmentations do
 restart their per-epoch worker seeds on resume.
 
 Output directory: ``metrics.csv`` (see ``logging.MetricsLogger``), ``checkpoints/`` (see
-``checkpoint``), ``samples/`` (``sample_fn``'s ``out_dir``).
+``checkpoint``), ``samples/`` (``sample_fn``'s ``out_dir``). It holds one run: a fresh start into
+a directory with checkpoints is refused instead of overwriting and pruning them, and ``resume``
+only continues the run whose checkpoints are there.
 """
 
 from __future__ import annotations
@@ -48,13 +50,20 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm import tqdm
 
 from .checkpoint import (
+    LATEST,
+    CheckpointError,
+    StateDictMismatchError,
     capture_rng_state,
     checkpoint_path,
-    latest_checkpoint,
+    decode_state,
+    encode_state,
+    find_resumable_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    verify_checkpoint,
 )
 from .distributed import (
     DistInfo,
@@ -84,6 +93,7 @@ __all__ = [
     "train_step",
     "write_checkpoint",
     "run_sampling",
+    "check_fresh_out_dir",
     "resume_training",
     "train",
 ]
@@ -599,6 +609,76 @@ def _restore_data_position(data_state: Mapping, cfg: TrainConfig, info: DistInfo
     return epoch, consumed // per_step
 
 
+class _Warning(str):
+    """A note that ``train`` logs as a warning rather than as information."""
+
+
+def check_fresh_out_dir(out_dir: str | os.PathLike) -> None:
+    """Refuse to start a run from step 0 in ``out_dir`` when its ``checkpoints/`` holds checkpoints
+    of an earlier run, which the new run would overwrite and prune (``CheckpointError``).
+
+    ``train`` calls it when ``resume`` is false; a script that writes into ``out_dir`` before
+    calling ``train`` (a latent cache, say) can call it first.
+    """
+    ckpt_dir = Path(out_dir) / "checkpoints"
+    found = list_checkpoints(ckpt_dir)
+    if found:
+        raise CheckpointError(
+            f"{ckpt_dir} already holds {len(found)} checkpoint(s) of an earlier run (newest "
+            f"{found[-1].name}); a new run from step 0 would overwrite and delete them. Pass "
+            "resume=True (--resume) to continue that run, or choose another output directory "
+            "(--out)."
+        )
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    """The checkpoint directory a ``resume`` directory means: itself, or its ``checkpoints/``."""
+    if list_checkpoints(path) or (path / LATEST).exists() or not (path / "checkpoints").is_dir():
+        return path
+    return path / "checkpoints"
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and keys as strings, so a config compares equal to its JSON round trip."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: value}
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    text = "(absent)" if value is _ABSENT else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _config_differences(stored: Mapping, current: Mapping) -> list[str]:
+    """``field: checkpoint value -> this run's value`` for every field (dotted path) that differs
+    between two model configs; ``current`` goes through the checkpoint's own JSON encoding first, so
+    a tuple equals the list it was stored as."""
+    current = decode_state(json.loads(json.dumps(encode_state(dict(current), "config", {}))), {})
+    old, new = _flatten(_plain(stored)), _flatten(_plain(current))
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        same = a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+        if not same:
+            lines.append(f"{key}: {_show(a)} -> {_show(b)}")
+    return lines
+
+
 def resume_training(
     resume: bool | str | os.PathLike,
     state: TrainState,
@@ -607,20 +687,69 @@ def resume_training(
     generator: torch.Generator,
     dataset_len: int,
     notes: list[str],
+    *,
+    config_dict: Mapping | None = None,
 ) -> bool:
-    """Load the checkpoint that ``resume`` names (``True``: the latest in ``out_dir``, if any) into
-    ``state`` and restore the data position and this rank's RNG states. Returns whether it did."""
-    if resume is True:
-        path = latest_checkpoint(Path(cfg.out_dir) / "checkpoints")
+    """Load the checkpoint that ``resume`` names into ``state`` and restore the data position and
+    this rank's RNG states. Returns whether it did.
+
+    ``resume=True`` (or a directory) takes the newest checkpoint there that verifies
+    (``find_resumable_checkpoint``: ``latest`` first, corrupt ones skipped with a note); ``True``
+    with no checkpoint in ``out_dir`` starts from step 0. A manifest path takes that checkpoint.
+    Raises ``CheckpointError`` when every checkpoint is corrupt, when ``out_dir`` holds checkpoints
+    of another run than the one resumed, and, before any weight is copied, when the checkpoint's
+    model does not fit ``state.model``: naming the ``config_dict`` fields that differ from the
+    stored ones, or summarising the mismatched weights when there is no config to compare.
+    """
+    ckpt_dir = Path(cfg.out_dir) / "checkpoints"
+    verified = False  # whether find_resumable_checkpoint already checked the SHA-256
+    if resume is True or Path(resume).is_dir():
+        directory = ckpt_dir if resume is True else _checkpoint_dir(Path(resume))
+        path, found_notes = find_resumable_checkpoint(directory)
+        notes.extend(_Warning(n) for n in found_notes)  # each says something was amiss
         if path is None:
-            notes.append(f"resume=True but no checkpoint in {cfg.out_dir}; starting from step 0")
-            return False
+            if resume is True:
+                notes.append(f"resume=True but no checkpoint in {ckpt_dir}; starting from step 0")
+                return False
+            raise FileNotFoundError(f"no checkpoint in {resume} (no step_*.json manifest)")
+        verified = True
     else:
         path = resolve_checkpoint(resume)
-    ckpt = load_checkpoint(
-        path, model=state.model, ema=state.ema, optimizer=state.optimizer,
-        scheduler=state.scheduler, scaler=state.scaler,
+    if path.parent.resolve() != ckpt_dir.resolve() and list_checkpoints(ckpt_dir):
+        raise CheckpointError(
+            f"{ckpt_dir} holds checkpoints of another run than {path}, the one resumed; "
+            "continuing would overwrite and delete them. Choose another output directory (--out), "
+            f"or continue the run in {cfg.out_dir} with resume=True (--resume)."
+        )
+
+    manifest = verify_checkpoint(path, check_hash=not verified)  # a clear error if damaged
+    stored = decode_state(manifest.get("config") or {}, {})
+    stored = stored.get("model") if isinstance(stored, dict) else None
+    differences = (
+        _config_differences(stored, config_dict)
+        if isinstance(stored, Mapping) and stored and config_dict is not None else []
     )
+    try:
+        ckpt = load_checkpoint(
+            path, model=state.model, ema=state.ema, optimizer=state.optimizer,
+            scheduler=state.scheduler, scaler=state.scaler, verify=False,
+        )
+    except StateDictMismatchError as err:
+        if differences:
+            listing = "\n".join(f"  {line}" for line in differences)
+            raise CheckpointError(
+                f"cannot resume from {path}: its model was built from another config. Fields "
+                f"that differ (checkpoint -> this run):\n{listing}\nResume with the checkpoint's "
+                "settings, or train the new model in another output directory (--out)."
+            ) from None
+        raise StateDictMismatchError(f"cannot resume from {path}: {err}", err.summary) from None
+    if differences:
+        shown = differences[:12] + ([f"... ({len(differences) - 12} more)"]
+                                    if len(differences) > 12 else [])
+        notes.append(_Warning(
+            "the config differs from the checkpoint's, but its weights fit this model; continuing "
+            "with this run's values: " + "; ".join(shown)
+        ))
     # The schedule follows this run's config (e.g. more total steps), not the checkpoint's.
     fresh = WarmupCosine(cfg.warmup_steps, cfg.steps, cosine=cfg.cosine,
                          min_lr_ratio=cfg.min_lr_ratio)
@@ -669,8 +798,11 @@ def train(
     ``torchrun``, and ``batch`` is the collated batch on the training device. ``sample_fn(ema_model,
     step, out_dir)`` writes samples every ``cfg.sample_every`` steps and at the end (rank 0).
     ``config_dict`` (the model's config) is stored in every checkpoint. ``resume``: ``True``
-    continues from the latest checkpoint in ``cfg.out_dir`` if there is one, a path continues from
-    that checkpoint; optimizer hyperparameters come from the checkpoint. ``stop_at`` ends the run
+    continues from the newest checkpoint in ``cfg.out_dir`` that verifies, if there is one (see
+    ``resume_training``), a path continues from that checkpoint; optimizer hyperparameters come
+    from the checkpoint, and a model config whose weights do not fit is refused with the fields that
+    differ. Without ``resume``, a ``cfg.out_dir`` that already holds checkpoints is refused
+    (``CheckpointError``) rather than overwritten and pruned. ``stop_at`` ends the run
     (with a checkpoint) after that many steps, as a preemption would, while the LR schedule still
     spans ``cfg.steps``. ``dist_info`` defaults to the current process group (``init_distributed``
     must be called first under ``torchrun``) or a single process.
@@ -684,6 +816,8 @@ def train(
     """
     info = dist_info or current_dist_info(cfg.device)
     check_precision(cfg.precision, info.device)
+    if not resume:
+        check_fresh_out_dir(cfg.out_dir)
     dataset_len = check_dataset(dataset, batch_size=cfg.batch_size, world_size=info.world_size)
     if preflight is not None:
         preflight(model, dataset[0])
@@ -707,19 +841,14 @@ def train(
     )
     notes: list[str] = []
     resumed = bool(resume) and resume_training(
-        resume, state, cfg, info, generator, dataset_len, notes
+        resume, state, cfg, info, generator, dataset_len, notes, config_dict=config_dict
     )
-    if not resumed and latest_checkpoint(Path(cfg.out_dir) / "checkpoints") is not None:
-        notes.append(
-            f"starting from step 0 in {cfg.out_dir}, which holds checkpoints of an earlier run; "
-            "pass resume=True to continue it (older checkpoints may be pruned)"
-        )
 
     logger = MetricsLogger(cfg.out_dir, enabled=info.is_main,
                            resume_step=state.step if resumed else None,
                            tensorboard=cfg.tensorboard)
     for note in notes:
-        logger.info(note)
+        (logger.warning if isinstance(note, _Warning) else logger.info)(note)
     net = wrap_model(model, info)
     call_loss = _loss_caller(loss_fn)
     sampler = make_sampler(dataset, info, seed=cfg.seed)

@@ -18,9 +18,11 @@ from torch import nn
 
 from reference_models.common.checkpoint import (
     CheckpointError,
+    StateDictMismatchError,
     capture_rng_state,
     decode_state,
     encode_state,
+    find_resumable_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -266,6 +268,51 @@ def test_keep_last_and_resaving_a_step(tmp_path: Path) -> None:
     load_checkpoint(tmp_path, model=model)
     expected, *_ = trained(seed=9)
     assert_tree_equal(model.state_dict(), expected.state_dict())
+
+
+def test_directory_without_latest_resolves_to_the_newest_manifest(tmp_path: Path) -> None:
+    for step in (1, 2):
+        save(tmp_path, step=step, seed=step)
+    (tmp_path / "latest").unlink()
+    model = Tiny()
+    assert load_checkpoint(tmp_path, model=model).step == 2
+    expected, *_ = trained(seed=2)
+    assert_tree_equal(model.state_dict(), expected.state_dict())
+
+
+def test_resumable_checkpoint_takes_the_latest_hint_then_the_newest_that_verifies(
+    tmp_path: Path,
+) -> None:
+    assert find_resumable_checkpoint(tmp_path / "missing") == (None, [])
+    paths = [save(tmp_path, step=step) for step in (1, 2, 3)]
+    (tmp_path / "latest").write_text(paths[1].name + "\n")  # a hint to an older one is followed
+    assert find_resumable_checkpoint(tmp_path) == (paths[1], [])
+    paths[1].write_text("[1, 2")
+    found, notes = find_resumable_checkpoint(tmp_path)
+    assert found == paths[2]
+    assert len(notes) == 2 and "skipped checkpoint step_00000002.json" in notes[0]
+    (tmp_path / "latest").write_text("step_00000009.json\n")  # names nothing: ignored
+    found, notes = find_resumable_checkpoint(tmp_path)
+    assert found == paths[2] and "'step_00000009.json', not a checkpoint" in notes[0]
+
+
+def test_unreadable_manifest_keeps_its_tensor_file_when_pruning(tmp_path: Path) -> None:
+    first = save(tmp_path, step=1)
+    tensors = tmp_path / json.loads(first.read_text())["tensors_file"]
+    first.write_text("{")
+    save(tmp_path, step=2)  # prunes, reading every manifest
+    assert first.exists() and tensors.exists()
+
+
+def test_weights_of_another_architecture_are_summarised(tmp_path: Path) -> None:
+    path = save(tmp_path, step=1)
+    wide = nn.Sequential(nn.Linear(3, 8), nn.Linear(8, 2))
+    with pytest.raises(StateDictMismatchError) as info:
+        load_weights(path, wide)
+    message = str(info.value)
+    assert "4 missing from the checkpoint: 0.weight, 0.bias, 1.weight, 1.bias;" in message
+    assert "6 not in the model: a.weight, a.bias, norm.weight, norm.bias, ... (2 more)" in message
+    assert len(message) < 600 and info.value.summary in message
 
 
 # --------------------------------------------------------------------------- RNG states
