@@ -8,13 +8,15 @@ the cut against the baseline. The paper's "GFLOPs" are forward multiply-accumula
 allocated, nothing is computed) and multiplied by the batch, which is exact since every counted op
 is linear in the batch. Table 2's UCF figures fit batch 32 (MCVD's UCF batch), so UCF rows use 32.
 
-    python bench/evdm_table.py              # tables; writes docs/benchmarks/evdm_table.{md,png}
+    python bench/evdm_table.py              # tables on stdout; writes no file
     python bench/evdm_table.py --json       # the same, then one JSON object on the last line
-    python bench/evdm_table.py --quick      # KTH baseline / EVDM / EVDM-L only, writes nothing
+    python bench/evdm_table.py --write-docs # also rebuilds docs/benchmarks/evdm_table.{md,png}
+    python bench/evdm_table.py --quick      # KTH baseline / EVDM / EVDM-L only (never writes docs)
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -330,10 +332,14 @@ def write_docs(t8, t2, t1, payload, checks_: dict[str, bool], notes: dict[str, A
     plot(t8, t2, DOCS / "evdm_table.png")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks/evdm_table.*")
-    args = parser.parse_args()  # --device / --dtype do not apply: counting needs no device
+    parser.add_argument("--write-docs", action="store_true",
+                        help="rewrite docs/benchmarks/evdm_table.{md,png} from this run (not with --quick)")
+    parser.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the old default; kept as a no-op
+    args = parser.parse_args(argv)  # --device / --dtype do not apply: counting needs no device
+    if args.write_docs and args.quick:
+        parser.error("--write-docs needs the full tables: a --quick run never rewrites the page")
 
     start = time.perf_counter()
     if args.quick:
@@ -367,7 +373,7 @@ def main() -> None:
         checks=checks_,
         seconds=round(time.perf_counter() - start, 2),
     )
-    if not args.quick and not args.no_write:
+    if args.write_docs:
         write_docs(t8, t2, t1, payload, checks_, note_values(results))
         text.append(f"wrote {DOCS / 'evdm_table.md'} and {DOCS / 'evdm_table.png'}")
     emit(payload, args.json, "\n\n".join(text))

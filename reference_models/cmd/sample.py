@@ -37,7 +37,7 @@ from reference_models.common.checkpoint import (
     load_model_from_checkpoint,
     read_checkpoint_config,
 )
-from reference_models.common.cli import add_sampling_arguments
+from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, positive_fps
 from reference_models.common.distributed import resolve_device
 from reference_models.common.video_io import save_frame_grid, write_samples
 from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motion-guidance", type=float, default=1.0, help="motion model (paper: none given)")
     p.add_argument("--content-steps", type=int, default=PAPER_CONTENT_STEPS)
     p.add_argument("--motion-steps", type=int, default=PAPER_MOTION_STEPS)
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos")
+    p.add_argument("--fps", type=positive_fps, default=8.0, help="frame rate of the written videos (> 0)")
     add_sampling_arguments(p, out="samples/cmd", device="cpu")
     return p
 
@@ -350,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Run the CLI; returns the files written."""
     args = build_parser().parse_args(argv)
+    for flag, path, key, expected in (("--ae", args.ae, "cmd_ae", "a CMD autoencoder"),
+                                      ("--content", args.content, "cmd_content", "a CMD content-model"),
+                                      ("--motion", args.motion, "cmd_motion", "a CMD motion-model")):
+        try:
+            check_checkpoint_kind(path, key, expected)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"{flag}: {error}") from None
     device = resolve_device(args.device)
     use_ema = not args.no_ema
     autoencoder, _ = load_autoencoder(args.ae, device=device, use_ema=use_ema)

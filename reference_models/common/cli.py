@@ -5,12 +5,36 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
 
-__all__ = ["add_sampling_arguments", "parse_override", "run_summary", "train_config_from_args"]
+__all__ = [
+    "MODEL_CONFIG_KEYS",
+    "add_sampling_arguments",
+    "check_checkpoint_kind",
+    "describe_checkpoint",
+    "fps_condition",
+    "parse_override",
+    "positive_fps",
+    "run_summary",
+    "train_config_from_args",
+]
+
+# The model configs the systems' training scripts store in a checkpoint (``config["model"][key]``),
+# and what each one is: how a sampler tells "another system's checkpoint" from a broken one.
+MODEL_CONFIG_KEYS: dict[str, str] = {
+    "etc": "an ETC model",
+    "evdm": "an EVDM U-Net",
+    "pvdm_autoencoder": "a PVDM autoencoder",
+    "pvdm_diffusion": "a PVDM diffusion U-Net",
+    "cmd_ae": "a CMD autoencoder",
+    "cmd_content": "a CMD content-frame model",
+    "cmd_motion": "a CMD motion model",
+}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -30,11 +54,73 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, out: str = "samples", device: str = "auto") -> None:
-    """The flags every sampling CLI shares: ``--seed``, ``--device``, ``--no-ema``, ``--out``."""
+    """The flags every sampling CLI shares: ``--seed``, ``--device``, ``--no-ema``, ``--out``.
+
+    A CLI's own ``--fps`` takes ``type=positive_fps`` (the rate written into the files: positive) or
+    ``type=fps_condition`` (ETC's conditioning rate, where 0 means label images), so that a bad rate
+    is an argparse error rather than a silent default: never read a rate as ``args.fps or 8``.
+    """
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--no-ema", action="store_true", help="use the trained weights, not the EMA")
     parser.add_argument("--out", default=out, help="output directory")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a frame rate (a number), got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite frame rate, got {text!r}")
+    return value
+
+
+def positive_fps(text: str) -> float:
+    """``argparse`` type of a playback rate (frames per second of a written file): a positive number."""
+    value = _rate(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive frame rate, got {text!r}")
+    return value
+
+
+def fps_condition(text: str) -> float:
+    """``argparse`` type of ETC's FPS condition: a non-negative number (0: label-image group, 1-60:
+    video, 120: a still; the model's ``max_fps`` bounds it once the checkpoint is loaded)."""
+    value = _rate(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative frame rate (0: label images, 1-60: video, 120: a still), got {text!r}"
+        )
+    return value
+
+
+def describe_checkpoint(config: dict) -> str:
+    """What a checkpoint's stored config says it holds, for error messages: the known model configs
+    (``MODEL_CONFIG_KEYS``) by name, any other ``config["model"]`` keys as they are."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not model:
+        return "no model config: config['model'] is empty or missing"
+    known = [MODEL_CONFIG_KEYS[k] for k in model if k in MODEL_CONFIG_KEYS]
+    keys = ", ".join(repr(k) for k in model)
+    return f"{' and '.join(known) if known else 'no model config a sampler here knows'}; config['model'] keys: {keys}"
+
+
+def check_checkpoint_kind(checkpoint: str | os.PathLike, key: str, expected: str) -> tuple[Path, dict]:
+    """``(manifest path, config)`` of ``checkpoint`` when it stores the model config ``key``.
+
+    Otherwise ``ValueError``: "``<path>`` is not ``<expected>`` checkpoint (it holds ...)", naming
+    what it does hold (see :func:`describe_checkpoint`), so that a sampler given another system's or
+    another stage's checkpoint says so instead of failing on a missing setting. Reads the JSON
+    manifest only. A missing checkpoint raises ``FileNotFoundError`` as
+    :func:`~reference_models.common.checkpoint.read_checkpoint_config` does.
+    """
+    from .checkpoint import read_checkpoint_config
+
+    path, config = read_checkpoint_config(checkpoint)
+    if not isinstance((config.get("model") or {}).get(key), dict):
+        raise ValueError(f"{checkpoint} is not {expected} checkpoint (it holds {describe_checkpoint(config)})")
+    return path, config
 
 
 def train_config_from_args(args: argparse.Namespace, *, out_dir: Any = None) -> TrainConfig:

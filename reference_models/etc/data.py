@@ -21,18 +21,40 @@ relies on that). How an index becomes an item:
   dataset and closely over any large slice; the paper gives no ratios, ``DEFAULT_RATIOS`` is ours.
 * sources: the ``k``-th index of a kind takes item ``k mod len(source)`` of that kind's source, so an
   epoch visits every video and every captioned image (rather than a random subset).
-* rates: video ``j`` seen for the ``r``-th time in an epoch gets the rate
+* rates: video ``j`` seen for the ``r``-th time in an epoch is asked for the rate
   ``FPS_CHOICES[(r + h_j) mod 7]`` with ``h_j`` drawn from ``(seed, j)``: uniform over the seven
-  rates, and a video that an epoch holds several times is seen at different rates.
+  rates, and a video that an epoch holds several times is seen at different rates. A source may
+  serve another rate than the one asked for (``MultiRateVideoFolder`` never labels a clip above
+  its file's own frame rate, see there); the item's ``fps`` is always the rate of the clip it holds,
+  ``plan(i).fps`` the rate asked for.
 * label groups: the label is drawn uniformly among labels that have images, then ``T`` distinct
   images of it (all of them, cycled, when the label has fewer than ``T``; a warning says so).
 
 Sources. Videos: ``MovingShapes`` (rendered at any rate on the fly), ``MultiRateVideoFolder`` (a
-user folder read at any of the rates, see there), anything with ``clip(index, fps) -> item``, or a
-plain dataset of ``{"video", "caption", "fps"}`` items at its own rate (a ``VideoFolder`` built with
-one ``fps``: then ``fps_choices`` does not apply). Label images: ``MovingShapesImages`` or an
-``ImageFolder`` with class sub-folders (anything with ``num_classes``, ``indices_for_label`` and
-``{"image", ...}`` items). Caption images: any dataset of ``{"image", "caption"}`` items.
+user folder read at the rates each file can honour, see there), anything with
+``clip(index, fps) -> item``, or a plain dataset of ``{"video", "caption", "fps"}`` items at its own
+rate (a ``VideoFolder`` built with one ``fps``: then ``fps_choices`` does not apply, and a warning
+says when its clips repeat source frames, i.e. when its ``fps`` is above a file's own rate). Label
+images: ``MovingShapesImages`` or an ``ImageFolder`` with class sub-folders (anything with
+``num_classes``, ``indices_for_label`` and ``{"image", ...}`` items). Caption images: any dataset of
+``{"image", "caption"}`` items.
+
+Honest FPS labels. Eq. 6's ``V^{60 t / FPS}`` assumes a 60 fps source. Most real files run at
+24-30 fps, and a 60 fps clip cut from a 25 fps file by nearest-frame resampling is the frames
+``0, 0, 1, 1, 2, 2, ...``: labelled 60 fps, it teaches the model that "60 fps" means repeated
+frames. There are two honest ways out: serve only the rates a file can honour, or read the file at
+its own rate and label the clip with that (25). We take the first. The FPS embedding is trained on
+the configured rates (the paper's seven) and sampled at them; serving the nearest configured rate
+that the file honours keeps every label on that grid, and every label keeps one meaning: "frames
+``1 / FPS`` seconds apart, each the source frame nearest its time". Own-rate labels would scatter
+the video labels over whatever rates the files happen to have (25, 23.976, 29.97 ...), values
+the sampler is never asked for. The price: a file serves only the rates it honours (a 25 fps
+source gives no 30 or 60 fps clips; those requests become 15 fps clips), so the rate mix of a
+low-rate dataset leans to its highest honoured rate. A rate up to ``FPS_TOLERANCE`` (1%) above a
+file's own counts as honoured, so NTSC files (29.97, 23.976, 59.94 fps) serve 30, 24 and 60: each
+clip frame is still the source frame nearest its nominal time and the clip's true spacing is
+within 1% of its label (a frame repeats at most once per hundred clip frames). A file that cannot
+give a clip at any configured rate it honours is skipped like an unreadable file.
 
 Item: ``{"video": (c, t, h, w) float in [-1, 1], "fps": float, "caption": str, "label": int,
 "kind": str}``. ``label`` is the group's label for ``"label_images"`` (whose ``caption`` is the class
@@ -56,12 +78,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from reference_models.common.data import ImageFolder, MovingShapes, MovingShapesImages, VideoFolder
+from reference_models.common.data import ImageFolder, MovingShapes, MovingShapesImages, SkippedFile, VideoFolder
 from reference_models.common.trainer import check_data_dir
 from vdblocks._validation import check_positive_int
 
 __all__ = [
     "FPS_CHOICES",
+    "FPS_TOLERANCE",
     "LABEL_IMAGE_FPS",
     "CAPTION_IMAGE_FPS",
     "KINDS",
@@ -76,6 +99,9 @@ __all__ = [
 ]
 
 FPS_CHOICES: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+# A file honours a clip rate up to this fraction above its own (NTSC 29.97 fps serves 30): see the
+# module docstring, "Honest FPS labels".
+FPS_TOLERANCE = 0.01
 LABEL_IMAGE_FPS = 0.0
 CAPTION_IMAGE_FPS = 120.0
 KINDS: tuple[str, ...] = ("video", "label_images", "caption_image")
@@ -143,19 +169,41 @@ class TriplePlan:
     label: int
 
 
+class _RateNotHonoured(ValueError):
+    """A file that cannot give a clip at any configured rate it honours (its own rate is too low,
+    or it is too short at every rate it honours)."""
+
+
 class MultiRateVideoFolder(Dataset):
-    """A folder of videos read as ``frames``-frame clips at any rate of ``fps_choices``.
+    """A folder of videos read as ``frames``-frame clips at the rates of ``fps_choices`` that each
+    file can honour.
 
     ``VideoFolder`` fixes one rate at construction; this keeps one ``VideoFolder`` per rate, built
     the first time the rate is asked for (in each process: a DataLoader worker builds its own). A
     rate's folder skips the videos too short for a clip at that rate (``(frames - 1) / fps`` seconds),
     so index ``i`` always names file ``i`` of the highest-rate folder (the one that keeps the most
-    files, built eagerly), and ``clip(i, fps)`` reads it at ``fps`` or, when the file is too short
-    for that, at the next higher rate that fits (the item's ``fps`` says which). Frame selection,
-    labels, captions, clip starts and unreadable files work as in ``VideoFolder``; its per-file
-    warnings about short videos are folded into one warning per rate.
+    files, built eagerly).
 
-    Item: ``VideoFolder``'s item (``{"video": (c, t, h, w), "fps", "caption", "label", ...}``).
+    ``clip(i, fps)`` reads file ``i`` at ``fps`` when the file honours it, i.e. when ``fps`` is at
+    most ``(1 + FPS_TOLERANCE)`` times the file's own rate (``source_fps``, the mean rate of its
+    timestamps), so that no clip is labelled faster than its frames really are (see the module
+    docstring, "Honest FPS labels"). Otherwise:
+
+    * a rate above what the file honours is served at the highest configured rate it honours (a
+      25 fps file asked for 30 or 60 gives a 15 fps clip);
+    * a file too short for a clip at ``fps`` is read at the next higher rate that fits and that it
+      honours;
+    * a file that honours no configured rate (a 5 fps file with choices ``(8, 15, 30)``), or that
+      is too short at every rate it honours, is skipped like an unreadable file: a
+      ``RuntimeWarning`` names it, ``skipped`` records it, and ``clip`` falls back deterministically
+      to the next file (``i + 1, i + 2, ...``), asked for the same rate.
+
+    The item's ``fps`` says which rate was served. Frame selection, labels, captions, clip starts
+    and unreadable files work as in ``VideoFolder``; its per-file warnings about short videos are
+    folded into one warning per rate.
+
+    Item: ``VideoFolder``'s item (``{"video": (c, t, h, w), "fps", "caption", "label", "path",
+    "timestamps", "frame_indices"}``).
     """
 
     def __init__(
@@ -180,6 +228,9 @@ class MultiRateVideoFolder(Dataset):
                             clip_start=clip_start, seed=seed, labels_from_folders=labels_from_folders)
         self._folders: dict[float, VideoFolder | None] = {}
         self._index_of: dict[float, dict[str, int]] = {}
+        self._source_fps: dict[int, float] = {}
+        self._bad: set[int] = set()
+        self._skipped: list[SkippedFile] = []
         self.base = VideoFolder(self.root, fps=self.fps_choices[-1], **self._kwargs)
         self._folders[self.fps_choices[-1]] = self.base
         self._index_of[self.fps_choices[-1]] = {str(p): k for k, p in enumerate(self.base.files)}
@@ -192,8 +243,36 @@ class MultiRateVideoFolder(Dataset):
     def captions(self) -> list[str]:
         return self.base.captions
 
+    @property
+    def skipped(self) -> list[SkippedFile]:
+        """Files left out so far by this process, with reasons: those the highest-rate folder
+        skipped at construction, then those ``clip`` found unusable (see the class docstring)."""
+        return self.base.skipped + list(self._skipped)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
     def __len__(self) -> int:
         return len(self.base)
+
+    def source_fps(self, index: int) -> float:
+        """File ``index``'s own frame rate: ``(n - 1) / span`` of its ``n`` frame timestamps (the
+        mean rate, as ``VideoFolder(fps=None)`` reports it); 0 for a file of one frame."""
+        if index not in self._source_fps:
+            pts, time_base = self.base._timestamps(index)
+            span = float(pts[-1] - pts[0]) * time_base
+            self._source_fps[index] = (len(pts) - 1) / span if len(pts) > 1 and span > 0 else 0.0
+        return self._source_fps[index]
+
+    def honoured_rates(self, index: int) -> tuple[float, ...]:
+        """The rates of ``fps_choices`` that file ``index`` can honour (ascending): at most
+        ``(1 + FPS_TOLERANCE)`` times its ``source_fps``. Every rate, for one-frame clips (which
+        have no frame spacing to misstate)."""
+        if self.frames == 1:
+            return self.fps_choices
+        limit = self.source_fps(index) * (1.0 + FPS_TOLERANCE)
+        return tuple(r for r in self.fps_choices if r <= limit)
 
     def _folder(self, fps: float) -> VideoFolder | None:
         if fps not in self._folders:
@@ -207,7 +286,8 @@ class MultiRateVideoFolder(Dataset):
             if short:
                 warnings.warn(
                     f"MultiRateVideoFolder: {short} of {len(self.base)} videos under {str(self.root)!r} are too "
-                    f"short for {self.frames} frames at {fps:g} fps; they are read at the next higher rate",
+                    f"short for {self.frames} frames at {fps:g} fps; they are read at the next higher rate "
+                    "they honour (or skipped)",
                     RuntimeWarning, stacklevel=3,
                 )
             for w in caught:  # anything other than the skips just summarised
@@ -217,21 +297,62 @@ class MultiRateVideoFolder(Dataset):
             self._index_of[fps] = {str(p): k for k, p in enumerate(folder.files)} if folder else {}
         return self._folders[fps]
 
+    def _serve(self, index: int, fps: float) -> tuple[VideoFolder, int]:
+        """The folder (rate) and position in it that serve file ``index`` asked for ``fps``."""
+        honoured = self.honoured_rates(index)
+        if fps <= (honoured[-1] if honoured else -math.inf):
+            candidates = [r for r in honoured if r >= fps]  # the rate, then higher ones that fit
+        else:
+            candidates = honoured[::-1]  # the highest rate it honours (lower ones need longer files)
+        path = str(self.base.files[index])
+        for rate in candidates:
+            folder = self._folder(rate)
+            if folder is not None and path in self._index_of[rate]:
+                return folder, self._index_of[rate][path]
+        own = f"its own rate {self.source_fps(index):.4g} fps"
+        if not honoured:
+            raise _RateNotHonoured(
+                f"{own} honours none of the fps choices {self.fps_choices} (tolerance {FPS_TOLERANCE:.0%})"
+            )
+        raise _RateNotHonoured(
+            f"too short for {self.frames} frames at every rate {own} honours ({', '.join(f'{r:g}' for r in honoured)})"
+        )
+
     def clip(self, index: int, fps: float) -> dict:
-        """File ``index`` as a clip at ``fps`` (one of ``fps_choices``), or at the next higher rate
-        at which the file is long enough."""
+        """File ``index`` as a clip at ``fps`` (one of ``fps_choices``) or at the rate the class
+        docstring says; the item's ``fps`` is the rate served."""
         fps = _check_rate(fps, "fps")
         if fps not in self.fps_choices:
             raise ValueError(f"expected fps in {self.fps_choices}, got {fps:g}")
-        path = str(self.base.files[index])
-        for rate in (r for r in self.fps_choices if r >= fps):
-            folder = self._folder(rate)
-            if folder is not None and path in self._index_of[rate]:
-                return folder[self._index_of[rate][path]]
-        raise AssertionError("unreachable: the highest-rate folder holds every file")
+        n = len(self)
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"expected an int index, got {index!r}")
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} videos")
+        for offset in range(n):
+            j = (int(index) + offset) % n
+            if j in self._bad:
+                continue
+            try:
+                folder, k = self._serve(j, fps)
+                # _load, not folder[k]: a folder's own fallback could move to a file that does not
+                # honour the folder's rate; falling back here re-chooses the rate for the next file.
+                return folder._load(k)
+            except VideoFolder._errors as error:
+                self._bad.add(j)
+                reason = f"{type(error).__name__.lstrip('_')}: {error}"
+                self._skipped.append(SkippedFile(str(self.base.files[j]), reason))
+                warnings.warn(f"MultiRateVideoFolder: skipping {str(self.base.files[j])!r} ({reason})",
+                              RuntimeWarning, stacklevel=2)
+        raise RuntimeError(
+            f"MultiRateVideoFolder: no video under {str(self.root)!r} gives a clip of {self.frames} frames at a "
+            f"rate of {self.fps_choices} that it honours; skipped {len(self._skipped)}: "
+            + "; ".join(f"{s.path}: {s.reason}" for s in self._skipped[-5:])
+        )
 
     def __getitem__(self, index: int) -> dict:
-        """File ``index`` at a rate drawn from ``(seed, index)`` (seed 0 when the folder's is None)."""
+        """File ``index`` asked for a rate drawn from ``(seed, index)`` (seed 0 when the folder's
+        is None)."""
         rng = np.random.default_rng([self._kwargs["seed"] or 0, int(index), _STREAM_RATE])
         return self.clip(index, self.fps_choices[int(rng.integers(len(self.fps_choices)))])
 
@@ -264,6 +385,7 @@ class TripleDataset(Dataset):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"expected seed to be a non-negative int, got {seed!r}")
         self.seed = seed
+        self._warned_repeats = False
         self.sources = (video_source, label_image_source, caption_image_source)
         self.ratios = _check_ratios(ratios)
         for kind, source, ratio in zip(KINDS, self.sources, self.ratios):
@@ -366,8 +488,28 @@ class TripleDataset(Dataset):
             color = source.channels == 3
             caption = " and ".join(s.phrase(color=color, motion=True) for s in source.shapes(index))
             return video, fps, caption
-        item = source.clip(index, fps) if callable(getattr(source, "clip", None)) else source[index]
+        if callable(getattr(source, "clip", None)):
+            item = source.clip(index, fps)
+        else:
+            item = source[index]
+            self._check_fixed_rate(item)
         return item["video"], float(item["fps"]), str(item.get("caption", ""))
+
+    def _check_fixed_rate(self, item: dict) -> None:
+        """Warn once when a fixed-rate source (a ``VideoFolder`` built with one ``fps``) repeats
+        source frames: its rate is above the file's own, so its FPS label overstates the motion."""
+        picks = item.get("frame_indices")
+        if self._warned_repeats or picks is None or len(picks) < 2:
+            return
+        if bool((torch.as_tensor(picks).diff() <= 0).any()):
+            self._warned_repeats = True
+            warnings.warn(
+                f"TripleDataset: the fixed-rate video source repeats frames ({item.get('path', 'a video')}: "
+                f"frames {torch.as_tensor(picks).tolist()} labelled {float(item['fps']):g} fps, above the file's "
+                "own rate), which teaches the FPS embedding that this rate means repeated frames; use "
+                "MultiRateVideoFolder (folder_triple), which serves only the rates a file honours",
+                RuntimeWarning, stacklevel=4,
+            )
 
     def _class_name(self, label: int) -> str:
         source = self.sources[1]
@@ -472,9 +614,10 @@ def folder_triple(
 ) -> TripleDataset:
     """Triple data from user folders.
 
-    ``videos``: a directory of videos (any depth) read at every rate of ``fps_choices`` through
-    ``MultiRateVideoFolder``, captions from ``video_captions`` or the directory's
-    ``captions.csv``/``captions.json`` (see ``image_folder.load_captions`` for the format).
+    ``videos``: a directory of videos (any depth) read at the rates of ``fps_choices`` that each
+    file honours (never above its own frame rate) through ``MultiRateVideoFolder``, captions from
+    ``video_captions`` or the directory's ``captions.csv``/``captions.json`` (see
+    ``image_folder.load_captions`` for the format).
     ``images``: a directory of images; its class sub-folders (``images/<label>/...``) give the
     label-image groups, its captions (``image_captions`` or the sidecar) the caption-image pairs
     (only the captioned images). A kind without data gets ratio 0; the others keep their ratios.

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
-from reference_models.common.cli import add_sampling_arguments
+from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, fps_condition
 from reference_models.common.distributed import resolve_device
 from reference_models.common.video_io import write_samples
 from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="manifest, checkpoint directory or training output directory")
     p.add_argument("--caption", action="append", default=[], help="a caption (repeat for several)")
     p.add_argument("--label", action="append", type=int, default=[], help="a class label (repeat for several)")
-    p.add_argument("--fps", action="append", type=float, default=[],
+    p.add_argument("--fps", action="append", type=fps_condition, default=[],
                    help="frame rate (repeat for several): 1-60 video, 0 label-image group, 120 still (default 8)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the training config's)")
     p.add_argument("--height", type=int, default=None)
@@ -251,8 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """The CLI: load, sample every caption/label at every ``--fps``, write .mp4 files and grids."""
     args = build_parser().parse_args(argv)
+    try:
+        check_checkpoint_kind(args.checkpoint, "etc", "an ETC")
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--checkpoint: {error}") from None
     device = resolve_device(args.device)
     system, ckpt = load_system(args.checkpoint, device=device, use_ema=not args.no_ema)
+    max_fps = float(system.cfg.max_fps)
+    beyond = [f for f in args.fps if f > max_fps]
+    if beyond:
+        raise SystemExit(f"--fps {beyond[0]:g}: this model takes rates in [0, {max_fps:g}] "
+                         "(0: label images, 1-60: video, 120: a still)")
     captions, labels = list(args.caption), list(args.label)
     if not captions and not labels:
         stored = (ckpt.config or {}).get("model", {}).get("samples", {})

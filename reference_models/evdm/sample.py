@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
-from reference_models.common.cli import add_sampling_arguments
+from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, positive_fps
 from reference_models.common.distributed import resolve_device
 from reference_models.common.ema import unwrap_model
 from reference_models.common.video_io import write_samples
@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=100, help="sampling steps (paper: DDPM 100 or 1000)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    p.add_argument("--fps", type=float, default=None, help="playback rate of the files (default: the data's, else 8)")
+    p.add_argument("--fps", type=positive_fps, default=None,
+                   help="playback rate of the files, > 0 (default: the data's, else 8)")
     add_sampling_arguments(p)
     return p
 
@@ -377,11 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """The CLI: load a checkpoint, sample the task, write videos, grids and metrics."""
     args = build_parser().parse_args(argv)
+    try:
+        check_checkpoint_kind(args.checkpoint, "evdm", "an EVDM")
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--checkpoint: {error}") from None
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
     cfg = model.cfg
     record = ((ckpt.config or {}).get("model") or {}).get("data") or {"source": "moving_shapes"}
-    fps = args.fps or record.get("fps") or 8.0
+    fps = args.fps if args.fps is not None else float(record.get("fps") or 8.0)  # no stored rate (or 0): 8
     clips = None
     need = task_frames(cfg, args.task, args.frames)
     if need:

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from reference_models.common.checkpoint import read_checkpoint_config
-from reference_models.common.cli import add_sampling_arguments
+from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, positive_fps
 from reference_models.common.distributed import resolve_device
 from reference_models.common.video_io import write_samples
 
@@ -64,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the training size)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--fps", type=float, default=None, help="playback rate (default: the data's, else 8)")
+    p.add_argument("--fps", type=positive_fps, default=None, help="playback rate, > 0 (default: the data's, else 8)")
     add_sampling_arguments(p)
     return p
 
@@ -72,15 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """The CLI: load both stages, sample ``--num-samples`` long videos, write mp4s and a grid."""
     args = build_parser().parse_args(argv)
-    device = resolve_device(args.device)
-    _, config = read_checkpoint_config(args.checkpoint)
+    try:
+        _, config = check_checkpoint_kind(args.checkpoint, DIFFUSION_KEY, "a PVDM diffusion")
+    except (FileNotFoundError, ValueError) as error:
+        hint = ""
+        if isinstance(error, ValueError) and "pvdm_autoencoder" in str(error):
+            hint = "; give the run of 'python -m reference_models.pvdm.train --stage diffusion'"
+        raise SystemExit(f"--checkpoint: {error}{hint}") from None
     ae_path = args.autoencoder or ((config.get("model") or {}).get("autoencoder") or {}).get("checkpoint")
     if ae_path is None:
         raise SystemExit("give --autoencoder: the diffusion checkpoint does not name its autoencoder")
+    try:
+        check_checkpoint_kind(ae_path, AUTOENCODER_KEY, "a PVDM autoencoder")
+    except (FileNotFoundError, ValueError) as error:
+        source = "--autoencoder" if args.autoencoder else "the autoencoder the diffusion checkpoint names"
+        raise SystemExit(f"{source}: {error}") from None
+    device = resolve_device(args.device)
     model, ckpt = load_diffusion(args.checkpoint, device=device, use_ema=not args.no_ema)
     autoencoder, _ = load_autoencoder(ae_path, device=device)
     record = (config.get("model") or {}).get("data") or {}
-    fps = args.fps or record.get("fps") or 8.0
+    fps = args.fps if args.fps is not None else float(record.get("fps") or 8.0)  # no stored rate (or 0): 8
     generator = torch.Generator().manual_seed(args.seed)
     video = generate_long_video(model, autoencoder, args.num_samples, args.clips, frames=args.frames,
                                 height=args.height, width=args.width, first_steps=args.first_steps,

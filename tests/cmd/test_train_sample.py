@@ -174,3 +174,35 @@ def test_cached_latents_are_the_autoencoder_outputs(runs):
     torch.testing.assert_close(cache.content, latents.content)
     torch.testing.assert_close(pack_motion(cache.z_x, cache.z_y), latents.motion)
     assert cache.labels.tolist() == [dataset[i]["label"] for i in range(5)]
+
+
+# ----------------------------------------------------------------------------- CLI argument checks
+
+
+def other_checkpoint(directory, key):
+    """A checkpoint whose manifest stores only ``config['model'][key]`` (any system or stage)."""
+    from torch import nn
+
+    from reference_models.common.checkpoint import save_checkpoint
+
+    save_checkpoint(directory, model=nn.Linear(1, 1), step=1, config={"model": {key: {"preset": "tiny"}}})
+    return str(directory)
+
+
+def test_sample_cli_names_what_each_checkpoint_holds_when_it_is_the_wrong_one(tmp_path):
+    keys = ("cmd_ae", "cmd_content", "cmd_motion", "etc")
+    ae, content, motion, etc = (other_checkpoint(tmp_path / k, k) for k in keys)
+    cases = [
+        ((etc, content, motion), r"--ae: .* is not a CMD autoencoder checkpoint \(it holds an ETC model"),
+        ((ae, motion, content), r"--content: .* is not a CMD content-model checkpoint \(it holds a CMD motion model"),
+        ((ae, content, ae), r"--motion: .* is not a CMD motion-model checkpoint \(it holds a CMD autoencoder"),
+    ]
+    for (a, c, m), message in cases:
+        with pytest.raises(SystemExit, match=message):
+            sample_mod.main(["--ae", a, "--content", c, "--motion", m, "--out", str(tmp_path / "out")])
+
+
+def test_sample_cli_rejects_a_zero_fps(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sample_mod.build_parser().parse_args(["--ae", "a", "--content", "c", "--motion", "m", "--fps", "0"])
+    assert exit_info.value.code == 2 and "expected a positive frame rate" in capsys.readouterr().err

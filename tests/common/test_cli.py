@@ -2,7 +2,15 @@ import argparse
 
 import pytest
 
-from reference_models.common.cli import add_sampling_arguments, parse_override, train_config_from_args
+from reference_models.common.cli import (
+    MODEL_CONFIG_KEYS,
+    add_sampling_arguments,
+    check_checkpoint_kind,
+    fps_condition,
+    parse_override,
+    positive_fps,
+    train_config_from_args,
+)
 
 
 def flags(**kw):
@@ -36,3 +44,38 @@ def test_sampling_arguments_and_overrides():
     assert parse_override("schedule=linear") == ("schedule", "linear")
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         parse_override("nothing")
+
+
+def test_rate_types_reject_what_a_sampler_cannot_use():
+    p = argparse.ArgumentParser()
+    p.add_argument("--fps", type=positive_fps)
+    p.add_argument("--cond", type=fps_condition)
+    assert p.parse_args(["--fps", "29.97", "--cond", "0"]).cond == 0.0
+    for flag, bad in (("--fps", "0"), ("--fps", "-1"), ("--fps", "inf"), ("--fps", "x"), ("--cond", "-0.5"),
+                      ("--cond", "nan")):
+        with pytest.raises(SystemExit):
+            p.parse_args([flag, bad])
+
+
+def test_checkpoint_kind_names_what_another_checkpoint_holds(tmp_path):
+    from torch import nn
+
+    from reference_models.common.checkpoint import save_checkpoint
+
+    config = {"model": {"pvdm_diffusion": {"base_channels": 8}, "preset": "tiny", "data": {}}}
+    save_checkpoint(tmp_path / "diff", model=nn.Linear(1, 1), step=3, config=config)
+    path, found = check_checkpoint_kind(tmp_path / "diff", "pvdm_diffusion", "a PVDM diffusion")
+    assert path.is_file() and found["model"]["preset"] == "tiny"
+    with pytest.raises(ValueError, match=r"is not an ETC checkpoint \(it holds a PVDM diffusion U-Net; "
+                                         r"config\['model'\] keys: 'pvdm_diffusion', 'preset', 'data'\)"):
+        check_checkpoint_kind(tmp_path / "diff", "etc", "an ETC")
+    save_checkpoint(tmp_path / "bare", model=nn.Linear(1, 1), step=1, config={"train": {}})
+    with pytest.raises(ValueError, match=r"it holds no model config"):
+        check_checkpoint_kind(tmp_path / "bare", "etc", "an ETC")
+    save_checkpoint(tmp_path / "custom", model=nn.Linear(1, 1), step=1, config={"model": {"custom": {}}})
+    with pytest.raises(ValueError, match=r"no model config a sampler here knows; config\['model'\] keys: 'custom'"):
+        check_checkpoint_kind(tmp_path / "custom", "evdm", "an EVDM")
+    with pytest.raises(FileNotFoundError):
+        check_checkpoint_kind(tmp_path / "missing", "etc", "an ETC")
+    assert {"etc", "evdm", "pvdm_autoencoder", "pvdm_diffusion", "cmd_ae", "cmd_content", "cmd_motion"} == set(
+        MODEL_CONFIG_KEYS)

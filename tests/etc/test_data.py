@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from reference_models.common.data import ImageFolder, MovingShapes, MovingShapesImages
+from reference_models.common.data import ImageFolder, MovingShapes, MovingShapesImages, VideoFolder
 from reference_models.common.video_io import write_video
 from reference_models.etc.data import (
     CAPTION_IMAGE_FPS,
     FPS_CHOICES,
+    FPS_TOLERANCE,
     KINDS,
     LABEL_IMAGE_FPS,
     MultiRateVideoFolder,
@@ -243,3 +246,114 @@ def test_folder_triple_builds_all_three_kinds(folders):
     assert kinds == set(KINDS)
     with pytest.raises(ValueError, match="a video directory, an image directory"):
         folder_triple(None, None, frames=T, height=VH, width=VW)
+
+
+# ----------------------------------------------------------------------------- honest FPS labels
+
+NTSC = Fraction(30000, 1001)  # 29.97 fps
+RATE_T = 6  # clip frames: 5 gaps, so a wrong label shows as a drift of several source frames
+
+
+def gray_ramp(n):
+    """``n`` frames of distinct gray levels (the content does not matter here, only timestamps)."""
+    return torch.linspace(-1, 1, n).view(1, n, 1, 1).expand(3, n, VH, VW).contiguous()
+
+
+@pytest.fixture(scope="module")
+def real_rates(tmp_path_factory):
+    """25 and 29.97 fps files, 6 s long: long enough for 6 frames at every default rate."""
+    root = tmp_path_factory.mktemp("etc_rates")
+    videos = root / "videos"
+    write_video(videos / "pal.mp4", gray_ramp(152), 25)
+    write_video(videos / "ntsc.mp4", gray_ramp(182), NTSC)
+    (videos / "captions.csv").write_text("file,caption\npal.mp4,pal\nntsc.mp4,ntsc\n")
+    odd = root / "odd"  # files that honour no rate of (8, 15, 30) or are too short at those they honour
+    write_video(odd / "pal.mp4", gray_ramp(152), 25)
+    write_video(odd / "slow.mp4", gray_ramp(40), 5)  # 8 s at 5 fps
+    write_video(odd / "tiny.mp4", gray_ramp(8), 25)  # 0.28 s: fits 6 frames at 30 fps only
+    return videos, odd, {"pal.mp4": 25.0, "ntsc.mp4": float(NTSC)}
+
+
+def assert_honest_clip(item, source_fps):
+    """The clip's label is at most what its source honours, no source frame repeats, and frame ``k``
+    lies within half a source frame of ``s_0 + k / label`` for one start ``s_0``."""
+    label = item["fps"]
+    assert label <= source_fps * (1 + FPS_TOLERANCE)
+    assert torch.all(item["frame_indices"].diff() > 0), item["frame_indices"]
+    offsets = item["timestamps"] - torch.arange(len(item["timestamps"]), dtype=torch.float64) / label
+    assert float(offsets.max() - offsets.min()) <= 1 / source_fps + 1e-9
+
+
+def test_multi_rate_clips_never_claim_more_than_their_source_rate(real_rates):
+    videos, _, own = real_rates
+    for clip_start, seed in (("first", None), ("center", None), ("random", 0), ("random", 1)):
+        ds = MultiRateVideoFolder(videos, frames=RATE_T, height=VH, width=VW, clip_start=clip_start, seed=seed)
+        for i, path in enumerate(ds.files):
+            source_fps = own[path.name]
+            assert ds.source_fps(i) == pytest.approx(source_fps, rel=1e-6)
+            honoured = ds.honoured_rates(i)
+            # 29.97 honours 30 (within the 1% tolerance); 25 honours up to 15; neither honours 60
+            assert honoured == ((1.0, 2.0, 4.0, 8.0, 15.0, 30.0) if path.name == "ntsc.mp4" else FPS_CHOICES[:5])
+            for fps in FPS_CHOICES:
+                item = ds.clip(i, fps)
+                assert item["path"] == str(path)
+                # a rate the file honours is served as asked; a higher one at the highest it honours
+                assert item["fps"] == (fps if fps in honoured else honoured[-1])
+                assert_honest_clip(item, source_fps)
+        assert ds.skipped == []
+
+
+def test_triple_video_items_are_labelled_with_rates_their_files_honour(real_rates):
+    videos, _, own = real_rates
+    ds = folder_triple(videos, None, frames=RATE_T, height=VH, width=VW, num_samples=28, seed=2)
+    seen = {"pal": set(), "ntsc": set()}
+    for i in range(len(ds)):
+        item, plan = ds[i], ds.plan(i)
+        source_fps = own[f"{item['caption']}.mp4"]
+        assert item["kind"] == "video" and item["fps"] in FPS_CHOICES
+        assert item["fps"] <= source_fps * (1 + FPS_TOLERANCE)
+        assert item["fps"] == min(plan.fps, 15.0 if item["caption"] == "pal" else 30.0)
+        seen[item["caption"]].add(item["fps"])
+    # 28 items = each video 14 times = every rate asked twice: all honoured rates appear, no others
+    assert seen == {"pal": set(FPS_CHOICES[:5]), "ntsc": set(FPS_CHOICES[:6])}
+
+
+def test_files_that_honour_no_usable_rate_are_skipped_like_unreadable_files(real_rates):
+    _, odd, _ = real_rates
+    ds = MultiRateVideoFolder(odd, frames=RATE_T, height=VH, width=VW, fps_choices=(8, 15, 30), clip_start="first")
+    names = [p.name for p in ds.files]
+    assert names == ["pal.mp4", "slow.mp4", "tiny.mp4"]  # all long enough for one clip at 30 fps
+    assert ds.honoured_rates(1) == () and ds.honoured_rates(2) == (8.0, 15.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        item = ds.clip(1, 8.0)  # falls back to the next usable file (tiny.mp4 is not), asked for the same rate
+    assert item["path"].endswith("pal.mp4") and item["fps"] == 8.0
+    skips = [str(w.message) for w in caught if "skipping" in str(w.message)]
+    assert len(skips) == 2 and "slow.mp4" in skips[0] and "honours none of the fps choices" in skips[0]
+    assert "tiny.mp4" in skips[1] and "too short for 6 frames at every rate" in skips[1]  # 30 > its 25 fps
+    assert [(Path(s.path).name, s.reason.split(":")[0]) for s in ds.skipped] == [
+        ("slow.mp4", "RateNotHonoured"), ("tiny.mp4", "RateNotHonoured")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a skipped file is not tried (or reported) again
+        assert ds.clip(1, 30.0)["fps"] == 15.0 and ds.clip(2, 15.0)["path"].endswith("pal.mp4")
+    assert ds.num_skipped == 2
+
+    only_slow = odd.parent / "only_slow"
+    only_slow.mkdir()
+    (only_slow / "slow.mp4").write_bytes((odd / "slow.mp4").read_bytes())
+    lonely = MultiRateVideoFolder(only_slow, frames=RATE_T, height=VH, width=VW, fps_choices=(8, 15, 30))
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="no video .* gives a clip"):
+        lonely.clip(0, 8.0)
+
+
+def test_a_fixed_rate_source_that_repeats_frames_is_reported(real_rates):
+    videos, _, _ = real_rates
+    fixed = VideoFolder(videos, frames=RATE_T, height=VH, width=VW, fps=60, clip_start="first")
+    ds = TripleDataset(fixed, None, None, frames=RATE_T, ratios=(1, 0, 0))
+    with pytest.warns(RuntimeWarning, match="repeats frames .* labelled 60 fps"):
+        assert ds[0]["fps"] == 60.0
+    honest = VideoFolder(videos, frames=RATE_T, height=VH, width=VW, fps=15, clip_start="first")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(len(honest)):
+            TripleDataset(honest, None, None, frames=RATE_T, ratios=(1, 0, 0))[i]

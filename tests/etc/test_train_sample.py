@@ -251,3 +251,30 @@ def test_condition_inputs_route_each_kind_to_its_condition():
     assert labels.tolist() == [-1, 3, -1] and captions == ["a clip", "", "a still"]
     labels, captions = train_mod.condition_inputs(batch, tiny_cfg(num_classes=None))
     assert labels is None and captions == ["a clip", "circle", "a still"]  # the class name as text
+
+
+# ----------------------------------------------------------------------------- CLI argument checks
+
+
+def test_sample_cli_checks_the_fps_condition_and_the_checkpoint_kind(tmp_path, capsys):
+    from torch import nn
+
+    from reference_models.common.checkpoint import save_checkpoint
+
+    parser = sample_mod.build_parser()
+    assert parser.parse_args(["--checkpoint", "x", "--fps", "0", "--fps", "120"]).fps == [0.0, 120.0]  # 0: labels
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--checkpoint", "x", "--fps", "-1"])
+    assert exit_info.value.code == 2 and "expected a non-negative frame rate" in capsys.readouterr().err
+
+    evdm = tmp_path / "evdm"
+    save_checkpoint(evdm, model=nn.Linear(1, 1), step=1, config={"model": {"evdm": {"preset": "tiny"}, "preset": "x"}})
+    with pytest.raises(SystemExit, match=r"--checkpoint: .* is not an ETC checkpoint \(it holds an EVDM U-Net; "
+                                         r"config\['model'\] keys: 'evdm', 'preset'\)"):
+        sample_mod.main(["--checkpoint", str(evdm), "--label", "1"])
+
+    cfg = tiny_cfg()
+    etc = tmp_path / "etc"
+    save_checkpoint(etc, model=ETCSystem(cfg), step=1, config={"model": {"etc": cfg.to_dict()}})
+    with pytest.raises(SystemExit, match=r"--fps 240: this model takes rates in \[0, 120\]"):
+        sample_mod.main(["--checkpoint", str(etc), "--label", "1", "--fps", "240", "--out", str(tmp_path / "out")])

@@ -374,3 +374,41 @@ def test_resume_flag_continues_the_run(run, tmp_path):
     state = train_mod.main(flags(copy, STEPS + 2, "--resume", "--sample-every", "0"))
     assert [row["step"] for row in state.history] == [STEPS + 1, STEPS + 2]
     assert load_checkpoint(latest_checkpoint(copy / "checkpoints")).step == STEPS + 2
+
+
+# ----------------------------------------------------------------------------- CLI argument checks
+
+
+def other_checkpoint(directory, key):
+    """A checkpoint of another system or stage: its manifest stores only ``config['model'][key]``."""
+    from reference_models.common.checkpoint import save_checkpoint
+
+    save_checkpoint(directory, model=nn.Linear(1, 1), step=1, config={"model": {key: {"preset": "tiny"}}})
+    return directory
+
+
+@pytest.mark.parametrize("fps", ["0", "-8", "nan"])
+def test_sample_cli_rejects_a_rate_that_is_not_positive(fps, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sample_mod.build_parser().parse_args(["--checkpoint", "runs/evdm", "--fps", fps])
+    assert exit_info.value.code == 2
+    assert "--fps: expected a" in capsys.readouterr().err
+    assert sample_mod.build_parser().parse_args(["--checkpoint", "x", "--fps", "2.5"]).fps == 2.5
+
+
+def test_sample_cli_fps_zero_is_an_argparse_error_from_the_command_line():
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "reference_models.evdm.sample", "--checkpoint", "nowhere", "--fps", "0"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "expected a positive frame rate, got '0'" in proc.stderr
+
+
+@pytest.mark.parametrize("key,holds", [("etc", "an ETC model"), ("pvdm_diffusion", "a PVDM diffusion U-Net"),
+                                       ("cmd_motion", "a CMD motion model")])
+def test_sample_cli_names_what_another_systems_checkpoint_holds(key, holds, tmp_path):
+    ckpt = other_checkpoint(tmp_path / key, key)
+    with pytest.raises(SystemExit, match=rf"--checkpoint: .* is not an EVDM checkpoint \(it holds {holds}; .*'{key}'"):
+        sample_mod.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

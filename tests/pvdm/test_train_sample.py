@@ -132,3 +132,41 @@ def test_stage_arguments_are_checked(runs, tmp_path):
                         "--set", "latent_channels=4"])
     with pytest.raises(ValueError, match="multiple of the patch size 4"):
         get_autoencoder_config("tiny", height=10)
+
+
+# ----------------------------------------------------------------------------- CLI argument checks
+
+
+def other_checkpoint(directory, key):
+    """A checkpoint whose manifest stores only ``config['model'][key]`` (any system or stage)."""
+    from reference_models.common.checkpoint import save_checkpoint
+
+    save_checkpoint(directory, model=nn.Linear(1, 1), step=1, config={"model": {key: {"preset": "tiny"}}})
+    return directory
+
+
+@pytest.mark.parametrize("key,holds", [("etc", "an ETC model"), ("evdm", "an EVDM U-Net"),
+                                       ("cmd_content", "a CMD content-frame model")])
+def test_sample_cli_says_another_systems_checkpoint_is_not_a_pvdm_diffusion_one(key, holds, tmp_path):
+    ckpt = other_checkpoint(tmp_path / key, key)
+    with pytest.raises(SystemExit, match=rf"is not a PVDM diffusion checkpoint \(it holds {holds}") as exit_info:
+        sample_mod.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "out")])
+    assert "give --autoencoder" not in str(exit_info.value)
+
+
+def test_sample_cli_tells_the_two_pvdm_stages_apart(tmp_path):
+    ae = other_checkpoint(tmp_path / "ae", "pvdm_autoencoder")
+    diffusion = other_checkpoint(tmp_path / "diffusion", "pvdm_diffusion")
+    with pytest.raises(SystemExit, match=r"holds a PVDM autoencoder; .*--stage diffusion"):
+        sample_mod.main(["--checkpoint", str(ae)])
+    with pytest.raises(SystemExit, match=r"--autoencoder: .* is not a PVDM autoencoder checkpoint \(it holds a PVDM "
+                                         r"diffusion U-Net"):
+        sample_mod.main(["--checkpoint", str(diffusion), "--autoencoder", str(diffusion)])
+    with pytest.raises(SystemExit, match="give --autoencoder"):  # a diffusion run that names no autoencoder
+        sample_mod.main(["--checkpoint", str(diffusion)])
+
+
+def test_sample_cli_rejects_a_zero_fps(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sample_mod.build_parser().parse_args(["--checkpoint", "runs/pvdm", "--fps", "0"])
+    assert exit_info.value.code == 2 and "expected a positive frame rate" in capsys.readouterr().err
