@@ -93,3 +93,36 @@ def test_malformed_fps_rejected_naming_shape():
         FPSEmbedding(4, nn.Linear(4, 4))
     with pytest.raises(ValueError, match="max_fps"):
         FPSEmbedding(4, TimestepEmbedding(4), max_fps=0)
+
+
+@pytest.mark.parametrize("bad", [[math.nan], [math.inf], [-math.inf], [-0.5], [121.0]])
+def test_non_finite_and_out_of_range_fps_name_the_layout(bad):
+    emb = FPSEmbedding(4, TimestepEmbedding(4))
+    with pytest.raises(ValueError, match=r"expected fps of shape \(b,\) with finite fps values in \[0, 120\]"):
+        emb(torch.tensor(bad, dtype=torch.float64))
+
+
+def test_fps_on_the_wrong_device_is_a_value_error():
+    emb = FPSEmbedding(4, TimestepEmbedding(4))
+    with pytest.raises(ValueError, match=r"expected fps of shape \(b,\) on cpu .*got torch.float32 on meta"):
+        emb(torch.tensor([24.0], device="meta"))
+    with pytest.raises(TypeError, match=r"fps of shape \(b,\) to have an integer or real"):
+        emb(torch.tensor([24.0 + 0j]))
+
+
+def test_runs_on_the_meta_device():
+    """No value check where there are no values: the block traces shapes on meta (cost counting)."""
+    with torch.device("meta"):
+        emb = FPSEmbedding(8, TimestepEmbedding(8))
+        out = emb(torch.tensor([24.0, 60.0]))
+    assert out.shape == (2, 8) and out.device.type == "meta"
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_exports_with_torch_export(strict):
+    torch.manual_seed(0)
+    emb = FPSEmbedding(8, TimestepEmbedding(8)).eval()
+    fps = torch.tensor([24.0, 60.0])
+    program = torch.export.export(emb, (fps,), strict=strict)
+    other = torch.tensor([8.0, 119.5])
+    torch.testing.assert_close(program.module()(other), emb(other))

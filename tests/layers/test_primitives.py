@@ -58,6 +58,40 @@ def test_timestep_embedding_rejects_bad_input():
         TimestepEmbedding(8)(torch.zeros(2, 1))
 
 
+@pytest.mark.parametrize(
+    "t, error, message",
+    [
+        (torch.tensor([3.0, float("nan")]), ValueError, r"expected t of shape \(b,\) with finite t values >= 0, got \[nan\]"),
+        (torch.tensor([float("inf")]), ValueError, r"finite t values >= 0, got \[inf\]"),
+        (torch.tensor([5, -1]), ValueError, r"finite t values >= 0, got \[-1\]"),
+        (torch.zeros(0), ValueError, r"expected t of shape \(b,\) with no empty axis"),
+        (torch.tensor([1 + 2j]), TypeError, r"expected t of shape \(b,\) to have an integer or real"),
+        (torch.tensor([True]), TypeError, r"expected t of shape \(b,\) to have an integer or real"),
+        (torch.tensor([3.0], device="meta"), ValueError, r"expected t of shape \(b,\) on cpu"),
+        (3, TypeError, r"expected t to be a torch.Tensor of shape \(b,\)"),
+    ],
+)
+def test_timesteps_nan_negative_empty_complex_rejected(t, error, message):
+    with pytest.raises(error, match=message):
+        TimestepEmbedding(8)(t)
+    if isinstance(t, torch.Tensor) and t.device.type != "meta":
+        with pytest.raises(error, match=message.replace("t of", "values of").replace(" t values", " values").replace(r"on cpu", "")):
+            sinusoidal_embedding(t, 8)
+        with pytest.raises(error):
+            SinusoidalEmbedding(8)(t)
+
+
+def test_sinusoids_keep_float64():
+    values = torch.tensor([0.0, 1.5, 999.0], dtype=torch.float64)
+    emb = sinusoidal_embedding(values, 9)
+    assert emb.dtype == torch.float64
+    torch.testing.assert_close(emb[:, :4], torch.cos(values[:, None] * 10000.0 ** (-torch.arange(4.0, dtype=torch.float64) / 4)))
+    assert sinusoidal_embedding(values.float(), 9).dtype == sinusoidal_embedding(values.long(), 9).dtype == torch.float32
+    assert sincos_1d(4, values).dtype == torch.float64 and sincos_1d(4, torch.arange(3)).dtype == torch.float32
+    assert sincos_2d(8, 2, 3, dtype=torch.float64).dtype == torch.float64
+    torch.testing.assert_close(sincos_2d(8, 2, 3, dtype=torch.float64).float(), sincos_2d(8, 2, 3))
+
+
 @given(dim=st.sampled_from([2, 4, 8, 32]), n=st.integers(1, 40))
 def test_sincos_1d_distinct_and_bounded(dim, n):
     emb = sincos_1d(dim, torch.arange(n))

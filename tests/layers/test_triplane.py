@@ -144,7 +144,7 @@ def test_expand_rejects_inconsistent_planes(shapes, layout):
 
 
 def test_expand_rejects_mixed_dtypes():
-    with pytest.raises(TypeError, match="one dtype"):
+    with pytest.raises(TypeError, match=r"z_h of shape \(b, c, t, w\) with dtype torch.float32"):
         triplane_expand(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4).double(), torch.randn(1, 2, 5, 3))
 
 

@@ -124,6 +124,15 @@ def _current_spec(backend: BackendSpec | None) -> BackendSpec:
     return DEFAULT_PRIORITY
 
 
+def _check_qkv(q: object, k: object, v: object) -> None:
+    """q ``(b, k, n, d)``, k and v ``(b, k, m, d)``: one floating dtype (autocast or not), one device."""
+    check_tensor(q, "q", "(b, k, n, d)")
+    check_tensor(k, "k", "(b, k, m, d)", sizes={"b": q.shape[0], "k": q.shape[1], "d": q.shape[3]},
+                 like=q, like_name="q", autocast=False)
+    check_tensor(v, "v", "(b, k, m, d)", sizes={"b": q.shape[0], "k": q.shape[1], "m": k.shape[2]},
+                 like=q, like_name="q", autocast=False)
+
+
 def select_backend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -134,8 +143,20 @@ def select_backend(
 ) -> AttentionBackend:
     """The backend :func:`attention` would run for these inputs, following the precedence rules.
 
-    Raises :class:`AttentionBackendError` listing every candidate's reasons when none fits.
+    Raises :class:`AttentionBackendError` listing every candidate's reasons when none fits, and
+    ``ValueError``/``TypeError`` for inputs :func:`attention` would reject.
     """
+    _check_qkv(q, k, v)
+    return _select(q, k, v, backend, projection_matrix)
+
+
+def _select(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    backend: BackendSpec | None,
+    projection_matrix: torch.Tensor | None,
+) -> AttentionBackend:
     candidates, forced = _parse(_current_spec(backend))
     collected: list[str] = []
     for cand in candidates:
@@ -164,9 +185,9 @@ def attention(
     """Multi-head attention ``softmax(q k^T * scale) v`` through the selected backend.
 
     Args:
-        q: queries ``(b, k, n, d)``.
-        k: keys ``(b, k, m, d)``.
-        v: values ``(b, k, m, d)``.
+        q: queries ``(b, k, n, d)``, floating point.
+        k: keys ``(b, k, m, d)``, q's dtype and device (``TypeError`` / ``ValueError`` otherwise).
+        v: values ``(b, k, m, d)``, q's dtype and device.
         scale: logit scale, default ``1 / sqrt(d)``.
         backend: a backend name (forced), a priority list, or None for the context / environment /
             default precedence described in this module.
@@ -175,12 +196,8 @@ def attention(
     Returns:
         ``(b, k, n, d)``, the dtype and device of ``q``.
     """
-    check_tensor(q, "q", "(b, k, n, d)")
-    check_tensor(k, "k", "(b, k, m, d)", sizes={"b": q.shape[0], "k": q.shape[1], "d": q.shape[3]})
-    check_tensor(v, "v", "(b, k, m, d)", sizes={"b": q.shape[0], "k": q.shape[1], "m": k.shape[2]})
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"expected q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    _check_qkv(q, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    chosen = select_backend(q, k, v, backend=backend, projection_matrix=projection_matrix)
+    chosen = _select(q, k, v, backend, projection_matrix)
     return chosen(q, k, v, scale=scale, projection_matrix=projection_matrix)

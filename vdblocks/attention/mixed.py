@@ -48,7 +48,7 @@ class MixedSelfAttention(nn.Module):
     surrounding network adds.
 
     Shapes: tokens ``(b, n, dim) -> (b, n, dim)`` or feature maps ``(b, dim, h, w) -> (b, dim, h, w)``
-    (``L = h * w``).
+    (``L = h * w``), in the layer's dtype and on its device (any dtype under ``torch.autocast``).
 
     Args:
         dim: channels of the input.
@@ -147,11 +147,11 @@ class MixedSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.Tensor) and x.ndim == 4:
-            check_tensor(x, "x", "(b, dim, h, w)", sizes={"dim": self.dim})
+            check_tensor(x, "x", "(b, dim, h, w)", sizes={"dim": self.dim}, like=self)
             h, w = x.shape[-2:]
             tokens = rearrange(x, "b c h w -> b (h w) c")
         else:
-            check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim})
+            check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim}, like=self)
             tokens = x
         q, k, v = rearrange(self.to_qkv(tokens), "b n (three k d) -> three b k n d", three=3, k=self.heads)
         if self.select_algorithm(tokens.shape[1], q.device, q.dtype, q.shape[0] * q.shape[1]) == "favor":

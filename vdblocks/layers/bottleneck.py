@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 
 from .._validation import check_positive_int, check_same_batch, check_tensor
-from .channel_split import ChannelSplit, _BottleneckConv, _check_group_norm_size, _check_param_dtype
+from .channel_split import ChannelSplit, _BottleneckConv, _check_group_norm_size
 from .modulation import ScaleShiftGroupNorm
 from .norm import group_norm
 from .pointwise import PointwiseConv2d
@@ -207,18 +207,17 @@ class BottleneckResidualPathway(nn.Module):
             )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor(x, "x", "(b, c, h, w)", sizes={"c": self.in_channels})
+        check_tensor(x, "x", "(b, c, h, w)", sizes={"c": self.in_channels}, like=self)
         if emb is None:
             if self.needs_emb:
                 raise ValueError(f"expected emb of shape (b, e) with e={self.emb_dim}, got None")
         else:
             # Checked even when unused, so a wrongly wired embedding fails the same way in every variant.
             if self.emb_dim is None:
-                check_tensor(emb, "emb", "(b, e)")
+                check_tensor(emb, "emb", "(b, e)", like=self)
             else:
-                check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim})
+                check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim}, like=self)
             check_same_batch(x, "x", emb, "emb")
-        _check_param_dtype(self, x)
         _check_group_norm_size(self, x)
 
         h = self.stage1(x, emb)  # b c_out h w

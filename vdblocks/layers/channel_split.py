@@ -56,22 +56,6 @@ def _default_shuffle_groups(channels: int) -> int:
     return channels  # unreachable: channels divides itself
 
 
-def _check_param_dtype(module: nn.Module, x: torch.Tensor, name: str = "x") -> None:
-    """Turn a float64-input-into-float32-weights mix into a boundary TypeError (autocast exempt)."""
-    try:
-        autocasting = torch.is_autocast_enabled(x.device.type)
-    except RuntimeError:  # device types without autocast (meta, used for shape/cost tracing)
-        autocasting = False
-    if autocasting:
-        return
-    param = next(module.parameters(), None)
-    if param is not None and x.dtype != param.dtype:
-        raise TypeError(
-            f"expected {name} of shape (b, c, h, w) with dtype {param.dtype} (the block's parameter dtype), "
-            f"got {x.dtype}; cast the input or the module, or run under torch.autocast"
-        )
-
-
 def _check_group_norm_size(module: nn.Module, x: torch.Tensor) -> None:
     """GroupNorm cannot normalize a group holding one value (b = h = w = 1 with one channel per group)."""
     b, _, h, w = x.shape
@@ -236,20 +220,19 @@ class ChannelSplit(nn.Module):
         return [(i, int(src)) for i, src in enumerate(self._source.tolist()) if src < self.direct_channels]
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor(x, "x", "(b, c, h, w)", sizes={"c": self.in_channels})
+        check_tensor(x, "x", "(b, c, h, w)", sizes={"c": self.in_channels}, like=self)
         if self.emb_dim is None:
             if emb is not None:
                 raise ValueError(
-                    "ChannelSplit was built with emb_dim=None and takes no emb; build it with emb_dim=e "
+                    "expected no emb: ChannelSplit was built with emb_dim=None; build it with emb_dim=e "
                     f"to condition on an emb of shape (b, e), got {type(emb).__name__} "
                     f"{tuple(getattr(emb, 'shape', ()))}"
                 )
         else:
             if emb is None:
                 raise ValueError(f"expected emb of shape (b, e) with e={self.emb_dim}, got None")
-            check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim})
+            check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim}, like=self)
             check_same_batch(x, "x", emb, "emb")
-        _check_param_dtype(self, x)
         _check_group_norm_size(self, x)
 
         d = self.direct_channels

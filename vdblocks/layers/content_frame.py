@@ -42,7 +42,9 @@ class ContentFrameHead(nn.Module):
       logit is repeated over its ``p x p`` patch, so pixels of one patch share their weights. This
       reading keeps one head usable at several patch sizes; pass ``patch_size`` for per-pixel weights.
 
-    The softmax is taken in float32 so half-precision weights still sum to 1 to rounding.
+    Half-precision logits take their softmax in float32 (so the weights still sum to 1 to rounding);
+    float32 and float64 stay as they are, so a float64 head is float64 end to end. ``x`` and ``u``
+    must have the head's dtype and device (any dtype under ``torch.autocast``).
     """
 
     def __init__(self, dim: int, channels: int, patch_size: int | None = None, bias: bool = True) -> None:
@@ -72,8 +74,8 @@ class ContentFrameHead(nn.Module):
         return H // h
 
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_tensor(x, "x", "(b, c, t, H, W)", sizes={"c": self.channels})
-        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim, "t": x.shape[2]})
+        check_tensor(x, "x", "(b, c, t, H, W)", sizes={"c": self.channels}, like=self)
+        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim, "t": x.shape[2]}, like=self)
         check_same_batch(x, "x", u, "u")
         p = self._patch(x, u)
         tokens = self.to_logits(rearrange(u, "b c t h w -> b t h w c"))  # b t h w (c p p)
@@ -81,7 +83,10 @@ class ContentFrameHead(nn.Module):
             logits = rearrange(tokens, "b t h w (c p1 p2) -> b c t (h p1) (w p2)", p1=p, p2=p)
         else:
             logits = repeat(tokens, "b t h w c -> b c t (h p1) (w p2)", p1=p, p2=p)  # b c t H W
-        weights = logits.float().softmax(dim=2).to(logits.dtype)  # b c t H W, sums to 1 over t
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            weights = logits.float().softmax(dim=2).to(logits.dtype)  # b c t H W, sums to 1 over t
+        else:
+            weights = logits.softmax(dim=2)  # float32 / float64 as they are: no downcast
         content = (x * weights).sum(dim=2)  # b c H W
         return content, weights
 
@@ -110,7 +115,7 @@ class MotionLatentHead(nn.Module):
         self.f_y = None if shared else nn.Conv2d(dim, motion_channels, kernel_size=1, bias=bias)
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim})
+        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim}, like=self)
         u_x = reduce(u, "b c t h w -> b c t h", "mean")  # averaged across x (width)
         u_y = reduce(u, "b c t h w -> b c t w", "mean")  # averaged across y (height)
         f_y = self.f_x if self.f_y is None else self.f_y

@@ -38,7 +38,8 @@ def dit_positions(dim: int, grid_h: int, grid_w: int, like: torch.Tensor | None 
 
     Row-major, the token order of :class:`PatchEmbed2d`; ``dim`` divisible by 4 (DiT / MAE tables).
     """
-    pos = sincos_2d(dim, grid_h, grid_w)[None]  # 1 n dim
+    work = torch.float64 if like is not None and like.dtype == torch.float64 else torch.float32
+    pos = sincos_2d(dim, grid_h, grid_w, dtype=work)[None]  # 1 n dim
     if like is not None:
         pos = pos.to(device=like.device, dtype=like.dtype)
     return pos
@@ -71,7 +72,7 @@ class PatchEmbed2d(nn.Module):
         return height // p, width // p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", "(b, c, h, w)", sizes={"c": self.in_channels})
+        check_tensor(x, "x", "(b, c, h, w)", sizes={"c": self.in_channels}, like=self)
         self.grid_size(*x.shape[-2:])
         return rearrange(self.proj(x), "b d h w -> b (h w) d")  # b n dim
 
@@ -137,8 +138,8 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.ada[-1].bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim})
-        check_tensor(c, "c", "(b, cond_dim)", sizes={"cond_dim": self.cond_dim})
+        check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim}, like=self)
+        check_tensor(c, "c", "(b, cond_dim)", sizes={"cond_dim": self.cond_dim}, like=self)
         check_same_batch(x, "x", c, "c")
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)  # b 1 dim each
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))  # b n dim
@@ -167,8 +168,8 @@ class DiTFinalLayer(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim})
-        check_tensor(c, "c", "(b, cond_dim)", sizes={"cond_dim": self.cond_dim})
+        check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim}, like=self)
+        check_tensor(c, "c", "(b, cond_dim)", sizes={"cond_dim": self.cond_dim}, like=self)
         check_same_batch(x, "x", c, "c")
         shift, scale = self.ada(c)[:, None].chunk(2, dim=-1)  # b 1 dim each
         return self.linear(modulate(self.norm(x), shift, scale))  # b n out_features

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validation import check_positive_int
+from .._validation import check_positive_int, check_tensor, check_values
 from .embeddings import SinusoidalEmbedding, TimestepEmbedding
 
 __all__ = ["FPSEmbedding"]
@@ -14,7 +14,10 @@ __all__ = ["FPSEmbedding"]
 class FPSEmbedding(nn.Module):
     """Frame-rate conditioning of ETC (section 4.2, "FPS Embedding").
 
-    Shapes: ``fps (b,)`` (int or float, in ``[0, max_fps]``) -> ``(b, dim)``.
+    Shapes: ``fps (b,)`` (int or float, finite, in ``[0, max_fps]``, on the module's device) ->
+    ``(b, dim)``. Out-of-range, NaN or infinite values raise ``ValueError`` where values exist; on
+    the meta device, under fake tensors and while ``torch.compile``/``torch.export`` trace the
+    value check is skipped, so the block traces and exports.
 
     The paper: the FPS value and the timestep "are processed through the same embedding module,
     after which they pass through distinct learnable linear modules"; "the linear module consists
@@ -54,8 +57,8 @@ class FPSEmbedding(nn.Module):
                 "expected timestep_embedding to be a TimestepEmbedding or a SinusoidalEmbedding, "
                 f"got {type(timestep_embedding).__name__}"
             )
-        if isinstance(max_fps, bool) or not isinstance(max_fps, (int, float)) or not max_fps > 0:
-            raise ValueError(f"expected max_fps to be a positive number, got {max_fps!r}")
+        if isinstance(max_fps, bool) or not isinstance(max_fps, (int, float)) or not 0 < max_fps < float("inf"):
+            raise ValueError(f"expected max_fps to be a positive finite number, got {max_fps!r}")
         self.max_fps = float(max_fps)
         # Parameter-free, so registering the shared object adds nothing to parameters()/state_dict.
         self.sinusoid = sinusoid
@@ -69,16 +72,10 @@ class FPSEmbedding(nn.Module):
         )
 
     def _check_fps(self, fps: object) -> torch.Tensor:
-        if not isinstance(fps, torch.Tensor):
-            raise TypeError(f"expected fps to be a torch.Tensor of shape (b,), got {type(fps).__name__}")
-        if fps.ndim != 1 or fps.shape[0] == 0:
-            raise ValueError(f"expected fps of shape (b,), got shape {tuple(fps.shape)}")
-        if fps.dtype == torch.bool or fps.is_complex():
-            raise TypeError(f"expected fps of shape (b,) with an int or float dtype, got {fps.dtype}")
-        bad = torch.isnan(fps) | (fps < 0) | (fps > self.max_fps)
-        if bad.any():
-            raise ValueError(f"expected fps values in [0, {self.max_fps:g}], got {fps[bad].tolist()}")
-        return fps
+        # Device only: frame rates may be ints or floats whatever the module's dtype. The value
+        # check reads values, so it is skipped on meta/fake tensors and while compiling/exporting.
+        check_tensor(fps, "fps", "(b,)", floating=False, numeric=True, like=self, match_dtype=False)
+        return check_values(fps, "fps", "(b,)", low=0.0, high=self.max_fps)
 
     def forward(self, fps: torch.Tensor) -> torch.Tensor:
         fps = self._check_fps(fps)

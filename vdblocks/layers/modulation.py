@@ -16,8 +16,22 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     """``x * (1 + scale) + shift`` with ``shift``/``scale`` ``(b, c)`` broadcast over ``x``'s trailing axes.
 
     ``x`` is ``(b, c, *spatial)`` (channels first); for tokens ``(b, n, c)`` pass ``shift[:, None]``
-    yourself (DiT's ``modulate``).
+    yourself (DiT's ``modulate``). In general ``shift`` and ``scale`` share one shape, of rank at most
+    ``x``'s, that broadcasts against ``x``'s leading axes, and ``x``'s dtype and device (any dtype
+    under ``torch.autocast``).
     """
+    check_tensor(x, "x", "(b, c, *spatial)")
+    for name, v in (("shift", shift), ("scale", scale)):
+        check_tensor(v, name, "(b, c, *spatial)", like=x, like_name="x")
+        if v.ndim > x.ndim or any(s not in (1, t) for s, t in zip(v.shape, x.shape)):
+            raise ValueError(
+                f"expected {name} of shape (b, c, *spatial) broadcastable to the leading axes of x "
+                f"{tuple(x.shape)}, got {tuple(v.shape)}"
+            )
+    if shift.shape != scale.shape:
+        raise ValueError(
+            f"expected shift and scale of one shape (b, c, *spatial), got {tuple(shift.shape)} and {tuple(scale.shape)}"
+        )
     extra = x.ndim - shift.ndim
     shift = shift.reshape(*shift.shape, *([1] * extra))
     scale = scale.reshape(*scale.shape, *([1] * extra))
@@ -28,8 +42,9 @@ class ScaleShiftGroupNorm(nn.Module):
     """GroupNorm whose output is scaled and shifted by a projection of an embedding.
 
     ``y = GN(x) * (1 + e_1) + e_2`` with ``[e_1, e_2] = Linear(SiLU(emb))`` (EVDM eq. 8, the BigGAN /
-    guided-diffusion "scale-shift norm"). Shapes: x ``(b, c, *spatial)``, emb ``(b, emb_dim)`` ->
-    ``(b, c, *spatial)``. The projection starts from PyTorch's default init; a model that wants the
+    guided-diffusion "scale-shift norm"). Shapes: x ``(b, c, *spatial)`` (at least one spatial
+    axis), emb ``(b, emb_dim)`` -> ``(b, c, *spatial)``, both in the module's dtype and on its
+    device (any dtype under ``torch.autocast``). The projection starts from PyTorch's default init; a model that wants the
     branch to start as plain GroupNorm zeroes ``self.proj`` in its ``init_weights``.
     """
 
@@ -42,14 +57,8 @@ class ScaleShiftGroupNorm(nn.Module):
         self.proj = nn.Linear(emb_dim, 2 * channels)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.ndim < 3 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"expected x of shape (b, c, *spatial) with c={self.channels}, "
-                f"got {tuple(getattr(x, 'shape', ()))}"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"expected x of a floating-point dtype, got {x.dtype}")
-        check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim})
+        check_tensor(x, "x", "(b, c, *spatial)", sizes={"c": self.channels}, min_ndim=3, like=self)
+        check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim}, like=self)
         check_same_batch(x, "x", emb, "emb")
         scale, shift = self.proj(self.act(emb)).chunk(2, dim=1)  # b c, b c
         # GN(x) * (1 + scale) + shift with GN's affine folded into the per-sample (b, c) factors:

@@ -25,11 +25,14 @@ def pointwise_conv2d(
     """``F.conv2d(x, weight, bias, groups=groups)`` for a 1x1 kernel, computed as a matrix product.
 
     Shapes: x ``(b, c_in, h, w)`` (any strides, e.g. a channel slice), weight
-    ``(c_out, c_in / groups, 1, 1)``, bias ``(c_out,)`` -> ``(b, c_out, h, w)``, contiguous.
+    ``(c_out, c_in / groups, 1, 1)``, bias ``(c_out,)`` -> ``(b, c_out, h, w)``, contiguous. ``x``
+    has the weight's dtype (any dtype under ``torch.autocast``) and device.
     """
-    check_tensor(x, "x", "(b, c, h, w)")
-    if weight.ndim != 4 or weight.shape[2:] != (1, 1):
-        raise ValueError(f"expected weight of shape (c_out, c_in / groups, 1, 1), got {tuple(weight.shape)}")
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError(
+            f"expected weight of shape (c_out, c_in / groups, 1, 1), got {tuple(getattr(weight, 'shape', ()))}"
+        )
+    check_tensor(x, "x", "(b, c, h, w)", like=weight, like_name="weight")
     b, c, h, w = x.shape
     out_channels = weight.shape[0]
     if c % groups or out_channels % groups or weight.shape[1] * groups != c:

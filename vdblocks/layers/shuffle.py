@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .._validation import check_positive_int
+from .._validation import check_positive_int, check_tensor
 
 __all__ = ["channel_shuffle", "channel_shuffle_permutation", "add_channel_shuffled", "ChannelShuffle"]
 
@@ -19,8 +19,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     ``groups``.
     """
     check_positive_int(groups, "groups")
-    if not isinstance(x, torch.Tensor) or x.ndim < 2:
-        raise ValueError(f"expected x of shape (b, c, ...), got {getattr(x, 'shape', type(x))}")
+    check_tensor(x, "x", "(b, c, ...)", floating=False)  # any dtype: a permutation
     if x.shape[1] % groups:
         raise ValueError(
             f"expected x of shape (b, c, ...) with c divisible by groups={groups}, got c={x.shape[1]}"
@@ -37,13 +36,16 @@ def channel_shuffle_permutation(channels: int, groups: int) -> torch.Tensor:
 def add_channel_shuffled(x: torch.Tensor, y: torch.Tensor, groups: int, scale: float | None = None) -> torch.Tensor:
     """``(x + channel_shuffle(y, groups)) * scale`` without materialising the shuffle.
 
-    ``x`` and ``y`` are ``(b, c, *spatial)`` with ``c`` divisible by ``groups``; the shuffled ``y`` is
+    ``x`` and ``y`` are floating ``(b, c, *spatial)`` of one shape, dtype (any under ``torch.autocast``)
+    and device, with ``c`` divisible by ``groups``; the shuffled ``y`` is
     read through a strided view (``(b, g, c/g, ...)`` transposed to ``(b, c/g, g, ...)``), so the sum
     costs one pass over memory instead of two (EVDM's group shortcut, section 3.4). ``scale``
     (``None``: 1) multiplies the fresh sum in place, e.g. a residual's ``1 / sqrt(2)``.
     """
     check_positive_int(groups, "groups")
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.ndim < 2 or x.shape != y.shape:
+    check_tensor(x, "x", "(b, c, ...)")
+    check_tensor(y, "y", "(b, c, ...)", like=x, like_name="x")
+    if x.shape != y.shape:
         raise ValueError(
             f"expected x and y of the same shape (b, c, ...), got {tuple(getattr(x, 'shape', ()))} "
             f"and {tuple(getattr(y, 'shape', ()))}"

@@ -45,13 +45,17 @@ class Attention(nn.Module):
         self.backend = backend
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim})
+        check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim}, like=self)
         if context is None:
             if self.context_dim is not None:
-                raise ValueError(f"this Attention was built with context_dim={self.context_dim}; pass context")
+                raise ValueError(
+                    f"expected context of shape (b, m, context_dim) with context_dim={self.context_dim} "
+                    "(this Attention was built with context_dim), got None"
+                )
             context = x
         else:
-            check_tensor(context, "context", "(b, m, context_dim)", sizes={"context_dim": self.context_dim or self.dim})
+            check_tensor(context, "context", "(b, m, context_dim)",
+                         sizes={"context_dim": self.context_dim or self.dim}, like=self)
             check_same_batch(x, "x", context, "context")
         q = rearrange(self.to_q(x), "b n (k d) -> b k n d", k=self.heads)
         k, v = rearrange(self.to_kv(context), "b m (two k d) -> two b k m d", two=2, k=self.heads)
@@ -60,17 +64,24 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """``Linear -> GELU -> Linear`` with hidden width ``mult * dim``: ``(b, n, dim) -> (b, n, dim)``."""
+    """``Linear -> GELU -> Linear`` with hidden width ``mult * dim``: ``(b, n, dim) -> (b, n, dim)``.
+
+    Any leading axes are kept: ``(b, ..., dim) -> (b, ..., dim)``.
+    """
 
     def __init__(self, dim: int, mult: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dim = check_positive_int(dim, "dim")
         hidden = int(dim * mult)
+        if hidden < 1:
+            raise ValueError(f"expected mult * dim >= 1 hidden units, got dim={dim}, mult={mult}")
         self.net = nn.Sequential(
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        check_tensor(x, "x", "(b, ..., dim)", sizes={"dim": self.dim}, like=self)
+        return self.net(x)  # b ... dim
 
 
 class TransformerBlock(nn.Module):
@@ -91,6 +102,7 @@ class TransformerBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
+        self.context_dim = check_positive_int(context_dim, "context_dim") if context_dim else None
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dim_head, backend=backend)
         self.cross = None
@@ -101,9 +113,24 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor(x, "x", "(b, n, dim)", sizes={"dim": self.dim}, like=self)
+        if self.cross is None:
+            if context is not None:
+                raise ValueError(
+                    "expected no context: this TransformerBlock was built without context_dim; build it "
+                    f"with context_dim=e to attend to a context of shape (b, m, e), got "
+                    f"{type(context).__name__} {tuple(getattr(context, 'shape', ()))}"
+                )
+        else:
+            if context is None:
+                raise ValueError(
+                    f"expected context of shape (b, m, context_dim) with context_dim={self.context_dim} "
+                    "(this TransformerBlock has cross-attention), got None"
+                )
+            check_tensor(context, "context", "(b, m, context_dim)", sizes={"context_dim": self.context_dim},
+                         like=self)
+            check_same_batch(x, "x", context, "context")
         x = x + self.attn(self.norm1(x))  # b n dim
         if self.cross is not None:
-            if context is None:
-                raise ValueError("this TransformerBlock has cross-attention; pass context (b, m, context_dim)")
             x = x + self.cross(self.norm_cross(x), context)
         return x + self.ff(self.norm2(x))  # b n dim

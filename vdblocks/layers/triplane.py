@@ -69,7 +69,8 @@ def triplane_latent_size(t: int, h: int, w: int, latent_channels: int) -> int:
 
 def _positions(dim: int, length: int, max_period: float, like: torch.Tensor) -> torch.Tensor:
     """Sin-cos positions ``(length, dim)``; an odd ``dim`` drops the last channel of ``dim + 1``."""
-    pos = torch.arange(length, dtype=torch.float32, device=like.device)
+    work = torch.float64 if like.dtype == torch.float64 else torch.float32
+    pos = torch.arange(length, dtype=work, device=like.device)
     return sincos_1d(dim + dim % 2, pos, max_period)[:, :dim].to(like.dtype)  # l dim
 
 
@@ -114,7 +115,7 @@ class AxisProjector(nn.Module):
         self.to_latent = nn.Linear(dim, latent_channels)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        check_tensor(seq, "seq", "(n, l, dim)", sizes={"dim": self.dim})
+        check_tensor(seq, "seq", "(n, l, dim)", sizes={"dim": self.dim}, like=self)
         n, length, _ = seq.shape
         x = seq + _positions(self.dim, length, self.max_period, seq)  # n l dim
         if self.token is not None:
@@ -136,7 +137,7 @@ class AxisProjector(nn.Module):
         """
         if axis not in _AXIS_LAYOUTS:
             raise ValueError(f"expected axis to be one of {tuple(_AXIS_LAYOUTS)}, got {axis!r}")
-        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim})
+        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim}, like=self)
         to_seq, to_plane = _AXIS_LAYOUTS[axis]
         sizes = dict(zip("bthw", (u.shape[0], *u.shape[2:])))
         del sizes[axis]  # the projected axis is gone from the plane
@@ -164,11 +165,11 @@ def triplane_expand(z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor, *, 
         raise ValueError(f"expected combine to be one of {_COMBINES}, got {combine!r}")
     check_tensor(z_s, "z_s", "(b, c, h, w)")
     b, c, h, w = z_s.shape
-    check_tensor(z_h, "z_h", "(b, c, t, w)", sizes={"b": b, "c": c, "w": w})
+    check_tensor(z_h, "z_h", "(b, c, t, w)", sizes={"b": b, "c": c, "w": w}, like=z_s, like_name="z_s",
+                 autocast=False)
     t = z_h.shape[2]
-    check_tensor(z_w, "z_w", "(b, c, t, h)", sizes={"b": b, "c": c, "t": t, "h": h})
-    if not (z_s.dtype == z_h.dtype == z_w.dtype):
-        raise TypeError(f"expected z_s, z_h, z_w of one dtype, got {z_s.dtype}, {z_h.dtype}, {z_w.dtype}")
+    check_tensor(z_w, "z_w", "(b, c, t, h)", sizes={"b": b, "c": c, "t": t, "h": h}, like=z_s, like_name="z_s",
+                 autocast=False)
     if combine == "sum":
         # Broadcasting adds the three without materialising three full volumes.
         return (
@@ -222,7 +223,7 @@ class TriplaneProjector(nn.Module):
         self.phi_w = AxisProjector(dim, latent_channels, **kwargs)
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim})
+        check_tensor(u, "u", "(b, dim, t, h, w)", sizes={"dim": self.dim}, like=self)
         return (
             self.phi_s.project(u, "t"),  # b C h w
             self.phi_h.project(u, "h"),  # b C t w
@@ -231,7 +232,7 @@ class TriplaneProjector(nn.Module):
 
     def expand(self, z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor) -> torch.Tensor:
         """:func:`triplane_expand` with the plane width checked against ``latent_channels``."""
-        check_tensor(z_s, "z_s", "(b, c, h, w)", sizes={"c": self.latent_channels})
+        check_tensor(z_s, "z_s", "(b, c, h, w)", sizes={"c": self.latent_channels}, floating=True)
         return triplane_expand(z_s, z_h, z_w)
 
     def latent_size(self, t: int, h: int, w: int) -> int:

@@ -46,8 +46,9 @@ def video_positions(dim: int, t: int, h: int, w: int, like: torch.Tensor | None 
     The 2D table over ``(h, w)`` (:func:`~vdblocks.layers.sincos_2d`) plus the 1D table over ``t``
     (:func:`~vdblocks.layers.sincos_1d`); ``dim`` must be divisible by 4.
     """
-    space = rearrange(sincos_2d(dim, h, w), "(h w) c -> h w c", h=h)  # h w dim
-    time = sincos_1d(dim, torch.arange(t))  # t dim
+    work = torch.float64 if like is not None and like.dtype == torch.float64 else torch.float32
+    space = rearrange(sincos_2d(dim, h, w, dtype=work), "(h w) c -> h w c", h=h)  # h w dim
+    time = sincos_1d(dim, torch.arange(t, dtype=work))  # t dim
     pos = time[:, None, None] + space[None]  # t h w dim
     if like is not None:
         pos = pos.to(device=like.device, dtype=like.dtype)
@@ -69,7 +70,7 @@ class VideoPatchEmbed(nn.Module):
         self.proj = nn.Conv3d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", "(b, c, t, h, w)", sizes={"c": self.in_channels})
+        check_tensor(x, "x", "(b, c, t, h, w)", sizes={"c": self.in_channels}, like=self)
         for size, p, name in zip(x.shape[2:], self.patch_size, ("t", "h", "w")):
             if size % p:
                 raise ValueError(
@@ -95,7 +96,7 @@ class VideoPatchUnembed(nn.Module):
         self.proj = nn.Linear(dim, out_channels * pt * ph * pw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", "(b, t, h, w, dim)", sizes={"dim": self.dim})
+        check_tensor(x, "x", "(b, t, h, w, dim)", sizes={"dim": self.dim}, like=self)
         pt, ph, pw = self.patch_size
         out = self.proj(self.norm(x))  # b t' h' w' (c pt ph pw)
         return rearrange(
@@ -131,7 +132,7 @@ class DividedSpaceTimeBlock(nn.Module):
         self.ff = FeedForward(dim, mlp_ratio, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", "(b, t, h, w, dim)", sizes={"dim": self.dim})
+        check_tensor(x, "x", "(b, t, h, w, dim)", sizes={"dim": self.dim}, like=self)
         b, t, h, w, _ = x.shape
         xt = rearrange(x, "b t h w c -> (b h w) t c")
         xt = xt + self.attn_time(self.norm_time(xt))  # (b h w) t dim
@@ -171,7 +172,7 @@ class VideoTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", "(b, t, h, w, dim)", sizes={"dim": self.dim})
+        check_tensor(x, "x", "(b, t, h, w, dim)", sizes={"dim": self.dim}, like=self)
         if self.add_positions:
             x = x + video_positions(self.dim, *x.shape[1:4], like=x)  # b t h w dim
         for block in self.blocks:
