@@ -133,8 +133,20 @@ def train_config_from_args(args: argparse.Namespace, *, out_dir: Any = None) -> 
     keep TrainConfig's defaults). Defaults that depend on the run length: the EMA decay is
     ``1 - 10 / steps`` (capped at 0.9999), samples are written at the end only, and the warm-up and
     logging intervals are cut to the run. ``out_dir`` replaces ``--out`` (a stage's own directory).
+
+    Without ``--resume``, an output directory that already holds checkpoints of an earlier run ends
+    the CLI here with the trainer's message (pass ``--resume`` or another ``--out``), before any data
+    is read or anything is written there.
     """
-    from .trainer import TrainConfig
+    from .checkpoint import CheckpointError
+    from .trainer import TrainConfig, check_fresh_out_dir
+
+    out = args.out if out_dir is None else out_dir
+    if not getattr(args, "resume", False):
+        try:
+            check_fresh_out_dir(out)
+        except CheckpointError as err:
+            raise SystemExit(f"error: {err}") from None
 
     steps = args.steps
     ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / steps))
@@ -143,7 +155,7 @@ def train_config_from_args(args: argparse.Namespace, *, out_dir: Any = None) -> 
         steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, steps),
         ema_decay=ema, precision=args.precision, log_every=min(args.log_every, steps),
         sample_every=steps if args.sample_every is None else args.sample_every, ckpt_every=args.ckpt_every,
-        out_dir=args.out if out_dir is None else out_dir, seed=args.seed, num_workers=args.num_workers,
+        out_dir=out, seed=args.seed, num_workers=args.num_workers,
         device=args.device, progress=not args.no_progress, **optional,
     )
 

@@ -49,7 +49,7 @@ from reference_models.common.distributed import (
     init_distributed,
 )
 from reference_models.common.ema import unwrap_model
-from reference_models.common.trainer import TrainState, check_fresh_out_dir, train
+from reference_models.common.trainer import TrainState, train
 from reference_models.evdm.metrics import video_psnr
 
 from .autoencoder import PVDMAutoencoder
@@ -250,9 +250,7 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
         raise SystemExit(f"--set {clash} contradicts the autoencoder (the latent width and grid come from it)")
     cfg = cfg.replace(**tied)
     out = Path(args.out or "runs/pvdm/diffusion")
-    tcfg = train_config_from_args(args, out_dir=out)
-    if not args.resume:
-        check_fresh_out_dir(out)  # before the latent cache below is (re)written into it
+    tcfg = train_config_from_args(args, out_dir=out)  # refuses an --out of another run before the cache
 
     if args.data is not None:
         record = data_record(args.data, fps=args.fps)

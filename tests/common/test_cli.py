@@ -79,3 +79,14 @@ def test_checkpoint_kind_names_what_another_checkpoint_holds(tmp_path):
         check_checkpoint_kind(tmp_path / "missing", "etc", "an ETC")
     assert {"etc", "evdm", "pvdm_autoencoder", "pvdm_diffusion", "cmd_ae", "cmd_content", "cmd_motion"} == set(
         MODEL_CONFIG_KEYS)
+
+
+def test_training_clis_refuse_an_out_dir_of_another_run_before_reading_data(tmp_path):
+    import torch
+
+    from reference_models.common.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoints", model=torch.nn.Linear(2, 2), step=3)
+    with pytest.raises(SystemExit, match="already holds 1 checkpoint.*--resume.*--out"):
+        train_config_from_args(flags(out=str(tmp_path)))
+    assert train_config_from_args(flags(out=str(tmp_path), resume=True)).out_dir == str(tmp_path)
