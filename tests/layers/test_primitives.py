@@ -24,13 +24,15 @@ from vdblocks.layers import (
 
 @given(values=st.lists(st.floats(0, 1000), min_size=1, max_size=6), dim=st.integers(1, 64))
 def test_sinusoidal_embedding_layout(values, dim):
-    t = torch.tensor(values)
+    # float64: with t up to 1000, float32 arguments t * f carry errors of ~1e-4 rad, and the vector
+    # sin/cos kernels differ in their last bits between CPUs (AVX2, AVX512).
+    t = torch.tensor(values, dtype=torch.float64)
     emb = sinusoidal_embedding(t, dim)
-    assert emb.shape == (len(values), dim)
+    assert emb.shape == (len(values), dim) and emb.dtype == torch.float64
     half = dim // 2
-    freqs = torch.tensor([10000.0 ** (-i / max(half, 1)) for i in range(half)])
+    freqs = torch.tensor([10000.0 ** (-i / max(half, 1)) for i in range(half)], dtype=torch.float64)
     expected = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], dim=1)
-    torch.testing.assert_close(emb[:, : 2 * half], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(emb[:, : 2 * half], expected, atol=1e-9, rtol=0)
     if dim % 2:
         assert torch.all(emb[:, -1] == 0)
 
