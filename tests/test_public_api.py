@@ -67,3 +67,33 @@ def test_re_exports_do_not_shadow_submodules(package):
     assert not submodules & set(module.__all__)
     for name in submodules:
         assert inspect.ismodule(importlib.import_module(f"{package}.{name}"))
+
+
+SYSTEMS = ("etc", "evdm", "pvdm", "cmd")
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_no_system_imports_another_and_common_imports_none(system):
+    """What two systems share lives in reference_models.common; common depends on no system."""
+    import ast
+    import pathlib
+
+    import reference_models
+
+    root = pathlib.Path(reference_models.__file__).parent
+    others = {s for s in SYSTEMS if s != system}
+    for package, forbidden in ((system, others), ("common", set(SYSTEMS))):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
+                    names = [f"reference_models.{node.module}"]  # from ..evdm import x
+                for name in names:
+                    parts = name.split(".")
+                    assert not (parts[0] == "reference_models" and len(parts) > 1 and parts[1] in forbidden), (
+                        f"{path.relative_to(root)} imports {name}"
+                    )

@@ -51,7 +51,7 @@ from vdblocks.diffusion import NoiseSchedule, sample_ddim, sample_ddpm
 
 from .config import EVDMConfig
 from .data import folder_videos, stack_videos, videos_from_record
-from .metrics import trajectory_metrics
+from reference_models.common.metrics import trajectory_metrics
 from .unet import EVDMUNet
 
 __all__ = [

@@ -50,7 +50,7 @@ from reference_models.common.distributed import (
 )
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainState, train
-from reference_models.evdm.metrics import video_psnr
+from reference_models.common.metrics import video_psnr
 
 from .autoencoder import PVDMAutoencoder
 from .config import (

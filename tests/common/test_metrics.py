@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from reference_models.evdm.metrics import (
+from reference_models.common.metrics import (
     best_of_k,
     fvd,
     frechet_distance,

@@ -1,4 +1,5 @@
-"""The metrics EVDM reports (section 4.2): per-frame PSNR and SSIM, best-of-k trajectories, and FVD.
+"""Video metrics every system reports: per-frame PSNR and SSIM, best-of-k trajectories, and FVD
+(the ones EVDM reports in its section 4.2; PVDM and CMD use the same).
 
 PSNR and SSIM compare a sampled video with the real one frame by frame. Frames are mapped from
 ``value_range`` (our data lives in ``[-1, 1]``) to ``[0, 1]`` first, so the numbers are those of
