@@ -4,6 +4,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_c
 from .data import ImageFolder, MovingShapes, MovingShapesImages, VideoFolder
 from .distributed import DistInfo, cleanup, init_distributed, wrap_model
 from .ema import EMA
+from .lazy import lazy_exports
 from .logging import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .precision import autocast
@@ -18,6 +19,7 @@ __all__ = [
     "MovingShapes",
     "MovingShapesImages",
     "NonFiniteLossError",
+    "ShapesProbe",
     "TrainConfig",
     "TrainState",
     "VideoFolder",
@@ -39,3 +41,6 @@ __all__ = [
     "write_samples",
     "write_video",
 ]
+
+# Lazy: the probe module is also a CLI (python -m reference_models.common.probe), see lazy.py.
+__getattr__ = lazy_exports(__name__, {"ShapesProbe": "probe"})
