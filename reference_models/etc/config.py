@@ -58,7 +58,10 @@ class ETCConfig(ConfigBase):
     Conditioning: ``context_dim`` (cross-attention width), ``num_classes`` (None: no label
     conditioning), ``text_vocab_size`` (hash buckets of the built-in word encoder; None: no
     built-in text encoder), ``text_max_len``, ``text_layers``, ``text_heads``, ``cond_dropout``
-    (classifier-free guidance drop probability).
+    (classifier-free guidance drop probability), ``pooled_context`` (also add an MLP of the
+    context tokens' mean to the timestep embedding, so every ResBlock sees the condition, as SDXL
+    adds its pooled text embedding and Imagen its pooled T5 embedding; SD 2.1, and so ``sd21``,
+    conditions through cross-attention only).
 
     Video: ``frames``, ``height``, ``width`` (training frame count and frame size; any size that
     fits works at inference, see ``ETCUNet.check_input``), ``grid`` (``(rows, cols)``; None picks
@@ -94,6 +97,7 @@ class ETCConfig(ConfigBase):
     text_layers: int = 1
     text_heads: int = 4
     cond_dropout: float = 0.1
+    pooled_context: bool = False
     frames: int = 8
     height: int = 16
     width: int = 16
@@ -151,6 +155,8 @@ class ETCConfig(ConfigBase):
         if not is_number(self.max_fps) or not 0 < self.max_fps < math.inf:
             raise ValueError(f"expected max_fps to be a positive finite number, got {self.max_fps!r}")
         check_config_fractions(self, ("dropout", "cond_dropout"))
+        if not isinstance(self.pooled_context, bool):
+            raise ValueError(f"expected pooled_context to be a bool, got {self.pooled_context!r}")
         check_noise_schedule(self)
         check_prediction_type(self.prediction_type)
 

@@ -266,6 +266,12 @@ class ETCUNet(nn.Module):
         # SD: a model_channels-wide sinusoid, then Linear -> SiLU -> Linear to 4 * model_channels.
         self.time_embed = TimestepEmbedding(emb_dim, frequency_dim=mc, hidden_dim=emb_dim)
         self.fps_embed = FPSEmbedding(emb_dim, self.time_embed, max_fps=cfg.max_fps)
+        # Optional global path for the condition (SDXL's pooled text embedding): mean of the context
+        # tokens -> MLP -> added to the timestep embedding that every ResBlock's scale-shift reads.
+        self.context_embed = (
+            nn.Sequential(nn.Linear(cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if cfg.pooled_context else None
+        )
         self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
 
         def layer(c_in: int, c_out: int, attend: bool) -> UNetLayer:
@@ -315,8 +321,8 @@ class ETCUNet(nn.Module):
     def zero_init_modules(self) -> Iterator[nn.Module]:
         """The residual and conditioning outputs that :meth:`init_weights` zeroes.
 
-        Every ResBlock's ``conv2``, every SpatialTransformer's ``proj_out`` and the FPS MLP's last
-        layer (DESIGN.md convention 6, LDM's ``zero_module``).
+        Every ResBlock's ``conv2``, every SpatialTransformer's ``proj_out``, the FPS MLP's last
+        layer and the pooled-context MLP's (DESIGN.md convention 6, LDM's ``zero_module``).
         """
         for module in self.modules():
             if isinstance(module, ResBlock):
@@ -324,6 +330,8 @@ class ETCUNet(nn.Module):
             elif isinstance(module, SpatialTransformer):
                 yield module.proj_out
         yield self.fps_embed.mlp[-1]
+        if self.context_embed is not None:
+            yield self.context_embed[-1]
 
     def init_weights(self) -> None:
         """Start every residual branch and the FPS branch as the identity (zero their last layer).
@@ -413,6 +421,8 @@ class ETCUNet(nn.Module):
         image = self.mixed_embed(image, grid)  # + ME before any layer, eqs. 2-4
         emb = self.time_embed(timesteps) + self.fps_embed(fps)  # b e, section 4.2
         context = context.to(image.dtype)
+        if self.context_embed is not None:
+            emb = emb + self.context_embed(context.mean(dim=1))  # b e, pooled condition
 
         h = self.conv_in(image)  # b mc H W
         skips = [h]
