@@ -803,10 +803,9 @@ class ShapesProbe:
         frame rates or ``fps``; ``kwargs`` (``seed``, ``recipe``, ``cache_dir``) go to :meth:`for_geometry`."""
         if not isinstance(dataset, MovingShapes):
             raise TypeError(f"expected a MovingShapes dataset, got {type(dataset).__name__}")
-        scenes = dataset._scenes
         return cls.for_geometry(dataset.channels, dataset.frames, dataset.height, dataset.width,
-                                fps=dataset.fps_choices if fps is None else fps, size_range=scenes.size_range,
-                                speed_range=scenes.speed_range, kinds=scenes.kinds, colors=scenes.colors, **kwargs)
+                                fps=dataset.fps_choices if fps is None else fps, size_range=dataset.size_range,
+                                speed_range=dataset.speed_range, kinds=dataset.kinds, colors=dataset.colors, **kwargs)
 
     @classmethod
     def from_spec(cls, spec: ProbeSpec, *, cache_dir: str | os.PathLike | bool | None = None) -> ShapesProbe:

@@ -73,6 +73,9 @@ __all__ = [
     "SamplePrompt",
     "sample_prompts",
     "make_sample_fn",
+    "PROBE_FPS",
+    "probe_captions",
+    "run_probe",
     "main",
 ]
 
@@ -125,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-steps", type=int, default=50, help="DDIM steps (paper: 50)")
     g.add_argument("--guidance-scale", type=float, default=7.0, help="paper: 7")
     g.add_argument("--num-prompts", type=int, default=3, help="captions (and labels) to sample")
+    g = p.add_argument_group("quality probe (built-in moving shapes only)")
+    g.add_argument("--probe-clips", type=int, default=64,
+                   help="clips sampled from held-out captions and scored by the shapes probe at the end (0: skip)")
+    g.add_argument("--probe-steps", type=int, default=25, help="DDIM steps for the probe's clips")
     return p
 
 
@@ -290,6 +297,49 @@ def make_sample_fn(cfg: ETCConfig, prompts: Sequence[SamplePrompt], *, steps: in
     return sample_fn
 
 
+PROBE_FPS = SAMPLE_FPS[0]  # the probe scores clips at the first sample rate (8 fps)
+_PROBE_SEED = 7_919  # held-out scenes: not the training scenes (seed --seed), not the sample grid
+
+
+def probe_captions(dataset: TripleDataset, k: int, *, exclude: Sequence[str] = ()) -> list[str]:
+    """``k`` one-object captions of the built-in data's distribution that the run did not pick for
+    its sample grid (``exclude``): the captions of scenes drawn with a seed of their own, in order,
+    without repeats. Raises ``ValueError`` when the video data is not the built-in moving shapes."""
+    videos = dataset.sources[0]
+    if not isinstance(videos, MovingShapes):
+        raise ValueError("the shapes probe scores the built-in moving shapes only (no --data-videos)")
+    held_out = MovingShapes(max(4 * k, 64), frames=videos.frames, height=videos.height, width=videos.width,
+                            channels=videos.channels, max_shapes=1, seed=_PROBE_SEED,
+                            size_range=videos.size_range, speed_range=videos.speed_range)
+    skip, found = set(exclude), []
+    for j in range(len(held_out)):
+        caption = held_out.caption_of(j)
+        if caption not in skip:
+            skip.add(caption)
+            found.append(caption)
+        if len(found) == k:
+            break
+    return found
+
+
+def run_probe(system: nn.Module, dataset: TripleDataset, cfg: ETCConfig, *, clips: int, steps: int,
+              guidance_scale: float, seed: int, exclude: Sequence[str] = ()) -> tuple[Any, list[str]]:
+    """Sample ``clips`` held-out captions (:func:`probe_captions`) at ``PROBE_FPS`` with guided DDIM
+    and score them with the :class:`~reference_models.common.probe.ShapesProbe` of the data's
+    geometry: ``(ProbeResult, captions)``."""
+    from reference_models.common.probe import ShapesProbe
+
+    videos = dataset.sources[0]
+    captions = probe_captions(dataset, clips, exclude=exclude)
+    probe = ShapesProbe.for_dataset(videos, fps=PROBE_FPS)
+    system = unwrap_model(system)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        clips_out = sample(system.unet, system.conditioner, captions=captions, fps=PROBE_FPS, steps=steps,
+                           guidance_scale=guidance_scale, generator=generator)  # b c t h w
+    return probe.evaluate(clips_out.float(), captions, fps=PROBE_FPS), captions
+
+
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     """Train ETC as the flags say (``--help``); returns the final ``TrainState``.
 
@@ -348,6 +398,21 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
                 "frame grids:")
             for grid in grids:
                 say(f"            {grid}")
+        builtin = args.data_videos is None and args.data_images is None
+        if info.is_main and builtin and args.probe_clips > 0 and cfg.text_vocab_size is not None:
+            probe_start = time.perf_counter()
+            result, probe_caps = run_probe(state.ema.module, dataset, cfg, clips=args.probe_clips,
+                                           steps=args.probe_steps, guidance_scale=args.guidance_scale,
+                                           seed=args.seed + 1, exclude=captions)
+            report = {"probe": result.to_dict(), "captions": probe_caps, "fps": PROBE_FPS,
+                      "sampler": {"ddim_steps": args.probe_steps, "guidance_scale": args.guidance_scale},
+                      "run": {"steps": state.step, "batch_size": args.batch_size, "preset": args.preset,
+                              "seconds_to_here": round(time.perf_counter() - start, 1),
+                              "probe_seconds": round(time.perf_counter() - probe_start, 1)}}
+            (out / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
+            say(result.format())
+            say(f"probe:      {out / 'probe.json'} ({len(probe_caps)} held-out captions at {PROBE_FPS:g} fps, "
+                f"{report['run']['probe_seconds']:.0f} s)")
         example = json.dumps(captions[0] if captions else "a red circle moving left")
         say(f"sample more: python -m reference_models.etc.sample --checkpoint {out} --caption {example} "
             f"--fps 8 --out {out / 'cli_samples'}")

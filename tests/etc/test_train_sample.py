@@ -36,7 +36,8 @@ def flags(out, steps=STEPS, *extra):
     sets = [f"--set={k}={json.dumps(v)}" for k, v in OVERRIDES.items()]
     return [*sets, "--out", str(out), "--steps", str(steps), "--batch-size", "8", "--lr", "3e-3",
             "--warmup-steps", "5", "--log-every", "1", "--sample-steps", "2", "--num-prompts", "2",
-            "--num-videos", "64", "--num-images", "64", "--device", "cpu", "--no-progress", *extra]
+            "--num-videos", "64", "--num-images", "64", "--device", "cpu", "--no-progress",
+            "--probe-clips", "0", *extra]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,11 +52,25 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One short training run shared by the tests below."""
+    """One short training run shared by the tests below; it ends with the shapes probe on 6 held-out
+    captions (2 DDIM steps), its probe cached in a temporary directory."""
     out = tmp_path_factory.mktemp("etc_run")
     torch.manual_seed(0)
-    state = train_mod.main(flags(out))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VDBLOCKS_CACHE", str(tmp_path_factory.mktemp("probe_cache")))
+        state = train_mod.main([*flags(out), "--probe-clips", "6", "--probe-steps", "2"])
     return out, state
+
+
+def test_the_run_ends_with_the_probe_on_captions_it_did_not_sample(run):
+    out, _ = run
+    report = json.loads((out / "probe.json").read_text())
+    grid = {line.strip() for p in (out / "samples").glob("*_captions.txt") for line in p.read_text().splitlines()}
+    assert len(report["captions"]) == 6 == report["probe"]["num_clips"]
+    assert not set(report["captions"]) & grid  # held out from the run's own sample grid
+    for name in ("color", "kind", "size", "direction"):
+        assert 0.0 <= report["probe"]["accuracy"][name] <= 1.0 and report["probe"]["counts"][name] == 6
+    assert 0.0 <= report["probe"]["one_object_fraction"] <= 1.0
 
 
 def fixed_batch_loss(system, batch, cfg):

@@ -313,6 +313,30 @@ class MovingShapes(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    @property
+    def size_range(self) -> tuple[float, float]:
+        """Shape half extents, in units of ``min(height, width)``."""
+        return self._scenes.size_range
+
+    @property
+    def speed_range(self) -> tuple[float, float]:
+        """Shape speeds, in ``min(height, width)`` per second."""
+        return self._scenes.speed_range
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The shape kinds scenes draw from."""
+        return self._scenes.kinds
+
+    @property
+    def colors(self) -> tuple[str, ...]:
+        """The palette colour names scenes draw from."""
+        return self._scenes.colors
+
+    def caption_of(self, index: int) -> str:
+        """The caption of item ``index`` without rendering it."""
+        return self._scenes.caption(self._scenes.shapes(index), motion=True)
+
     def indices_for_label(self, label: int) -> range:
         """All indices whose label is ``label`` (an arithmetic progression)."""
         return self._scenes.indices_for_label(label)
