@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -134,3 +135,14 @@ def test_site_builds_strict_without_warnings(tmp_path: Path) -> None:
     assert "WARNING" not in log, log
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "api" / "blocks" / "index.html").is_file()
+
+
+def test_etc_probe_figures_are_rendered_from_the_committed_run_report():
+    """docs/systems/etc.md shows the probe figures of a committed run report, never typed by hand."""
+    from reference_models.common.probe import render_run_table
+
+    report = json.loads((ROOT / "docs" / "systems" / "etc_probe" / "probe.json").read_text())
+    page = (ROOT / "docs" / "systems" / "etc.md").read_text()
+    block = page.split("<!-- probe-run:start -->\n", 1)[1].split("\n<!-- probe-run:end -->", 1)[0]
+    assert block == render_run_table(report)
+    assert (ROOT / "docs" / "systems" / "etc_probe" / "probe_grid.png").is_file()

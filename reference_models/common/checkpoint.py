@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .ema import EMA, unwrap_model
+from .files import follow_umask, new_file_mode
 
 __all__ = [
     "Checkpoint",
@@ -299,35 +300,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
-    """The process umask. Linux shows it in /proc/self/status; elsewhere it is read by setting and
-    restoring it (racy only against another thread creating a file at that very moment)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def _file_mode() -> int:
-    """The mode ``open()`` gives a new file, ``0o666 & ~umask`` (mkstemp and safetensors: 0600)."""
-    return 0o666 & ~_umask()
-
-
-def _set_mode(target: int | Path, mode: int) -> None:
-    if os.name != "posix":  # Windows has no permission bits to follow
-        return
-    if isinstance(target, int):
-        os.fchmod(target, mode)
-    else:
-        os.chmod(target, mode)
-
-
 def _remove_stale_temp_files(directory: Path) -> list[Path]:
     """Delete the temporary files an interrupted ``save_checkpoint`` left in ``directory`` (only
     names this module creates; rank 0 is the only writer, so none is in use). Returns them."""
@@ -344,7 +316,7 @@ def _write_text_atomic(path: Path, text: str, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            _set_mode(f.fileno(), mode)
+            follow_umask(f.fileno(), mode)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -559,7 +531,7 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(directory)  # an earlier save that crashed may have left some
-    mode = _file_mode()
+    mode = new_file_mode()
 
     components: dict[str, Any] = {"model": unwrap_model(model).state_dict()}
     if ema is not None:
@@ -593,7 +565,7 @@ def save_checkpoint(
     created: Path | None = None
     try:
         safetensors.torch.save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        _set_mode(tmp, mode)
+        follow_umask(tmp, mode)
         _fsync_file(tmp)
         digest = _sha256(tmp)
         tensor_path = directory / f"step_{step:08d}.{digest[:12]}.safetensors"

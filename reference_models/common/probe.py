@@ -74,10 +74,12 @@ from torch import nn
 from vdblocks._validation import check_tensor
 
 from .data.moving_shapes import DIRECTIONS, PALETTE, SHAPE_KINDS, MovingShapes
+from .files import follow_umask
 from .metrics import frechet_distance_from_features
 
 __all__ = [
     "PROBE_VERSION",
+    "render_run_table",
     "ATTRIBUTES",
     "SIZES",
     "FOREGROUND_THRESHOLD",
@@ -642,7 +644,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        follow_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -1059,25 +1061,65 @@ def render_ground_truth_table(record: Mapping[str, Any]) -> str:
     return "\n".join([head, ""] + rows + per_fps)
 
 
-def _write_page_table(page: Path, table: str) -> None:
+_RUN_START, _RUN_END = "<!-- probe-run:start -->", "<!-- probe-run:end -->"
+
+
+def render_run_table(report: Mapping[str, Any]) -> str:
+    """The markdown table of an example's probe report (``<out>/probe.json`` of a training run:
+    ``{"probe": ProbeResult.to_dict(), "run": {...}, "sampler": {...}, ...}``), as its docs page
+    shows it."""
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    probe, run, sampler = report["probe"], report.get("run", {}), report.get("sampler", {})
+    rows = ["| attribute | clips | accuracy | probe on real clips | chance |", "|---|---:|---:|---:|---:|"]
+    for a in ATTRIBUTES:
+        if a in probe["chance"]:
+            rows.append(f"| {a} | {probe['counts'][a]} | {fmt(probe['accuracy'][a])} | "
+                        f"{fmt(probe['ground_truth'][a])} | {probe['chance'][a]:.3f} |")
+            if a == "kind":
+                rows += [f"| &nbsp;&nbsp;{k} | {probe['kind_counts'][k]} | {fmt(acc)} | | |"
+                         for k, acc in probe["kind_accuracy"].items() if probe["kind_counts"][k]]
+    floor = probe.get("frechet_floor")
+    tail = [f"One object in {probe['one_object_fraction']:.1%} of the clips."]
+    if probe.get("frechet_distance") is not None:
+        tail.append(f"Frechet distance to {probe['num_real']} real clips (probe features): "
+                    f"{probe['frechet_distance']:.1f} (two real sets of that size: {fmt(floor)}).")
+    head = (f"{probe['num_clips']} held-out captions at {report.get('fps', '?')} fps, DDIM "
+            f"{sampler.get('ddim_steps', '?')} steps, guidance {sampler.get('guidance_scale', '?')}, after "
+            f"{run.get('steps', '?')} training steps of batch {run.get('batch_size', '?')}; the run took "
+            f"{run.get('seconds_to_here', '?')} s from its start to the end of the probe, "
+            f"{run.get('probe_seconds', '?')} s of them the probe's sampling and scoring.")
+    return "\n".join([head, "", *rows, "", *tail])
+
+
+def _write_page_table(page: Path, table: str, start: str = _TABLE_START, end: str = _TABLE_END) -> None:
     text = page.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(_TABLE_START) + r".*?" + re.escape(_TABLE_END), re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{page} has no {_TABLE_START} ... {_TABLE_END} block to fill")
-    _write_atomic(page, pattern.sub(lambda _: f"{_TABLE_START}\n{table}\n{_TABLE_END}", text).encode("utf-8"))
+        raise ValueError(f"{page} has no {start} ... {end} block to fill")
+    _write_atomic(page, pattern.sub(lambda _: f"{start}\n{table}\n{end}", text).encode("utf-8"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference_models.common.probe",
                                      description="Train the moving-shapes probes of the examples' geometries "
                                                  "and write their held-out ground-truth accuracies.")
-    parser.add_argument("--ground-truth", action="store_true", required=True, help="measure the ground-truth figures")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write (with --render-only: to read)")
+    parser.add_argument("--ground-truth", action="store_true", help="measure the ground-truth figures")
+    parser.add_argument("--run-report", type=Path, default=None,
+                        help="render an example's probe.json into --page's probe-run block instead")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write (with --render-only: to read)")
     parser.add_argument("--render-only", action="store_true", help="only rebuild --page from the JSON in --out")
     parser.add_argument("--page", type=Path, default=None, help="markdown page whose ground-truth block to rebuild")
     parser.add_argument("--probe", action="append", choices=sorted(_DOC_PROBES), help="only these (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (timings are for 1)")
     args = parser.parse_args(argv)
+    if args.run_report is not None:
+        table = render_run_table(json.loads(args.run_report.read_text(encoding="utf-8")))
+        if args.page is not None:
+            _write_page_table(args.page, table, _RUN_START, _RUN_END)
+        print(table)
+        return 0
+    if not args.ground_truth or args.out is None:
+        parser.error("give --ground-truth --out JSON, or --run-report JSON")
     if args.render_only:
         record = json.loads(args.out.read_text(encoding="utf-8"))
     else:

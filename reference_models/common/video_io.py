@@ -44,6 +44,8 @@ from PIL import Image
 
 from vdblocks._validation import check_tensor
 
+from .files import follow_umask
+
 __all__ = [
     "write_video", "write_samples", "save_frame_grid", "read_video", "frame_to_array",
     "VIDEO_SUFFIXES",
@@ -124,6 +126,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
     os.close(fd)
     try:
         write(tmp)
+        follow_umask(tmp)  # mkstemp made it 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import einops
 import torch
 from torch import nn
 
@@ -47,7 +48,7 @@ from reference_models.common.data import MovingShapes
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainState, train
-from reference_models.common.video_io import write_samples
+from reference_models.common.video_io import save_frame_grid, write_samples
 from vdblocks.diffusion import NoiseSchedule, diffusion_loss
 
 from .config import PRESETS, ETCConfig, get_config
@@ -323,10 +324,12 @@ def probe_captions(dataset: TripleDataset, k: int, *, exclude: Sequence[str] = (
 
 
 def run_probe(system: nn.Module, dataset: TripleDataset, cfg: ETCConfig, *, clips: int, steps: int,
-              guidance_scale: float, seed: int, exclude: Sequence[str] = ()) -> tuple[Any, list[str]]:
+              guidance_scale: float, seed: int, exclude: Sequence[str] = (),
+              grid: str | Path | None = None) -> tuple[Any, list[str]]:
     """Sample ``clips`` held-out captions (:func:`probe_captions`) at ``PROBE_FPS`` with guided DDIM
     and score them with the :class:`~reference_models.common.probe.ShapesProbe` of the data's
-    geometry: ``(ProbeResult, captions)``."""
+    geometry: ``(ProbeResult, captions)``. ``grid``: also save the first 16 clips there as a PNG
+    frame grid (4x nearest upscaling, one clip per row; captions beside it in ``.txt``)."""
     from reference_models.common.probe import ShapesProbe
 
     videos = dataset.sources[0]
@@ -337,7 +340,12 @@ def run_probe(system: nn.Module, dataset: TripleDataset, cfg: ETCConfig, *, clip
     with torch.no_grad():
         clips_out = sample(system.unet, system.conditioner, captions=captions, fps=PROBE_FPS, steps=steps,
                            guidance_scale=guidance_scale, generator=generator)  # b c t h w
-    return probe.evaluate(clips_out.float(), captions, fps=PROBE_FPS), captions
+    clips_out = clips_out.float()
+    if grid is not None:
+        shown = einops.repeat(clips_out[:16], "b c t h w -> b c t (h u) (w v)", u=4, v=4)
+        save_frame_grid(grid, shown)
+        Path(grid).with_suffix(".txt").write_text("\n".join(captions[:16]) + "\n")
+    return probe.evaluate(clips_out, captions, fps=PROBE_FPS), captions
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
@@ -403,7 +411,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             probe_start = time.perf_counter()
             result, probe_caps = run_probe(state.ema.module, dataset, cfg, clips=args.probe_clips,
                                            steps=args.probe_steps, guidance_scale=args.guidance_scale,
-                                           seed=args.seed + 1, exclude=captions)
+                                           seed=args.seed + 1, exclude=captions, grid=out / "probe_grid.png")
             report = {"probe": result.to_dict(), "captions": probe_caps, "fps": PROBE_FPS,
                       "sampler": {"ddim_steps": args.probe_steps, "guidance_scale": args.guidance_scale},
                       "run": {"steps": state.step, "batch_size": args.batch_size, "preset": args.preset,
@@ -412,7 +420,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             (out / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
             say(result.format())
             say(f"probe:      {out / 'probe.json'} ({len(probe_caps)} held-out captions at {PROBE_FPS:g} fps, "
-                f"{report['run']['probe_seconds']:.0f} s)")
+                f"{report['run']['probe_seconds']:.0f} s); first 16 clips: {out / 'probe_grid.png'}")
         example = json.dumps(captions[0] if captions else "a red circle moving left")
         say(f"sample more: python -m reference_models.etc.sample --checkpoint {out} --caption {example} "
             f"--fps 8 --out {out / 'cli_samples'}")

@@ -1,4 +1,5 @@
 import os
+import stat
 
 import av
 import numpy as np
@@ -180,3 +181,16 @@ def test_write_samples_writes_each_video_grid_and_captions(tmp_path):
     assert (tmp_path / "samples" / "step_10_captions.txt").read_text().splitlines() == ["step_10_00.mp4\ta", "step_10_01.mp4\tb"]
     with pytest.raises(ValueError, match="one caption per sample"):
         write_samples(videos, tmp_path, stem="x", fps=8, captions=["a"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Outputs go through a mkstemp file (0600); once in place they have the mode open() gives."""
+    old = os.umask(umask)
+    try:
+        video = _smooth_video(3, 4, 16, 16)
+        paths = [write_video(tmp_path / "a.mp4", video, 8), save_frame_grid(tmp_path / "g.png", video)]
+    finally:
+        os.umask(old)
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
