@@ -67,6 +67,7 @@ __all__ = [
     "TaskResult",
     "run_task",
     "write_task",
+    "baseline_predictions",
     "load_model",
     "build_parser",
     "main",
@@ -319,8 +320,38 @@ def run_task(
     target = real[:, :, P : P + samples[0].shape[2]]
     scores = trajectory_metrics(torch.stack(samples), target)
     metrics = {name: float(value.mean()) for name, value in scores.items()}
+    future = real[:, :, P + T :] if task == "interpolate" else None
+    for name, guess in baseline_predictions(past, target.shape[2], future=future).items():
+        for metric, value in trajectory_metrics(guess[None], target).items():
+            metrics[f"{name}_{metric}"] = float(value.mean())
     videos = torch.cat([past, samples[0], real[:, :, P + samples[0].shape[2] :]], dim=2)
     return TaskResult(videos=videos, real=real, metrics=metrics)
+
+
+def baseline_predictions(past: torch.Tensor, frames: int, *, future: torch.Tensor | None = None
+                         ) -> dict[str, torch.Tensor]:
+    """Trivial guesses of ``frames`` unknown frames that a model must beat, each ``(b, c, frames, h, w)``:
+
+    * ``copy_last``: the last known past frame, repeated;
+    * ``mean_frame``: the mean of the known frames (past, and future when given), repeated;
+    * ``blend`` (interpolation only, with ``future``): the linear cross-fade from the last past
+      frame to the first future frame.
+
+    ``past (b, c, p, h, w)`` and ``future (b, c, f, h, w)`` are the conditioning frames."""
+    check_tensor(past, "past", "(b, c, t, h, w)")
+    check_positive_int(frames, "frames")
+    known = past if future is None else torch.cat([past, future], dim=2)
+    shape = (-1, -1, frames, -1, -1)
+    guesses = {
+        "copy_last": past[:, :, -1:].expand(*shape),
+        "mean_frame": known.mean(dim=2, keepdim=True).expand(*shape),
+    }
+    if future is not None:
+        check_tensor(future, "future", "(b, c, t, h, w)")
+        w = torch.arange(1, frames + 1, dtype=past.dtype, device=past.device) / (frames + 1)  # t
+        w = w[None, None, :, None, None]
+        guesses["blend"] = (1 - w) * past[:, :, -1:] + w * future[:, :, :1]
+    return guesses
 
 
 def write_task(result: TaskResult, out_dir: str | Path, stem: str, *, fps: float,

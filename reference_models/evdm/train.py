@@ -67,6 +67,7 @@ __all__ = [
     "evdm_loss",
     "sample_tasks",
     "make_sample_fn",
+    "baseline_report",
     "main",
 ]
 
@@ -206,6 +207,30 @@ def make_sample_fn(cfg: EVDMConfig, clips: torch.Tensor, *, sample_frames: int, 
     return sample_fn
 
 
+def baseline_report(samples: Path, step: int, tasks: Sequence[str]) -> list[str]:
+    """Lines comparing each task's held-out PSNR / SSIM (``step<N>_<task>_metrics.json``) with the
+    trivial guesses of :func:`~reference_models.evdm.sample.baseline_predictions` (copy the last
+    frame, the mean frame, and for interpolation the cross-fade); empty when nothing was scored."""
+    lines = []
+    for task in tasks:
+        path = samples / f"step{step:06d}_{task}_metrics.json"
+        if not path.is_file():
+            continue
+        values = json.loads(path.read_text(encoding="utf-8"))
+        for metric in ("psnr", "ssim"):
+            if metric not in values:
+                continue
+            others = [(name, values[f"{name}_{metric}"]) for name in ("copy_last", "mean_frame", "blend")
+                      if f"{name}_{metric}" in values]
+            beats = all(values[metric] > v for _, v in others)
+            lines.append(f"{task:<12}{metric} {values[metric]:.3f}  vs " + ", ".join(f"{n.replace('_', '-')} {v:.3f}"
+                                                                                 for n, v in others)
+                         + ("  (beats every baseline)" if beats else "  (does NOT beat every baseline)"))
+    if lines:
+        lines.insert(0, f"held-out clips, model vs trivial baselines ({samples}/step{step:06d}_<task>_metrics.json):")
+    return lines
+
+
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     """Train EVDM as the flags say (``--help``); returns the final ``TrainState``.
 
@@ -269,11 +294,9 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             for task in sample_tasks(cfg):
                 grid = samples / f"step{state.step:06d}_{task}_grid.png"
                 scores = samples / f"step{state.step:06d}_{task}_metrics.json"
-                shown = ""
-                if scores.is_file():
-                    values = json.loads(scores.read_text(encoding="utf-8"))
-                    shown = "  " + ", ".join(f"{k} {values[k]:.3f}" for k in ("psnr", "ssim") if k in values)
-                say(f"            {grid}{shown}")
+                say(f"            {grid}")
+            for line in baseline_report(samples, state.step, sample_tasks(cfg)):
+                say(line)
         say(f"sample more: python -m reference_models.evdm.sample --checkpoint {out} --task predict "
             f"--frames {sample_frames} --out {out / 'cli_samples'}")
         return state

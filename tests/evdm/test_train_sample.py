@@ -339,7 +339,31 @@ def test_run_writes_checkpoint_and_decodable_videos_for_every_task(run):
                 video, _, _ = read_video(samples / f"step{STEPS:06d}_{stem}_{i:02d}.mp4")
                 assert video.shape == (count, 16, 16, 3)
     scores = json.loads((samples / f"step{STEPS:06d}_predict_metrics.json").read_text())
-    assert {"psnr", "ssim", "mse"} <= set(scores) and scores["ssim"] <= 1
+    assert {"psnr", "ssim", "mse", "copy_last_psnr", "mean_frame_psnr", "copy_last_ssim"} <= set(scores)
+    assert scores["ssim"] <= 1
+    between = json.loads((samples / f"step{STEPS:06d}_interpolate_metrics.json").read_text())
+    assert {"copy_last_psnr", "mean_frame_psnr", "blend_psnr"} <= set(between)
+    lines = train_mod.baseline_report(samples, STEPS, ["predict", "interpolate", "generate"])
+    assert len(lines) == 1 + 2 * 2 and all("vs copy-last" in line for line in lines[1:])
+
+
+def test_baselines_are_the_trivial_guesses_they_name():
+    g = torch.Generator().manual_seed(0)
+    past, future = torch.rand(2, 1, 3, 4, 4, generator=g), torch.rand(2, 1, 2, 4, 4, generator=g)
+    guesses = sample_mod.baseline_predictions(past, 4, future=future)
+    assert all(v.shape == (2, 1, 4, 4, 4) for v in guesses.values())
+    assert torch.equal(guesses["copy_last"], past[:, :, -1:].expand(-1, -1, 4, -1, -1))
+    torch.testing.assert_close(guesses["mean_frame"][:, :, 0], torch.cat([past, future], 2).mean(2))
+    # the cross-fade runs from the last past frame towards the first future frame, in even steps
+    steps = guesses["blend"].diff(dim=2)
+    torch.testing.assert_close(steps, ((future[:, :, :1] - past[:, :, -1:]) / 5).expand_as(steps))
+    assert set(sample_mod.baseline_predictions(past, 2)) == {"copy_last", "mean_frame"}
+    # a perfect copy scores infinite PSNR, so a model must beat the copy where the copy is imperfect
+    still = past[:, :, -1:].expand(-1, -1, 3, -1, -1)
+    from reference_models.common.metrics import trajectory_metrics
+
+    scores = trajectory_metrics(guesses["copy_last"][None, :, :, :3], still)
+    assert torch.isinf(scores["psnr"]).all()
 
 
 def test_sampling_cli_writes_videos_and_best_of_k_metrics(run, tmp_path):
