@@ -18,19 +18,29 @@ written as ``<out>/samples/cmd_<i>.mp4`` with a PNG grid, exactly what
 
 Every stage writes its own checkpoints and samples under ``<out>/<stage>/``; rerunning with the same
 ``--out`` resumes each stage where it stopped.
+
+Last, the run measures itself: ``--probe-per-class`` more videos per class (8 by default) are scored by
+the moving-shapes probe (``reference_models.common.probe``), which reads the shape kind each video
+shows; the per-class accuracy is printed and written to ``<out>/probe.json`` (first clips of each class
+in ``<out>/probe_grid.png``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
+import einops
 import torch
 
 from reference_models.cmd import sample as sample_mod
 from reference_models.cmd import train as train_mod
+from reference_models.common.data import MovingShapes
+from reference_models.common.probe import ShapesProbe
+from reference_models.common.video_io import save_frame_grid
 
 # Steps per stage at --scale 1 (the whole example takes about four minutes on two CPU threads).
 STEPS = {"ae": 250, "content": 900, "motion": 600}
@@ -46,6 +56,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--content-steps", type=int, default=50, help="DDIM steps of the content model (paper: 50)")
     p.add_argument("--motion-steps", type=int, default=100, help="DDIM steps of the motion model (paper: 100)")
     p.add_argument("--samples-per-class", type=int, default=2)
+    p.add_argument("--probe-per-class", type=int, default=8, help="videos per class scored by the probe (0: skip)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a CMDConfig field of the tiny preset")
@@ -71,9 +82,43 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "--content-steps", str(args.content_steps), "--motion-steps", str(args.motion_steps),
         "--device", args.device, "--out", str(out / "samples"),
     ])
+    if args.probe_per_class > 0:
+        probe_classes(out, per_class=args.probe_per_class, guidance=args.guidance, content_steps=args.content_steps,
+                      motion_steps=args.motion_steps, device=args.device, started=start)
     print(f"done in {time.perf_counter() - start:.0f} s; videos per class (0 square, 1 circle, 2 triangle, "
           f"3 diamond, 4 cross) in {out / 'samples'}, frame grid {out / 'samples' / 'cmd_grid.png'}")
     return paths
+
+
+def probe_classes(out: Path, *, per_class: int, guidance: float, content_steps: int, motion_steps: int,
+                  device: str, started: float, seed: int = 1) -> dict:
+    """Sample ``per_class`` videos of every class and let the shapes probe read their shape kind."""
+    probe_start = time.perf_counter()
+    autoencoder, _ = sample_mod.load_autoencoder(out / "ae", device=device)
+    content_model, _, _ = sample_mod.load_content_model(out / "content", device=device)
+    motion_model, _ = sample_mod.load_motion_model(out / "motion", device=device)
+    cfg = motion_model.cfg
+    # The training data's distribution (train.py's built-in moving shapes), for the probe's geometry.
+    data = MovingShapes(64, frames=cfg.frames, height=cfg.height, width=cfg.width, channels=cfg.channels,
+                        **train_mod.SHAPES)
+    probe = ShapesProbe.for_dataset(data)
+    labels = torch.arange(data.num_classes).repeat_interleave(per_class)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        videos = sample_mod.sample_videos(autoencoder, content_model, motion_model, labels=labels,
+                                          content_steps=content_steps, motion_steps=motion_steps, guidance=guidance,
+                                          generator=generator).video.float().cpu().clamp(-1, 1)
+    result = probe.evaluate(videos, [{"kind": data.class_names[int(y)]} for y in labels], fps=data.fps_choices[0])
+    first = videos[::per_class]  # the first clip of each class
+    save_frame_grid(out / "probe_grid.png", einops.repeat(first, "b c t h w -> b c t (h u) (w v)", u=2, v=2))
+    report = {"probe": result.to_dict(), "classes": data.class_names, "per_class": per_class,
+              "sampler": {"content_steps": content_steps, "motion_steps": motion_steps, "guidance_scale": guidance},
+              "run": {"seconds_to_here": round(time.perf_counter() - started, 1),
+                      "probe_seconds": round(time.perf_counter() - probe_start, 1)}}
+    (out / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(result.format())
+    print(f"probe: {out / 'probe.json'}, one clip per class in {out / 'probe_grid.png'}")
+    return report
 
 
 if __name__ == "__main__":
