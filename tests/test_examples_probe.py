@@ -31,3 +31,16 @@ def test_cmd_example_writes_per_class_probe_figures(tmp_path, monkeypatch):
     assert set(probe["kind_counts"].values()) == {2}  # every class scored on its own clips
     assert 0.0 <= probe["accuracy"]["kind"] <= 1.0
     assert (tmp_path / "run" / "probe_grid.png").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_pvdm_example_scores_the_clips_of_its_long_videos(tmp_path, monkeypatch):
+    monkeypatch.setenv("VDBLOCKS_CACHE", str(tmp_path / "cache"))
+    example = _example("train_pvdm")
+    example.main(["--out", str(tmp_path / "run"), "--ae-steps", "1", "--diffusion-steps", "1", "--num-videos", "16",
+                  "--clips", "2", "--first-steps", "2", "--next-steps", "2", "--probe-videos", "3", "--device", "cpu"])
+    report = json.loads((tmp_path / "run" / "probe.json").read_text())
+    assert report["long_videos"] == 3 and report["clips_per_video"] == 2
+    assert report["probe"]["num_clips"] == 6 and len(report["probe"]["predictions"]) == 6
+    assert 0.0 <= report["probe"]["one_object_fraction"] <= 1.0 and 0.0 <= report["keeps_its_object"] <= 1.0
+    assert all(v is None for v in report["probe"]["accuracy"].values())  # unconditional: nothing was asked for
