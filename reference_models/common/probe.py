@@ -187,6 +187,7 @@ class ProbeSpec:
     speed_range: tuple[float, float] = (0.25, 1.0)
     kinds: tuple[str, ...] = SHAPE_KINDS
     colors: tuple[str, ...] = tuple(PALETTE)
+    directions: tuple[str, ...] = tuple(DIRECTIONS)
     seed: int = 0
     recipe: ProbeRecipe = field(default_factory=ProbeRecipe)
 
@@ -203,6 +204,7 @@ class ProbeSpec:
         object.__setattr__(self, "speed_range", _pair(self.speed_range, "speed_range"))
         object.__setattr__(self, "kinds", tuple(self.kinds))
         object.__setattr__(self, "colors", tuple(self.colors))
+        object.__setattr__(self, "directions", tuple(self.directions))
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"expected seed to be a non-negative int, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
@@ -224,7 +226,13 @@ class ProbeSpec:
         return tuple(a for a in ATTRIBUTES if (a != "color" or self.has_color) and (a != "direction" or self.has_direction))
 
     def classes(self, attribute: str) -> tuple[str, ...]:
-        return {"color": self.colors, "kind": self.kinds, "size": SIZES, "direction": tuple(DIRECTIONS)}[attribute]
+        return {"color": self.colors, "kind": self.kinds, "size": SIZES, "direction": self.directions}[attribute]
+
+    @property
+    def mirror_closed(self) -> bool:
+        """Whether the horizontal mirror of every clip is a clip of this distribution (its
+        directions are closed under left-right flips); training then also uses mirrored clips."""
+        return all(_FLIP[d] in self.directions for d in self.directions)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -245,7 +253,7 @@ class ProbeSpec:
         """One-object moving shapes of this spec (each item draws its rate from ``fps``)."""
         return MovingShapes(num_samples, frames=self.frames, height=self.height, width=self.width, fps=self.fps,
                             channels=self.channels, max_shapes=1, seed=seed, kinds=self.kinds, colors=self.colors,
-                            size_range=self.size_range, speed_range=self.speed_range)
+                            size_range=self.size_range, speed_range=self.speed_range, directions=self.directions)
 
     def describe(self) -> str:
         return (f"{self.channels}x{self.frames}x{self.height}x{self.width} (c x t x h x w), "
@@ -529,7 +537,8 @@ def train_probe(spec: ProbeSpec) -> ProbeNet:
         torch.manual_seed(spec.seed)
         net = ProbeNet(spec)
     gen = torch.Generator().manual_seed(spec.seed)
-    flip = torch.tensor([tuple(DIRECTIONS).index(_FLIP[d]) for d in DIRECTIONS])
+    mirror = spec.mirror_closed
+    flip = torch.tensor([spec.directions.index(_FLIP[d]) if mirror else i for i, d in enumerate(spec.directions)])
     data = spec.dataset(r.num_clips, _TRAIN_SEED + spec.seed)
     parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]  # [plain, mirrored]
     labels: dict[str, list[int]] = {a: [] for a in spec.attributes}
@@ -557,7 +566,7 @@ def train_probe(spec: ProbeSpec) -> ProbeNet:
         order = torch.randperm(r.num_clips, generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * r.batch_size:(i + 1) * r.batch_size]
-            side = (torch.rand(len(idx), generator=gen) < 0.5).long()  # plain or mirrored
+            side = (torch.rand(len(idx), generator=gen) < 0.5).long() * mirror  # plain or mirrored
             f = net.features_from_inputs(moments[side, idx], frames[side, idx])
             loss = sum(F.cross_entropy(head(f), y_all[a][side, idx]) for a, head in net.heads.items())
             opt.zero_grad(set_to_none=True)
@@ -788,6 +797,7 @@ class ShapesProbe:
         speed_range: tuple[float, float] = (0.25, 1.0),
         kinds: Sequence[str] = SHAPE_KINDS,
         colors: Sequence[str] = tuple(PALETTE),
+        directions: Sequence[str] = tuple(DIRECTIONS),
         seed: int = 0,
         recipe: ProbeRecipe | None = None,
         cache_dir: str | os.PathLike | bool | None = None,
@@ -796,7 +806,8 @@ class ShapesProbe:
         ranges (``MovingShapes``' arguments, ``max_shapes=1``) at the frame rates ``fps`` it will
         be asked about; trained or loaded from the cache (see the module docstring)."""
         spec = ProbeSpec(channels, frames, height, width, fps=fps, size_range=size_range, speed_range=speed_range,
-                         kinds=tuple(kinds), colors=tuple(colors), seed=seed, recipe=recipe or ProbeRecipe())
+                         kinds=tuple(kinds), colors=tuple(colors), directions=tuple(directions), seed=seed,
+                         recipe=recipe or ProbeRecipe())
         return cls.from_spec(spec, cache_dir=cache_dir)
 
     @classmethod
@@ -807,7 +818,8 @@ class ShapesProbe:
             raise TypeError(f"expected a MovingShapes dataset, got {type(dataset).__name__}")
         return cls.for_geometry(dataset.channels, dataset.frames, dataset.height, dataset.width,
                                 fps=dataset.fps_choices if fps is None else fps, size_range=dataset.size_range,
-                                speed_range=dataset.speed_range, kinds=dataset.kinds, colors=dataset.colors, **kwargs)
+                                speed_range=dataset.speed_range, kinds=dataset.kinds, colors=dataset.colors,
+                                directions=dataset.directions, **kwargs)
 
     @classmethod
     def from_spec(cls, spec: ProbeSpec, *, cache_dir: str | os.PathLike | bool | None = None) -> ShapesProbe:

@@ -577,9 +577,9 @@ def moving_shapes_triple(
 ) -> TripleDataset:
     """The built-in triple data: ``MovingShapes`` videos, and ``MovingShapesImages`` stills (of
     other scenes: seed ``seed + 1``) as both the label-image and the caption-image source.
-    ``shape_kwargs`` (``max_shapes``, ``size_range``, ``label_by``, ...) go to both datasets;
-    ``speed_range`` only to the videos."""
-    speed = {"speed_range": shape_kwargs.pop("speed_range")} if "speed_range" in shape_kwargs else {}
+    ``shape_kwargs`` (``max_shapes``, ``size_range``, ``kinds``, ``colors``, ``label_by``, ...) go to
+    both datasets; ``speed_range`` and ``directions`` only to the videos."""
+    speed = {k: shape_kwargs.pop(k) for k in ("speed_range", "directions") if k in shape_kwargs}
     videos = MovingShapes(num_videos, frames=frames, height=height, width=width, channels=channels,
                           seed=seed, **shape_kwargs, **speed)
     images = MovingShapesImages(num_images, height=height, width=width, channels=channels, seed=seed + 1,

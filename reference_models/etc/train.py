@@ -310,8 +310,9 @@ def probe_captions(dataset: TripleDataset, k: int, *, exclude: Sequence[str] = (
     if not isinstance(videos, MovingShapes):
         raise ValueError("the shapes probe scores the built-in moving shapes only (no --data-videos)")
     held_out = MovingShapes(max(4 * k, 64), frames=videos.frames, height=videos.height, width=videos.width,
-                            channels=videos.channels, max_shapes=1, seed=_PROBE_SEED,
-                            size_range=videos.size_range, speed_range=videos.speed_range)
+                            channels=videos.channels, max_shapes=1, seed=_PROBE_SEED, kinds=videos.kinds,
+                            colors=videos.colors, directions=videos.directions, size_range=videos.size_range,
+                            speed_range=videos.speed_range)
     skip, found = set(exclude), []
     for j in range(len(held_out)):
         caption = held_out.caption_of(j)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from reference_models.common.data.moving_shapes import (
+    DIRECTIONS,
     PALETTE,
     SHAPE_KINDS,
     MovingShapes,
@@ -179,6 +180,8 @@ def test_dataloader_collates_items():
         {"height": 4},
         {"kinds": ("hexagon",)},
         {"colors": ("red", "red")},
+        {"directions": ("sideways",)},
+        {"directions": ()},
         {"size_range": (0.1, 0.6)},
         {"seed": -1},
     ],
@@ -186,6 +189,20 @@ def test_dataloader_collates_items():
 def test_invalid_options_are_rejected(kwargs):
     with pytest.raises((ValueError, TypeError)):
         MovingShapes(4, **kwargs)
+
+
+def test_directions_restrict_the_motion_and_the_default_scenes_are_unchanged():
+    axis = ("left", "right", "up", "down")
+    ds = MovingShapes(64, frames=2, height=16, width=16, max_shapes=2, directions=axis)
+    assert ds.directions == axis
+    assert all(s.direction in axis for i in range(64) for s in ds.shapes(i))
+    # the velocity follows the named direction
+    for s in (sh for i in range(64) for sh in ds.shapes(i)):
+        vx, vy = s.velocity
+        assert {"left": vx < 0 == vy, "right": vx > 0 == vy, "up": vy < 0 == vx, "down": vy > 0 == vx}[s.direction]
+    # naming every direction (in DIRECTIONS' order) draws exactly the default scenes
+    default, named = MovingShapes(16, frames=2), MovingShapes(16, frames=2, directions=tuple(DIRECTIONS))
+    assert all(default.shapes(i) == named.shapes(i) for i in range(16))
 
 
 def test_out_of_range_index():

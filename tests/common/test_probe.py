@@ -346,7 +346,8 @@ def test_the_key_covers_every_field_of_the_spec_and_recipe():
     assert base.key() == ProbeSpec(3, 8, 16, 16, fps=(8, 4, 8.0), size_range=[0.15, 0.3]).key()
     variants = [dict(channels=1), dict(frames=6), dict(height=20), dict(width=20), dict(fps=(4, 8, 15)),
                 dict(size_range=(0.1, 0.3)), dict(speed_range=(0.2, 1.0)), dict(kinds=("circle", "square")),
-                dict(colors=("red", "blue")), dict(seed=1), dict(recipe=ProbeRecipe(epochs=3))]
+                dict(colors=("red", "blue")), dict(directions=("left", "right")), dict(seed=1),
+                dict(recipe=ProbeRecipe(epochs=3))]
     keys = {ProbeSpec(**{**dict(channels=3, frames=8, height=16, width=16, fps=(4, 8), size_range=(0.15, 0.3)), **v}).key()
             for v in variants}
     assert len(keys) == len(variants) and base.key() not in keys
@@ -369,6 +370,24 @@ def test_gray_probe_has_no_colour_and_for_dataset_matches_for_geometry(tmp_path)
     assert colored.counts == {"kind": 8, "size": 0, "direction": 0}
     with pytest.raises(ValueError, match="square"):  # a kind the probe was not built for
         probe.evaluate(videos, [{"kind": "square"}] * 8)
+
+
+def test_a_probe_of_fewer_directions_reads_only_those(tmp_path):
+    axis = ("left", "right", "up", "down")
+    data = MovingShapes(64, frames=4, height=12, width=12, fps=8, max_shapes=1, size_range=(0.2, 0.3),
+                        directions=axis, seed=3)
+    probe = ShapesProbe.for_dataset(data, recipe=CHEAP, cache_dir=tmp_path)
+    assert probe.spec.directions == axis and probe.spec.mirror_closed
+    videos = torch.stack([data[i]["video"] for i in range(64)])
+    result = probe.evaluate(videos, [data.caption_of(i) for i in range(64)], fps=8)
+    assert result.chance["direction"] == 1 / 4
+    assert {p["direction"] for p in result.predictions} <= set(axis)
+    with pytest.raises(ValueError, match="up-left"):  # a direction the probe was not built for
+        probe.evaluate(videos[:1], [{"direction": "up-left"}])
+    # directions not closed under the mirror: trained without mirrored clips, still reads them
+    one_way = ShapesProbe.for_geometry(3, 4, 12, 12, size_range=(0.2, 0.3), directions=("left", "up"),
+                                       recipe=CHEAP, cache_dir=tmp_path)
+    assert not one_way.spec.mirror_closed and one_way.spec.classes("direction") == ("left", "up")
 
 
 # --------------------------------------------------------------------------- boundary checks

@@ -169,7 +169,7 @@ class _ShapeScenes:
     """Scene sampling, labels and captions shared by the video and image datasets."""
 
     def __init__(self, num_samples, height, width, channels, max_shapes, seed, label_by, kinds,
-                 colors, size_range, speed_range):
+                 colors, size_range, speed_range, directions=tuple(DIRECTIONS)):
         self.num_samples = check_positive_int(num_samples, "num_samples")
         self.height = check_positive_int(height, "height")
         self.width = check_positive_int(width, "width")
@@ -188,6 +188,10 @@ class _ShapeScenes:
             raise ValueError(f"expected kinds to be distinct names from {SHAPE_KINDS}, got {kinds!r}")
         if not self.colors or any(c not in PALETTE for c in self.colors) or len(set(self.colors)) < len(self.colors):
             raise ValueError(f"expected colors to be distinct names from {tuple(PALETTE)}, got {colors!r}")
+        self.directions = tuple(directions)
+        if (not self.directions or any(d not in DIRECTIONS for d in self.directions)
+                or len(set(self.directions)) < len(self.directions)):
+            raise ValueError(f"expected directions to be distinct names from {tuple(DIRECTIONS)}, got {directions!r}")
         for name, (lo, hi) in (("size_range", size_range), ("speed_range", speed_range)):
             if not 0 <= lo <= hi:
                 raise ValueError(f"expected {name} as (low, high) with 0 <= low <= high, got {(lo, hi)!r}")
@@ -248,7 +252,7 @@ class _ShapeScenes:
             # Sampled inside the bounce interval, so the shape starts fully in frame.
             x0 = radius + float(rng.random()) * max(self.width - 2 * radius, 0.0)
             y0 = radius + float(rng.random()) * max(self.height - 2 * radius, 0.0)
-            direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+            direction = self.directions[rng.integers(len(self.directions))]
             speed = (self.speed_range[0] + float(rng.random()) * (self.speed_range[1] - self.speed_range[0])) * unit
             ux, uy = DIRECTIONS[direction]
             shapes.append(ShapeSpec(kind, color, "large" if u >= _LARGE_FROM else "small", radius,
@@ -271,8 +275,10 @@ class MovingShapes(Dataset):
     sequence each item draws its rate deterministically from ``(seed, index)`` (ETC trains on the
     rates (1, 2, 4, 8, 15, 30, 60)); the rate changes how densely the clip samples the continuous
     motion, never the motion itself. ``speed_range`` is in ``min(height, width)`` per second and
-    ``size_range`` (shape half extent) in ``min(height, width)``. See the module docstring for the
-    label set (``num_classes``, ``class_names``) and the caption grammar.
+    ``size_range`` (shape half extent) in ``min(height, width)``; ``kinds``, ``colors`` and
+    ``directions`` restrict what scenes draw from (all of ``SHAPE_KINDS``, ``PALETTE`` and
+    ``DIRECTIONS`` by default). See the module docstring for the label set (``num_classes``,
+    ``class_names``) and the caption grammar.
     """
 
     def __init__(
@@ -291,9 +297,10 @@ class MovingShapes(Dataset):
         colors: Sequence[str] = tuple(PALETTE),
         size_range: tuple[float, float] = (0.08, 0.16),
         speed_range: tuple[float, float] = (0.25, 1.0),
+        directions: Sequence[str] = tuple(DIRECTIONS),
     ) -> None:
         self._scenes = _ShapeScenes(num_samples, height, width, channels, max_shapes, seed, label_by,
-                                    kinds, colors, size_range, speed_range)
+                                    kinds, colors, size_range, speed_range, directions)
         self.frames = check_positive_int(frames, "frames")
         rates = [fps] if isinstance(fps, numbers.Real) else list(fps)
         if not rates or any(isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 < r < math.inf for r in rates):
@@ -332,6 +339,11 @@ class MovingShapes(Dataset):
     def colors(self) -> tuple[str, ...]:
         """The palette colour names scenes draw from."""
         return self._scenes.colors
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The compass directions (``DIRECTIONS`` names) shapes start moving in."""
+        return self._scenes.directions
 
     def caption_of(self, index: int) -> str:
         """The caption of item ``index`` without rendering it."""
