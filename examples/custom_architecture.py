@@ -30,12 +30,26 @@ minutes::
 
 It prints where the sample videos are: ``<out>/denoiser/samples/fps<F>_<i>.mp4``, with a frame grid
 ``fps<F>_grid.png`` (one row per video) and the sampled content frames ``fps<F>_content.png``.
+
+Last, the run measures itself with the moving-shapes probe (``reference_models.common.probe``):
+``--probe-clips`` more clips (32 by default, 0 skips) are sampled the same way at one training rate
+(8 fps when it is one of ``fps_choices``, else the training rate nearest to it) and scored against the
+probe built for the training data. The model is unconditional apart from the frame rate, so the
+figures are the fraction of clips showing exactly one object, the Frechet distance of probe features to
+as many real clips (next to the real-vs-real floor) and the share of each shape kind the probe reads
+(next to the data's, which draws every kind equally often). They are printed and written to
+``<out>/probe.json``, with the first 16 clips (upscaled 4x) in ``<out>/probe_grid.png``. The probe
+trains once, in seconds, and is cached (see its module docstring)::
+
+    python examples/custom_architecture.py --probe-clips 64       # score more clips
+    python examples/custom_architecture.py --probe-clips 0        # skip the probe
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -44,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import einops
 import torch
 import torch.nn.functional as F
 from einops import pack, rearrange, unpack
@@ -60,6 +75,7 @@ from reference_models.common.config import (
 from reference_models.common.data import MovingShapes
 from reference_models.common.distributed import resolve_device
 from reference_models.common.ema import unwrap_model
+from reference_models.common.probe import ShapesProbe
 from reference_models.common.trainer import TrainConfig, train
 from reference_models.common.video_io import save_frame_grid, write_samples
 from vdblocks import (
@@ -95,9 +111,14 @@ __all__ = [
     "encode_dataset",
     "main",
     "make_sample_fn",
+    "probe_rate",
+    "probe_samples",
+    "sample_clips",
 ]
 
 PLANES = ("content", "z_h", "z_w")
+PROBE_FPS = 8.0
+"""The frame rate the probe's clips are sampled at when it is a training rate (see :func:`probe_rate`)."""
 
 
 # --------------------------------------------------------------------------------------- config
@@ -501,34 +522,96 @@ def encode_dataset(ae: ContentMotionAutoencoder, videos: Sequence[dict], cfg: Cu
     return LatentClips(layout.pack(planes), torch.tensor(rates, dtype=torch.float32)), layout
 
 
+@torch.no_grad()
+def sample_clips(denoiser: nn.Module, ae: ContentMotionAutoencoder, layout: LatentLayout, schedule: NoiseSchedule,
+                 cfg: CustomConfig, *, rate: float, num: int, steps: int, seed: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num`` clips at ``rate`` frames per second: DDIM over the packed latents from noise drawn
+    with ``seed`` (a CPU generator: the same starting noise on any device), then the decoder.
+    Returns ``(videos (b, c, t, H, W), content (b, c, H, W))`` on the denoiser's device, in [-1, 1]."""
+    denoiser = unwrap_model(denoiser).eval()
+    device = next(denoiser.parameters()).device
+    fps = torch.full((num,), float(rate), device=device)
+
+    def model_fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return layout.pack(denoiser(layout.unpack(z_t, standardized=True), t, fps), standardized=True)
+
+    generator = torch.Generator().manual_seed(seed)
+    z = sample_ddim(model_fn, (num, layout.numel), schedule, steps=steps, generator=generator,
+                    device=device, prediction_type=cfg.prediction_type)  # b N
+    content, z_h, z_w = layout.unpack(z)
+    videos = ae.decode(content, z_h, z_w).clamp(-1, 1)  # b c t H W
+    return videos, content.clamp(-1, 1)
+
+
 def make_sample_fn(ae: ContentMotionAutoencoder, layout: LatentLayout, schedule: NoiseSchedule,
                    cfg: CustomConfig, *, rates: Sequence[float], num_samples: int, steps: int, seed: int):
-    """``sample_fn(ema_denoiser, step, out_dir)``: DDIM at each of ``rates``, decoded by the
-    autoencoder, written as ``fps<F>_<i>.mp4`` and ``fps<F>_grid.png`` (and the sampled content
-    frames as ``fps<F>_content.png``)."""
+    """``sample_fn(ema_denoiser, step, out_dir)``: DDIM at each of ``rates``
+    (:func:`sample_clips`), written as ``fps<F>_<i>.mp4`` and ``fps<F>_grid.png`` (and the sampled
+    content frames as ``fps<F>_content.png``)."""
 
     def sample_fn(denoiser: nn.Module, step: int, out_dir: Path) -> list[Path]:
-        denoiser = unwrap_model(denoiser).eval()
-        device = next(denoiser.parameters()).device
         paths: list[Path] = []
         for rate in rates:
-            fps = torch.full((num_samples,), float(rate), device=device)
-
-            def model_fn(z_t: torch.Tensor, t: torch.Tensor, fps: torch.Tensor = fps) -> torch.Tensor:
-                return layout.pack(denoiser(layout.unpack(z_t, standardized=True), t, fps), standardized=True)
-
-            generator = torch.Generator().manual_seed(seed)
-            z = sample_ddim(model_fn, (num_samples, layout.numel), schedule, steps=steps, generator=generator,
-                            device=device, prediction_type=cfg.prediction_type)  # b N
-            content, z_h, z_w = layout.unpack(z)
-            with torch.no_grad():
-                videos = ae.decode(content, z_h, z_w).clamp(-1, 1)  # b c t H W
+            videos, content = sample_clips(denoiser, ae, layout, schedule, cfg, rate=rate, num=num_samples,
+                                           steps=steps, seed=seed)
             paths += write_samples(videos.cpu(), out_dir, stem=f"fps{rate:g}", fps=rate)
             paths.append(save_frame_grid(out_dir / f"fps{rate:g}_content.png",
-                                         rearrange(content.clamp(-1, 1).cpu(), "b c h w -> b c 1 h w")))
+                                         rearrange(content.cpu(), "b c h w -> b c 1 h w")))
         return paths
 
     return sample_fn
+
+
+# ------------------------------------------------------------------------------------ the probe
+
+
+def probe_rate(cfg: CustomConfig) -> float:
+    """The rate the probe's clips are sampled at: ``PROBE_FPS`` (8) when the model trained on it,
+    else the training rate nearest to it (the lower one on a tie)."""
+    return min(cfg.fps_choices, key=lambda r: (abs(r - PROBE_FPS), r))
+
+
+def probe_samples(denoiser: nn.Module, ae: ContentMotionAutoencoder, layout: LatentLayout, schedule: NoiseSchedule,
+                  cfg: CustomConfig, data: MovingShapes, out: Path, *, clips: int, steps: int, seed: int,
+                  started: float) -> dict:
+    """Sample ``clips`` clips at :func:`probe_rate` with :func:`sample_clips` and score them with the
+    :class:`~reference_models.common.probe.ShapesProbe` of the training data ``data`` at that rate.
+
+    Nothing is asked of the model but the frame rate, so the conditions are ``None``: what counts is
+    the one-object fraction, the Frechet distance (against its real-vs-real floor) and the kinds
+    the probe reads, whose shares should be the data's (it draws every kind equally often). Writes
+    ``<out>/probe.json`` (returned) and the first 16 clips, upscaled 4x, to ``<out>/probe_grid.png``.
+    """
+    probe_start = time.perf_counter()
+    rate = probe_rate(cfg)
+    probe = ShapesProbe.for_dataset(data, fps=rate)  # trained once (seconds), then cached
+    videos, _ = sample_clips(denoiser, ae, layout, schedule, cfg, rate=rate, num=clips, steps=steps, seed=seed)
+    videos = videos.float().cpu()
+    result = probe.evaluate(videos, [None] * clips, fps=rate)
+    read = [p["kind"] for p in result.predictions]
+    kinds = tuple(data.kinds)
+    distribution = {"kinds": list(kinds),
+                    "fraction": {k: read.count(k) / len(read) for k in kinds},  # what the probe reads
+                    "data_share": {k: 1.0 / len(kinds) for k in kinds}}  # label_by="shape": kinds in turn
+    grid = save_frame_grid(out / "probe_grid.png",
+                           einops.repeat(videos[:16], "b c t h w -> b c t (h u) (w v)", u=4, v=4))
+    report = {"probe": result.to_dict(), "fps": rate,
+              "sampler": {"name": "ddim", "steps": steps, "eta": 0.0, "seed": seed, "clips": clips,
+                          "prediction_type": cfg.prediction_type},
+              "run": {"seconds_to_here": round(time.perf_counter() - started, 1),
+                      "probe_seconds": round(time.perf_counter() - probe_start, 1)},
+              "kind_distribution": distribution}
+    path = out / "probe.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(result.format())
+    print(f"shape kinds the probe reads in the {clips} clips (data: every kind equally often; "
+          "meaningful on one-object clips):")
+    for k in kinds:
+        print(f"  {k:<10}{distribution['fraction'][k]:>7.1%}   (data {distribution['data_share'][k]:.1%})")
+    print(f"probe: {path}, first {min(clips, 16)} clips in {grid}")
+    return report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -547,11 +630,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, nargs="+", default=[4.0, 16.0], help="frame rates to sample at")
     p.add_argument("--num-samples", type=int, default=6, help="videos per frame rate")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--probe-clips", type=_non_negative_int, default=32,
+                   help="clips sampled at 8 fps (or the training rate nearest it) and scored by the shapes probe "
+                        "(0: skip)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/custom", help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer (0 skips the probe), got {text!r}")
+    return value
 
 
 def _train_config(args: argparse.Namespace, steps: int, out: Path, ema_decay: float) -> TrainConfig:
@@ -564,7 +660,8 @@ def _train_config(args: argparse.Namespace, steps: int, out: Path, ema_decay: fl
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train both stages and sample as the flags say (``--help``).
 
-    Returns ``{"autoencoder": TrainState, "denoiser": TrainState, "samples": [paths]}``.
+    Returns ``{"autoencoder": TrainState, "denoiser": TrainState, "samples": [paths], "probe": report}``
+    (``report``: what ``<out>/probe.json`` holds, ``None`` with ``--probe-clips 0``).
     """
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
@@ -631,7 +728,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if path.suffix == ".png" or path.name.endswith("_00.mp4"):
             print(f"  {path}")
     print(f"  {recon_grid} (4 real clips, then their autoencoder reconstructions)")
-    return {"autoencoder": ae_state, "denoiser": den_state, "samples": samples}
+    report = None
+    if args.probe_clips > 0:
+        # The EMA weights, as the samples above; another seed, so not the same noise.
+        report = probe_samples(den_state.ema.module, ae, layout, schedule, cfg, shapes, out, clips=args.probe_clips,
+                               steps=args.sample_steps, seed=args.seed + 1, started=start)
+    return {"autoencoder": ae_state, "denoiser": den_state, "samples": samples, "probe": report}
 
 
 @torch.no_grad()

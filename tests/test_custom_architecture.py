@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reference_models.common.checkpoint import read_checkpoint_config
+from reference_models.common.probe import ProbeRecipe, ShapesProbe
 from reference_models.common.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,12 +222,41 @@ def test_config_rejects_sizes_the_model_cannot_take():
 
 # ----------------------------------------------------------------------------------- end to end
 
+# A probe trained in a second or two (tests/common/test_probe.py's CHEAP): its figures mean little,
+# the test checks only that the example measures itself and writes the report.
+CHEAP_PROBE = ProbeRecipe(num_clips=256, epochs=1, batch_size=64, hidden=32, features=16, heldout_clips=64)
 
-def test_main_trains_both_stages_and_writes_decodable_videos(tmp_path, capsys):
+
+@pytest.fixture
+def cheap_probe(tmp_path, monkeypatch):
+    """The example's probe with the cheap recipe, cached under ``tmp_path`` (never the user's cache)."""
+    monkeypatch.setenv("VDBLOCKS_CACHE", str(tmp_path / "cache"))
+    built = ShapesProbe.for_dataset
+    monkeypatch.setattr(ca.ShapesProbe, "for_dataset",
+                        staticmethod(lambda data, **kwargs: built(data, recipe=CHEAP_PROBE, **kwargs)))
+
+
+def test_probe_rate_is_8_fps_or_the_training_rate_nearest_it():
+    assert ca.probe_rate(ca.CustomConfig()) == 8.0
+    assert ca.probe_rate(ca.CustomConfig(fps_choices=(4.0, 16.0))) == 4.0  # a tie: the lower one
+    assert ca.probe_rate(ca.CustomConfig(fps_choices=(2.0, 10.0, 30.0))) == 10.0
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "1.5"])
+def test_probe_clips_must_be_a_non_negative_int(value, capsys):
+    with pytest.raises(SystemExit):
+        ca.build_parser().parse_args(["--probe-clips", value])
+    assert "--probe-clips: expected a non-negative integer (0 skips the probe)" in capsys.readouterr().err
+    assert ca.build_parser().parse_args(["--probe-clips", "0"]).probe_clips == 0
+
+
+@pytest.mark.timeout(300)
+def test_main_trains_both_stages_and_writes_decodable_videos(tmp_path, capsys, cheap_probe):
     sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
+    run = tmp_path / "run"
     result = ca.main([*sets, "--ae-steps", "40", "--steps", "30", "--batch-size", "8", "--num-videos", "32",
-                      "--fps", "4", "16", "--num-samples", "2", "--sample-steps", "3", "--out", str(tmp_path),
-                      "--device", "cpu", "--seed", "3", "--no-progress"])
+                      "--fps", "4", "16", "--num-samples", "2", "--sample-steps", "3", "--out", str(run),
+                      "--device", "cpu", "--seed", "3", "--no-progress", "--probe-clips", "4"])
     ae_losses = [row["loss"] for row in result["autoencoder"].history if "loss" in row]
     den_losses = [row["loss"] for row in result["denoiser"].history if "loss" in row]
     assert ae_losses[-1] < ae_losses[0]
@@ -237,14 +267,35 @@ def test_main_trains_both_stages_and_writes_decodable_videos(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     for rate in (4, 16):
-        path = tmp_path / "denoiser" / "samples" / f"fps{rate}_00.mp4"
+        path = run / "denoiser" / "samples" / f"fps{rate}_00.mp4"
         assert str(path) in printed
         frames, _, fps = read_video(path)
         assert frames.shape == (TINY["frames"], TINY["size"], TINY["size"], 3)
         assert fps == pytest.approx(rate, rel=0.05)
-        assert (tmp_path / "denoiser" / "samples" / f"fps{rate}_grid.png").is_file()
+        assert (run / "denoiser" / "samples" / f"fps{rate}_grid.png").is_file()
 
     # Both checkpoints hold the config the models were built from.
     for stage in ("autoencoder", "denoiser"):
-        _, config = read_checkpoint_config(tmp_path / stage)
+        _, config = read_checkpoint_config(run / stage)
         assert ca.CustomConfig.from_dict(config["model"]["custom"]) == ca.CustomConfig(**TINY)
+
+    # Last, the run scores 4 more clips at 8 fps (a training rate; not one it was sampled at) with the probe.
+    report = json.loads((run / "probe.json").read_text())
+    assert report == json.loads(json.dumps(result["probe"]))
+    assert set(report) == {"probe", "fps", "sampler", "run", "kind_distribution"}
+    assert report["fps"] == 8.0 and report["sampler"]["steps"] == 3 and report["sampler"]["clips"] == 4
+    assert report["run"]["seconds_to_here"] >= report["run"]["probe_seconds"] >= 0
+    probe = report["probe"]
+    assert probe["num_clips"] == 4 and probe["fps"] == [8.0] * 4 and probe["probe"] == "1x4x8x8"
+    assert 0.0 <= probe["one_object_fraction"] <= 1.0
+    assert probe["frechet_distance"] >= 0 and probe["frechet_floor"] >= 0
+    assert all(v is None for v in probe["accuracy"].values())  # unconditional: nothing was asked for
+    kinds = ["square", "circle", "triangle", "diamond", "cross"]  # MovingShapes' default kinds
+    distribution = report["kind_distribution"]
+    assert distribution["kinds"] == kinds
+    assert list(distribution["fraction"]) == kinds and sum(distribution["fraction"].values()) == pytest.approx(1.0)
+    assert distribution["fraction"] == {k: sum(p["kind"] == k for p in probe["predictions"]) / 4 for k in kinds}
+    assert distribution["data_share"] == {k: 0.2 for k in kinds}
+    assert (run / "probe_grid.png").is_file()
+    assert f"probe: {run / 'probe.json'}" in printed and str(run / "probe_grid.png") in printed
+    assert "one object in" in printed and "(data 20.0%)" in printed
