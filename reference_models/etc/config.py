@@ -70,7 +70,8 @@ class ETCConfig(ConfigBase):
 
     Diffusion: ``schedule`` (``"linear"``, ``"scaled_linear"`` or ``"cosine"``), ``num_train_steps``,
     ``beta_start``, ``beta_end``, ``prediction_type`` (what the U-Net outputs: ``"epsilon"``,
-    ``"v_prediction"`` or ``"sample"``; see below).
+    ``"v_prediction"`` or ``"sample"``; see below), ``snr_gamma`` (min-SNR-gamma loss weighting,
+    ``vdblocks.diffusion.diffusion_loss``; None: the plain loss).
 
     The paper does not say what its U-Net predicts (SD 2.1 comes as an epsilon model at 512 px and
     a v-prediction model at 768 px). ``tiny`` and ``small`` predict the velocity: a small model
@@ -110,6 +111,7 @@ class ETCConfig(ConfigBase):
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction_type: str = "v_prediction"
+    snr_gamma: float | None = None
 
     _tuple_fields: ClassVar[tuple[str, ...]] = ("channel_mult", "attention_levels", "grid")
 
@@ -159,6 +161,8 @@ class ETCConfig(ConfigBase):
             raise ValueError(f"expected pooled_context to be a bool, got {self.pooled_context!r}")
         check_noise_schedule(self)
         check_prediction_type(self.prediction_type)
+        if self.snr_gamma is not None and (not is_number(self.snr_gamma) or not 0 < self.snr_gamma < math.inf):
+            raise ValueError(f"expected snr_gamma to be None or a positive finite number, got {self.snr_gamma!r}")
 
     @property
     def num_levels(self) -> int:

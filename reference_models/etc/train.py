@@ -207,7 +207,7 @@ def etc_loss(
         return model(x_t, t, fps, labels, captions, cond_dropout=cfg.cond_dropout, generator=generator)
 
     return diffusion_loss(model_fn, batch["video"], schedule, generator=generator,
-                          prediction_type=cfg.prediction_type)
+                          prediction_type=cfg.prediction_type, snr_gamma=cfg.snr_gamma)
 
 
 class SamplePrompt(NamedTuple):

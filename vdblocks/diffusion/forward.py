@@ -99,6 +99,30 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
     return (weights * sq).sum() / weights.sum().clamp_min(torch.finfo(sq.dtype).tiny)
 
 
+def _min_snr_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, snr: torch.Tensor,
+                  gamma: float, prediction_type: str) -> torch.Tensor:
+    """Batch mean of per-sample masked MSEs, each weighted by min-SNR-gamma (see ``diffusion_loss``)."""
+    clipped = snr.clamp(max=gamma)  # b, float64
+    weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1.0), "sample": clipped}[prediction_type]
+    sq = (pred - target).pow(2)  # b ...
+    dims = tuple(range(1, sq.ndim))
+    if mask is None:
+        per_sample = sq.mean(dim=dims) if dims else sq  # b
+    else:
+        try:
+            m = torch.broadcast_to(mask, sq.shape).to(sq.dtype)  # b ...
+        except RuntimeError:
+            raise ValueError(
+                f"expected mask broadcastable to x of shape {tuple(pred.shape)} "
+                f"(e.g. (b, 1, t, 1, 1) for videos (b, c, t, h, w)), got {tuple(mask.shape)}"
+            ) from None
+        if not dims:
+            per_sample = m * sq
+        else:
+            per_sample = (m * sq).sum(dim=dims) / m.sum(dim=dims).clamp_min(torch.finfo(sq.dtype).tiny)  # b
+    return (weight.to(device=sq.device, dtype=sq.dtype) * per_sample).mean()
+
+
 @dataclass
 class DiffusionLossOutput:
     """Everything :func:`diffusion_loss` drew and computed: scalar ``loss``, ``t (b,)``,
@@ -121,6 +145,7 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     return_details: bool = False,
     prediction_type: str = "epsilon",
+    snr_gamma: float | None = None,
 ) -> torch.Tensor | DiffusionLossOutput:
     """Denoising loss for one batch ``x0 (b, ...)``: epsilon-prediction (DDPM eq. 14) by default.
 
@@ -134,6 +159,15 @@ def diffusion_loss(
     the known frames noised to the current level. Conditioning that must reach the model clean
     (MCVD's past frames stacked on channels) belongs inside ``model_fn``.
 
+    ``snr_gamma``: min-SNR-gamma weighting (Hang et al. 2023, "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy", eq. 9 and its epsilon/velocity forms; diffusers' ``--snr_gamma``).
+    Each sample's masked MSE is weighted by ``min(SNR_t, gamma)`` divided by what the target's
+    loss already weighs in: ``SNR_t`` for epsilon, ``SNR_t + 1`` for the velocity, ``1`` for the
+    sample; the loss is the batch mean of those weighted per-sample errors. It keeps the
+    nearly-clean steps (huge SNR) from dominating what the network spends its capacity on; the
+    paper reports about 3x faster convergence with ``gamma = 5``. ``None`` (default): the plain
+    loss above.
+
     Returns the scalar loss, or a :class:`DiffusionLossOutput` with ``return_details=True``.
     """
     if not isinstance(x0, torch.Tensor):
@@ -143,6 +177,9 @@ def diffusion_loss(
     if x0.ndim < 1:
         raise ValueError("expected x0 of shape (b, ...), got a 0-d tensor")
     check_prediction_type(prediction_type)
+    if snr_gamma is not None and (isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float))
+                                  or not 0 < snr_gamma < float("inf")):
+        raise ValueError(f"expected snr_gamma to be None or a positive finite number, got {snr_gamma!r}")
     batch = x0.shape[0]
     if t is None:
         t = sample_timesteps(schedule, batch, generator=generator, device=x0.device)
@@ -162,7 +199,10 @@ def diffusion_loss(
         target = schedule.velocity(x0, t, noise)
     else:
         target = x0
-    loss = masked_mse(prediction, target, mask)
+    if snr_gamma is None:
+        loss = masked_mse(prediction, target, mask)
+    else:
+        loss = _min_snr_loss(prediction, target, mask, schedule.snr(t, dtype=torch.float64), float(snr_gamma), prediction_type)
     if return_details:
         return DiffusionLossOutput(loss=loss, t=t, noise=noise, x_t=x_t, prediction=prediction)
     return loss
