@@ -22,7 +22,7 @@ Last, the run measures itself with the moving-shapes probe (``reference_models.c
 object, the Frechet distance of the clips to real ones (probe features), and whether each long video
 keeps its object (the probe reads the same colour and kind in every clip). The data has one shape per
 scene by default (``--max-shapes``), so that these figures mean something. Written to
-``<out>/probe.json``.
+``<out>/probe.json``, with the autoencoder's last held-out reconstruction PSNR (``reconstruction``).
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ def probe_long_videos(out: Path, *, videos: int, clips: int, first_steps: int, n
               "keeps_its_object": kept, "sampler": {"first_steps": first_steps, "next_steps": next_steps},
               "run": {"seconds_to_here": round(time.perf_counter() - started, 1),
                       "probe_seconds": round(time.perf_counter() - probe_start, 1)}}
+    recon = sorted((out / "ae" / "samples").glob("step*_recon_metrics.json"))  # zero-padded steps: last = latest
+    if recon:  # the ae stage scores its held-out reconstructions when it samples (at its end by default)
+        report["reconstruction"] = json.loads(recon[-1].read_text(encoding="utf-8"))  # {"psnr", "step"}
     (out / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
     print(result.format())
     print(f"long videos whose clips all show the same colour and kind (probe): {kept:.1%} of {videos}")

@@ -146,3 +146,54 @@ def test_etc_probe_figures_are_rendered_from_the_committed_run_report():
     block = page.split("<!-- probe-run:start -->\n", 1)[1].split("\n<!-- probe-run:end -->", 1)[0]
     assert block == render_run_table(report)
     assert (ROOT / "docs" / "systems" / "etc_probe" / "probe_grid.png").is_file()
+
+
+SYSTEMS_DOCS = DOCS / "systems"
+CMD_REPORT = SYSTEMS_DOCS / "cmd_probe" / "probe.json"  # <out>/probe.json of `python examples/train_cmd.py`
+PVDM_REPORT = SYSTEMS_DOCS / "pvdm_probe" / "probe.json"  # <out>/probe.json of `python examples/train_pvdm.py`
+EVDM_REPORTS = SYSTEMS_DOCS / "evdm_probe"  # samples/step<N>_{predict,interpolate}_metrics.json of train_evdm.py
+
+
+def _probe_run_block(page: Path) -> str:
+    text = page.read_text(encoding="utf-8")
+    return text.split("<!-- probe-run:start -->\n", 1)[1].split("\n<!-- probe-run:end -->", 1)[0]
+
+
+@pytest.mark.parametrize("system, source", [("etc", "etc_probe/probe.json"), ("cmd", "cmd_probe/probe.json"),
+                                            ("pvdm", "pvdm_probe/probe.json"), ("evdm", "evdm_probe/*_metrics.json")])
+def test_system_pages_have_one_probe_run_block_and_say_how_it_is_rendered(system, source):
+    page = (SYSTEMS_DOCS / f"{system}.md").read_text(encoding="utf-8")
+    assert page.count("<!-- probe-run:start -->") == 1 and page.count("<!-- probe-run:end -->") == 1
+    assert page.index("<!-- probe-run:start -->") < page.index("<!-- probe-run:end -->")
+    command = f"python -m reference_models.common.probe --run-report docs/systems/{source}"
+    assert command in " ".join(page.split()), f"{system}.md does not name the command that renders its block"
+
+
+@pytest.mark.skipif(not CMD_REPORT.exists(), reason="docs/systems/cmd_probe/probe.json is not committed yet")
+def test_cmd_probe_figures_are_rendered_from_the_committed_run_report():
+    """docs/systems/cmd.md shows the per-class figures of a committed run report, never typed by hand."""
+    from reference_models.common.probe import render_run_table
+
+    report = json.loads(CMD_REPORT.read_text(encoding="utf-8"))
+    assert _probe_run_block(SYSTEMS_DOCS / "cmd.md") == render_run_table(report, kind="cmd")
+
+
+@pytest.mark.skipif(not PVDM_REPORT.exists(), reason="docs/systems/pvdm_probe/probe.json is not committed yet")
+def test_pvdm_probe_figures_are_rendered_from_the_committed_run_report():
+    """docs/systems/pvdm.md shows the long-video figures of a committed run report, never typed by hand."""
+    from reference_models.common.probe import render_run_table
+
+    report = json.loads(PVDM_REPORT.read_text(encoding="utf-8"))
+    assert _probe_run_block(SYSTEMS_DOCS / "pvdm.md") == render_run_table(report, kind="pvdm")
+
+
+@pytest.mark.skipif(not any(EVDM_REPORTS.glob("*_metrics.json")),
+                    reason="docs/systems/evdm_probe/step<N>_{predict,interpolate}_metrics.json are not committed yet")
+def test_evdm_baseline_figures_are_rendered_from_the_committed_metrics():
+    """docs/systems/evdm.md shows model vs baselines from a run's committed metrics files, never typed by hand."""
+    from reference_models.common.probe import render_run_table
+    from reference_models.common.probe.run_report import load_run_report
+
+    report = load_run_report(sorted(EVDM_REPORTS.glob("*_metrics.json")))
+    assert set(report["tasks"]) == {"predict", "interpolate"}  # tiny_evdm scores both tasks
+    assert _probe_run_block(SYSTEMS_DOCS / "evdm.md") == render_run_table(report, kind="evdm")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,5 @@ def test_pvdm_example_scores_the_clips_of_its_long_videos(tmp_path, monkeypatch)
     assert report["probe"]["num_clips"] == 6 and len(report["probe"]["predictions"]) == 6
     assert 0.0 <= report["probe"]["one_object_fraction"] <= 1.0 and 0.0 <= report["keeps_its_object"] <= 1.0
     assert all(v is None for v in report["probe"]["accuracy"].values())  # unconditional: nothing was asked for
+    recon = report["reconstruction"]  # the autoencoder's held-out reconstruction score at its last step
+    assert recon["step"] == 1 and math.isfinite(recon["psnr"]) and recon["psnr"] >= 0  # clamped: MSE <= 1

@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import reference_models.common.probe as probe_mod
+import reference_models.common.probe.shapes_probe as shapes_probe_mod
 from reference_models.common import ShapesProbe
 from reference_models.common.data.moving_shapes import DIRECTIONS, PALETTE, SHAPE_KINDS, MovingShapes, ShapeSpec, render_shapes
 from reference_models.common.probe import (
@@ -254,7 +255,7 @@ def test_second_construction_loads_from_disk_bitwise_without_training(tmp_path, 
     def no_training(spec):
         raise AssertionError("the probe was trained again instead of loaded")
 
-    monkeypatch.setattr(probe_mod, "train_probe", no_training)
+    monkeypatch.setattr(shapes_probe_mod, "train_probe", no_training)  # where ShapesProbe looks it up
     assert cheap_probe(tmp_path) is first  # in-process memo: not even the file is read
     ShapesProbe.clear_memo()
     second = cheap_probe(tmp_path)
@@ -272,7 +273,7 @@ def test_memo_answers_without_reading_the_cache(tmp_path, monkeypatch):
     def no_reading(*args, **kwargs):
         raise AssertionError("the cache was read")
 
-    monkeypatch.setattr(probe_mod, "_load", no_reading)
+    monkeypatch.setattr(shapes_probe_mod, "_load", no_reading)
     assert cheap_probe(tmp_path, seed=1) is first
 
 
