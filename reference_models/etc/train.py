@@ -43,7 +43,7 @@ import einops
 import torch
 from torch import nn
 
-from reference_models.common.cli import parse_override, run_summary, train_config_from_args
+from reference_models.common.cli import parse_override, positive_fps, run_summary, train_config_from_args
 from reference_models.common.data import MovingShapes
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-captions", default=None, help="caption file for --data-images")
     g.add_argument("--ratios", type=float, nargs=3, default=list(DEFAULT_RATIOS),
                    metavar=("VIDEO", "LABEL_IMAGES", "CAPTION_IMAGE"), help="mixing ratios of the three kinds")
+    g.add_argument("--fps-choices", type=positive_fps, nargs="+", default=list(FPS_CHOICES), metavar="FPS",
+                   help="the video frame rates caption-videos are drawn at (paper: 1 2 4 8 15 30 60)")
     g.add_argument("--num-videos", type=int, default=4096, help="moving shapes: number of video scenes")
     g.add_argument("--num-images", type=int, default=4096, help="moving shapes: number of still scenes")
     g.add_argument("--max-shapes", type=int, default=_SHAPES["max_shapes"], help="moving shapes per clip")
@@ -151,10 +153,11 @@ def build_dataset(args: argparse.Namespace, cfg: ETCConfig) -> TripleDataset:
     size = dict(frames=cfg.frames, height=cfg.height, width=cfg.width, channels=cfg.in_channels)
     if args.data_videos is None and args.data_images is None:
         return moving_shapes_triple(**size, num_videos=args.num_videos, num_images=args.num_images,
-                                    ratios=args.ratios, seed=args.seed, max_shapes=args.max_shapes,
-                                    size_range=_SHAPES["size_range"])
+                                    ratios=args.ratios, fps_choices=args.fps_choices, seed=args.seed,
+                                    max_shapes=args.max_shapes, size_range=_SHAPES["size_range"])
     return folder_triple(args.data_videos, args.data_images, **size, video_captions=args.video_captions,
-                         image_captions=args.image_captions, ratios=args.ratios, seed=args.seed)
+                         image_captions=args.image_captions, ratios=args.ratios, fps_choices=args.fps_choices,
+                         seed=args.seed)
 
 
 def _label_source(dataset: TripleDataset) -> Any:
@@ -381,7 +384,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             "etc": cfg.to_dict(),
             "preset": args.preset,
             "data": {"videos": args.data_videos, "images": args.data_images, "ratios": list(dataset.ratios),
-                     "fps_choices": list(FPS_CHOICES), "num_items": len(dataset)},
+                     "fps_choices": list(dataset.fps_choices), "num_items": len(dataset)},
             "samples": {"captions": captions, "prompts": [p._asdict() for p in prompts],
                         "class_names": _class_names(_label_source(dataset)),
                         "fps": list(SAMPLE_FPS), "steps": args.sample_steps,

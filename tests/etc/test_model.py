@@ -294,6 +294,7 @@ def test_config_json_round_trip(name):
         ({"grid": (2, 2)}, "frames <= rows\\*cols"),
         ({"cond_dropout": 1.5}, "cond_dropout"),
         ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start"),
+        ({"snr_gamma": 0.0}, "snr_gamma"),
     ],
 )
 def test_config_rejects_inconsistent_values(overrides, match):
