@@ -7,11 +7,14 @@ DiT's ``DiT_models`` do.
 
 Presets:
 
-* ``"tiny"``: trains on CPU in minutes: 8 RGB frames of 16x16 (a 3x3 grid, 48x48 image), 32 base
-  channels, 2 levels, attention at the lower level, a 1-layer word-hash text encoder and the 5
-  shape labels of :class:`~reference_models.common.MovingShapes`. With 3 channels the ME (eq. 4)
-  has one spatial and two temporal channels: frames stay well apart, positions inside a frame
-  are only coarsely coded (see ``SpatialTemporalMixedEmbedding``); SD latents (4) give 2 + 2;
+* ``"tiny"``: trains on a 2-core CPU in about four minutes (``examples/train_etc.py``): 4 RGB
+  frames of 16x16 (a 2x2 grid, 32x32 image), 32 base channels, 3 levels (32, 64, 64 channels at
+  32x32, 16x16, 8x8), attention at the lowest level only (64 tokens, 16 per frame), the pooled
+  context added to the timestep embedding, a 1-layer word-hash text encoder, the label
+  embedding, min-SNR-5 loss weighting and guidance scale 1. With 3 channels the ME (eq. 4) has
+  one spatial and two temporal channels: frames stay well apart, positions inside a frame are
+  only coarsely coded (see ``SpatialTemporalMixedEmbedding``); SD latents (4) give 2 + 2. Why
+  each choice, measured with the shapes probe, is in ``docs/systems/etc.md`` ("The CPU example");
 * ``"small"``: the same at 32x32 frames with 64 base channels and 3 levels, for a single GPU;
 * ``"sd21"``: shaped like Stable Diffusion 2.1's U-Net (ETC initialises its spatial modules from
   SD 2.1, section 5.1): 4 latent channels, 320 base channels, mult (1, 2, 4, 4), 2 res blocks,
@@ -73,6 +76,9 @@ class ETCConfig(ConfigBase):
     ``"v_prediction"`` or ``"sample"``; see below), ``snr_gamma`` (min-SNR-gamma loss weighting,
     ``vdblocks.diffusion.diffusion_loss``; None: the plain loss).
 
+    Sampling: ``guidance_scale``, the classifier-free guidance the samplers use unless told
+    otherwise (appendix E.1: 7.0; ``tiny``: 1.0, see below).
+
     The paper does not say what its U-Net predicts (SD 2.1 comes as an epsilon model at 512 px and
     a v-prediction model at 768 px). ``tiny`` and ``small`` predict the velocity: a small model
     trained for minutes predicts the noise with an RMS error near 0.1 at every level, and at the
@@ -112,6 +118,7 @@ class ETCConfig(ConfigBase):
     beta_end: float = 0.02
     prediction_type: str = "v_prediction"
     snr_gamma: float | None = None
+    guidance_scale: float = 7.0
 
     _tuple_fields: ClassVar[tuple[str, ...]] = ("channel_mult", "attention_levels", "grid")
 
@@ -161,6 +168,8 @@ class ETCConfig(ConfigBase):
             raise ValueError(f"expected pooled_context to be a bool, got {self.pooled_context!r}")
         check_noise_schedule(self)
         check_prediction_type(self.prediction_type)
+        if not is_number(self.guidance_scale) or not math.isfinite(self.guidance_scale):
+            raise ValueError(f"expected guidance_scale to be a finite number, got {self.guidance_scale!r}")
         if self.snr_gamma is not None and (not is_number(self.snr_gamma) or not 0 < self.snr_gamma < math.inf):
             raise ValueError(f"expected snr_gamma to be None or a positive finite number, got {self.snr_gamma!r}")
 
@@ -181,7 +190,15 @@ class ETCConfig(ConfigBase):
 
 
 PRESETS: dict[str, ETCConfig] = {
-    "tiny": ETCConfig(),
+    # Each departure from the defaults was measured with the shapes probe (docs/systems/etc.md).
+    "tiny": ETCConfig(
+        frames=4,
+        channel_mult=(1, 2, 2),
+        attention_levels=(2,),
+        pooled_context=True,
+        snr_gamma=5.0,
+        guidance_scale=1.0,
+    ),
     "small": ETCConfig(
         model_channels=64,
         channel_mult=(1, 2, 2),

@@ -155,7 +155,7 @@ def sample(
     height: int | None = None,
     width: int | None = None,
     steps: int = 50,
-    guidance_scale: float = 7.0,
+    guidance_scale: float | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     schedule: NoiseSchedule | None = None,
@@ -172,8 +172,10 @@ def sample(
     no parameters). ``schedule`` defaults to the config's. ``clip_sample`` clips DDIM's ``x_0``
     estimate to ``[-1, 1]``; None turns it on for pixel models (``in_channels`` 1 or 3) and off for
     latent ones. ``prediction_type`` (what the model outputs: ``"epsilon"``, ``"v_prediction"`` or
-    ``"sample"``) defaults to ``model.cfg``'s, else ``"epsilon"``. Noise comes from ``generator`` (on any device; the draws are moved). The model and
-    conditioner run in eval mode and are put back as they were.
+    ``"sample"``) defaults to ``model.cfg``'s, else ``"epsilon"``; ``guidance_scale`` to
+    ``model.cfg.guidance_scale`` (the paper's 7.0; 1.0, no guidance, for ``tiny``), else 7.0. Noise
+    comes from ``generator`` (on any device; the draws are moved). The model and conditioner run in
+    eval mode and are put back as they were.
     """
     cfg = getattr(model, "cfg", None)
     b = _batch_size(captions, labels)
@@ -194,6 +196,8 @@ def sample(
         clip_sample = channels in (1, 3)
     if prediction_type is None:
         prediction_type = getattr(cfg, "prediction_type", "epsilon")
+    if guidance_scale is None:
+        guidance_scale = float(getattr(cfg, "guidance_scale", 7.0))
     device = next(model.parameters()).device
     fps_t = _fps_tensor(fps, b, getattr(cfg, "max_fps", 120.0)).to(device)
     if labels is not None:
@@ -242,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1, help="samples per caption/label")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (paper: 50)")
-    p.add_argument("--guidance-scale", type=float, default=7.0, help="classifier-free guidance scale (paper: 7)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model config's; paper: 7, tiny: 1)")
     p.add_argument("--eta", type=float, default=0.0)
     add_sampling_arguments(p)
     return p

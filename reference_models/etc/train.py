@@ -9,13 +9,18 @@ the CPU in a few minutes, then writes a checkpoint and sample videos::
     torchrun --nproc_per_node=4 examples/train_etc.py --preset small --device cuda --precision bf16
 
 Pieces: ``ETCSystem`` (the ``ETCUNet`` and its ``ETCConditioner``, ``sample.py``), the noise
-schedule the config names, the eps-prediction loss (DDPM eq. 14 through
-``vdblocks.diffusion.diffusion_loss``) with classifier-free condition dropout
+schedule the config names, the denoising loss of the config's prediction type (DDPM eq. 14, or
+the velocity, through ``vdblocks.diffusion.diffusion_loss``, min-SNR weighted when
+``cfg.snr_gamma`` is set) with classifier-free condition dropout
 (``cfg.cond_dropout``), a ``TripleDataset`` (``data.py``), and ``reference_models.common.train``
 (AdamW, warm-up, clipping, EMA, autocast, DDP, exact resume). Samples are written every
 ``--sample-every`` steps and at the end: a few captions at 8 and 30 FPS and as stills (120 FPS),
 and label groups (FPS 0) when the model has labels, with DDIM (``--sample-steps``, paper 50) and
-guidance scale 7 (appendix E.1).
+the config's guidance scale (appendix E.1: 7; ``tiny``: 1, see ``docs/systems/etc.md``). At the
+end, the run scores ``--probe-clips`` held-out captions with the shapes probe (``probe.json``).
+
+Built-in data: moving shapes, one per clip, of the ``--kinds``, ``--colors`` and ``--directions``
+given (by default squares and circles, all eight colours, the four axis directions).
 
 User data: ``--data-videos DIR`` (videos under DIR, captions in ``DIR/captions.csv`` with columns
 ``file, caption`` or ``DIR/captions.json``, or ``--video-captions``) and/or ``--data-images DIR``
@@ -45,6 +50,7 @@ from torch import nn
 
 from reference_models.common.cli import parse_override, positive_fps, run_summary, train_config_from_args
 from reference_models.common.data import MovingShapes
+from reference_models.common.data.moving_shapes import DIRECTIONS, PALETTE, SHAPE_KINDS
 from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainState, train
@@ -83,7 +89,9 @@ __all__ = [
 # What the sample videos show: two video rates and a still (section 4.2, eq. 6).
 SAMPLE_FPS: tuple[float, ...] = (8.0, 30.0, CAPTION_IMAGE_FPS)
 # Built-in data: one shape per clip, large enough to read at 16x16, so the tiny run learns it fast.
-_SHAPES = {"max_shapes": 1, "size_range": (0.15, 0.3)}
+# The tiny run learns two kinds and four axis directions (all eight colours); see docs/systems/etc.md.
+_SHAPES = {"max_shapes": 1, "size_range": (0.15, 0.3), "kinds": ("square", "circle"),
+           "directions": ("left", "right", "up", "down"), "colors": tuple(PALETTE)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,10 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-videos", type=int, default=4096, help="moving shapes: number of video scenes")
     g.add_argument("--num-images", type=int, default=4096, help="moving shapes: number of still scenes")
     g.add_argument("--max-shapes", type=int, default=_SHAPES["max_shapes"], help="moving shapes per clip")
+    g.add_argument("--kinds", nargs="+", default=list(_SHAPES["kinds"]), choices=SHAPE_KINDS,
+                   help="moving shapes: the shape kinds scenes draw from")
+    g.add_argument("--colors", nargs="+", default=list(_SHAPES["colors"]), choices=list(PALETTE),
+                   help="moving shapes: the colours scenes draw from")
+    g.add_argument("--directions", nargs="+", default=list(_SHAPES["directions"]), choices=list(DIRECTIONS),
+                   help="moving shapes: the directions shapes start moving in")
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=400)
-    g.add_argument("--batch-size", type=int, default=8, help="per process")
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--steps", type=int, default=600)
+    g.add_argument("--batch-size", type=int, default=32, help="per process")
+    g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--warmup-steps", type=int, default=50)
     g.add_argument("--ema-decay", type=float, default=None,
                    help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)")
@@ -129,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("samples")
     g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
     g.add_argument("--sample-steps", type=int, default=50, help="DDIM steps (paper: 50)")
-    g.add_argument("--guidance-scale", type=float, default=7.0, help="paper: 7")
+    g.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance (default: the config's guidance_scale; paper: 7, tiny: 1)")
     g.add_argument("--num-prompts", type=int, default=3, help="captions (and labels) to sample")
     g = p.add_argument_group("quality probe (built-in moving shapes only)")
     g.add_argument("--probe-clips", type=int, default=64,
@@ -154,7 +169,9 @@ def build_dataset(args: argparse.Namespace, cfg: ETCConfig) -> TripleDataset:
     if args.data_videos is None and args.data_images is None:
         return moving_shapes_triple(**size, num_videos=args.num_videos, num_images=args.num_images,
                                     ratios=args.ratios, fps_choices=args.fps_choices, seed=args.seed,
-                                    max_shapes=args.max_shapes, size_range=_SHAPES["size_range"])
+                                    max_shapes=args.max_shapes, size_range=_SHAPES["size_range"],
+                                    kinds=tuple(args.kinds), colors=tuple(args.colors),
+                                    directions=tuple(args.directions))
     return folder_triple(args.data_videos, args.data_images, **size, video_captions=args.video_captions,
                          image_captions=args.image_captions, ratios=args.ratios, fps_choices=args.fps_choices,
                          seed=args.seed)
@@ -377,7 +394,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             f"{info.world_size} process(es)")
 
         prompts = sample_prompts(dataset, cfg, args.num_prompts)
-        sample_fn = make_sample_fn(cfg, prompts, steps=args.sample_steps, guidance_scale=args.guidance_scale,
+        guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
+        sample_fn = make_sample_fn(cfg, prompts, steps=args.sample_steps, guidance_scale=guidance,
                                    seed=args.seed)
         captions = list(dict.fromkeys(p.caption for p in prompts if p.caption and 0 < p.fps < CAPTION_IMAGE_FPS))
         config_dict = {
@@ -388,7 +406,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             "samples": {"captions": captions, "prompts": [p._asdict() for p in prompts],
                         "class_names": _class_names(_label_source(dataset)),
                         "fps": list(SAMPLE_FPS), "steps": args.sample_steps,
-                        "guidance_scale": args.guidance_scale},
+                        "guidance_scale": guidance},
         }
 
         def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -414,10 +432,10 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         if info.is_main and builtin and args.probe_clips > 0 and cfg.text_vocab_size is not None:
             probe_start = time.perf_counter()
             result, probe_caps = run_probe(state.ema.module, dataset, cfg, clips=args.probe_clips,
-                                           steps=args.probe_steps, guidance_scale=args.guidance_scale,
+                                           steps=args.probe_steps, guidance_scale=guidance,
                                            seed=args.seed + 1, exclude=captions, grid=out / "probe_grid.png")
             report = {"probe": result.to_dict(), "captions": probe_caps, "fps": PROBE_FPS,
-                      "sampler": {"ddim_steps": args.probe_steps, "guidance_scale": args.guidance_scale},
+                      "sampler": {"ddim_steps": args.probe_steps, "guidance_scale": guidance},
                       "run": {"steps": state.step, "batch_size": args.batch_size, "preset": args.preset,
                               "seconds_to_here": round(time.perf_counter() - start, 1),
                               "probe_seconds": round(time.perf_counter() - probe_start, 1)}}

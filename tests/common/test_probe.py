@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import reference_models.common.probe as probe_mod
 import reference_models.common.probe.shapes_probe as shapes_probe_mod
+from reference_models.common.probe.ground_truth import _DOC_PROBES
 from reference_models.common import ShapesProbe
 from reference_models.common.data.moving_shapes import DIRECTIONS, PALETTE, SHAPE_KINDS, MovingShapes, ShapeSpec, render_shapes
 from reference_models.common.probe import (
@@ -435,9 +436,12 @@ def test_bad_inputs_name_the_expected_layout(tmp_path):
 def test_the_docs_figures_are_rendered_from_the_committed_json_of_this_probe_version():
     record = json.loads((ROOT / "docs" / "probe" / "ground_truth.json").read_text())
     assert record["version"] == PROBE_VERSION
-    etc = record["probes"]["etc_tiny"]
-    assert ProbeSpec.from_dict(etc["spec"]) == ProbeSpec(**ETC_TINY)
-    assert etc["key"] == ProbeSpec(**ETC_TINY).key()
+    # every probe of the page is the one the code builds today (spec and cache key)
+    assert set(record["probes"]) == set(_DOC_PROBES)
+    for name, entry in record["probes"].items():
+        spec = ProbeSpec(**_DOC_PROBES[name])
+        assert ProbeSpec.from_dict(entry["spec"]) == spec, name
+        assert entry["key"] == spec.key(), name
     page = (ROOT / "docs" / "probe.md").read_text()
     start, end = "<!-- ground-truth:start -->\n", "\n<!-- ground-truth:end -->"
     assert page[page.index(start) + len(start):page.index(end)] == render_ground_truth_table(record)

@@ -19,8 +19,8 @@ __all__ = ["ground_truth_record", "render_ground_truth_table"]
 
 _DOC_PROBES: dict[str, dict[str, Any]] = {
     # The geometries the examples' tiny presets train on (see each system's config.py / train.py).
-    "etc_tiny": dict(channels=3, frames=8, height=16, width=16, size_range=(0.15, 0.3), fps=(4, 8, 15)),
-    "etc_tiny_sample_rates": dict(channels=3, frames=8, height=16, width=16, size_range=(0.15, 0.3), fps=(8, 30)),
+    "etc_tiny": dict(channels=3, frames=4, height=16, width=16, size_range=(0.15, 0.3), fps=8,
+                     kinds=("square", "circle"), directions=("left", "right", "up", "down")),
     "cmd_tiny": dict(channels=3, frames=8, height=24, width=32, size_range=(0.18, 0.3), fps=8),
     "pvdm_tiny": dict(channels=3, frames=8, height=32, width=32, size_range=(0.15, 0.3), fps=8),
     "evdm_tiny": dict(channels=1, frames=5, height=32, width=32, size_range=(0.15, 0.3), fps=8),
