@@ -19,9 +19,9 @@ The model, "content-motion planes" (see ``docs/custom-architecture.md`` for the 
   :func:`vdblocks.diffusion.diffusion_loss` and sampled with :func:`vdblocks.diffusion.sample_ddim`.
 
 Everything else comes from ``reference_models.common``: moving shapes (at several frame rates),
-the training loop (AdamW, EMA, checkpoints that hold the config), video writing. On one CPU thread
-the defaults (grayscale clips of 8 frames of 16x16) train both stages and sample in about five
-minutes::
+the training loop (AdamW, EMA, checkpoints that hold the config), video writing. On a 2-core CPU
+the defaults (grayscale clips of 8 frames of 16x16) train both stages, sample and score the samples
+with the shapes probe in about four minutes::
 
     python examples/custom_architecture.py                        # moving shapes, CPU
     python examples/custom_architecture.py --fps 2 8 30 --seed 1  # sample at other frame rates

@@ -13,7 +13,7 @@ Then one video per class is sampled (content frame by guided DDIM, motion given 
 written as ``<out>/samples/cmd_<i>.mp4`` with a PNG grid, exactly what
 ``python -m reference_models.cmd.sample`` does with the three checkpoints::
 
-    python examples/train_cmd.py                       # ~4 minutes on two CPU threads
+    python examples/train_cmd.py                       # ~5 minutes on two CPU threads, probe included
     python examples/train_cmd.py --out runs/cmd --scale 4   # 4x the steps of every stage
 
 Every stage writes its own checkpoints and samples under ``<out>/<stage>/``; rerunning with the same
@@ -42,7 +42,8 @@ from reference_models.common.data import MovingShapes
 from reference_models.common.probe import ShapesProbe
 from reference_models.common.video_io import save_frame_grid
 
-# Steps per stage at --scale 1 (the whole example takes about four minutes on two CPU threads).
+# Steps per stage at --scale 1 (the whole example, probe included, takes about five minutes on two CPU
+# threads).
 STEPS = {"ae": 250, "content": 900, "motion": 600}
 LR = {"ae": 2e-3, "content": 1e-3, "motion": 1e-3}
 

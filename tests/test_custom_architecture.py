@@ -35,13 +35,7 @@ TINY = {"frames": 4, "size": 8, "ae_dim": 16, "ae_heads": 2, "motion_channels": 
         "head_channels": 8, "emb_dim": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _denoiser(channels=3, motion_channels=2, perturb=True, seed=0):

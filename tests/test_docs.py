@@ -169,7 +169,6 @@ def test_system_pages_have_one_probe_run_block_and_say_how_it_is_rendered(system
     assert command in " ".join(page.split()), f"{system}.md does not name the command that renders its block"
 
 
-@pytest.mark.skipif(not CMD_REPORT.exists(), reason="docs/systems/cmd_probe/probe.json is not committed yet")
 def test_cmd_probe_figures_are_rendered_from_the_committed_run_report():
     """docs/systems/cmd.md shows the per-class figures of a committed run report, never typed by hand."""
     from reference_models.common.probe import render_run_table
@@ -178,7 +177,6 @@ def test_cmd_probe_figures_are_rendered_from_the_committed_run_report():
     assert _probe_run_block(SYSTEMS_DOCS / "cmd.md") == render_run_table(report, kind="cmd")
 
 
-@pytest.mark.skipif(not PVDM_REPORT.exists(), reason="docs/systems/pvdm_probe/probe.json is not committed yet")
 def test_pvdm_probe_figures_are_rendered_from_the_committed_run_report():
     """docs/systems/pvdm.md shows the long-video figures of a committed run report, never typed by hand."""
     from reference_models.common.probe import render_run_table
@@ -187,8 +185,6 @@ def test_pvdm_probe_figures_are_rendered_from_the_committed_run_report():
     assert _probe_run_block(SYSTEMS_DOCS / "pvdm.md") == render_run_table(report, kind="pvdm")
 
 
-@pytest.mark.skipif(not any(EVDM_REPORTS.glob("*_metrics.json")),
-                    reason="docs/systems/evdm_probe/step<N>_{predict,interpolate}_metrics.json are not committed yet")
 def test_evdm_baseline_figures_are_rendered_from_the_committed_metrics():
     """docs/systems/evdm.md shows model vs baselines from a run's committed metrics files, never typed by hand."""
     from reference_models.common.probe import render_run_table
@@ -197,3 +193,12 @@ def test_evdm_baseline_figures_are_rendered_from_the_committed_metrics():
     report = load_run_report(sorted(EVDM_REPORTS.glob("*_metrics.json")))
     assert set(report["tasks"]) == {"predict", "interpolate"}  # tiny_evdm scores both tasks
     assert _probe_run_block(SYSTEMS_DOCS / "evdm.md") == render_run_table(report, kind="evdm")
+
+
+def test_custom_architecture_probe_figures_are_rendered_from_the_committed_run_report():
+    """docs/custom-architecture.md shows the probe figures of a committed default run, never typed by hand."""
+    from reference_models.common.probe import render_run_table
+
+    report = json.loads((DOCS / "custom_probe" / "probe.json").read_text(encoding="utf-8"))
+    assert _probe_run_block(DOCS / "custom-architecture.md") == render_run_table(report, kind="custom")
+    assert (DOCS / "custom_probe" / "probe_grid.png").is_file()

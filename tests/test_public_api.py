@@ -1,5 +1,6 @@
 import importlib
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,14 @@ def test_no_system_imports_another_and_common_imports_none(system):
                     assert not (parts[0] == "reference_models" and len(parts) > 1 and parts[1] in forbidden), (
                         f"{path.relative_to(root)} imports {name}"
                     )
+
+
+def test_both_packages_ship_their_type_hints():
+    """PEP 561: a py.typed marker in each package, listed as package data so wheels carry it."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    for package in ("vdblocks", "reference_models"):
+        assert (root / package / "py.typed").is_file(), package
+        assert "py.typed" in config["tool"]["setuptools"]["package-data"][package], package

@@ -357,12 +357,13 @@ def baseline_predictions(past: torch.Tensor, frames: int, *, future: torch.Tenso
 def write_task(result: TaskResult, out_dir: str | Path, stem: str, *, fps: float,
                extra: Mapping[str, Any] | None = None) -> list[Path]:
     """Write ``{stem}_XX.mp4`` + ``{stem}_grid.png`` (samples), ``{stem}_real_*`` (real clips) and
-    ``{stem}_metrics.json`` (metrics and ``extra``) when there is something to compare with."""
+    ``{stem}_metrics.json`` (metrics, ``num_clips`` and ``extra``) when there is something to compare with."""
     paths = write_samples(result.videos, out_dir, stem=stem, fps=fps)
     if result.real is not None:
         paths += write_samples(result.real, out_dir, stem=f"{stem}_real", fps=fps)
         path = Path(out_dir) / f"{stem}_metrics.json"
-        path.write_text(json.dumps({**result.metrics, **dict(extra or {})}, indent=1) + "\n", encoding="utf-8")
+        record = {**result.metrics, "num_clips": int(result.videos.shape[0]), **dict(extra or {})}
+        path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         paths.append(path)
     return paths
 

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
     g.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     g.add_argument("--sample-steps", type=int, default=100, help="sampling steps (paper: DDPM 100 or 1000)")
-    g.add_argument("--num-samples", type=int, default=4, help="held-out clips per task")
+    g.add_argument("--num-samples", type=int, default=16, help="held-out clips per task")
     g.add_argument("--sample-frames", type=int, default=None,
                    help="frames to predict autoregressively (default 3 T)")
     return p

@@ -42,12 +42,7 @@ def flags(stage, out, ae=None, steps=STEPS, *extra):
             "--num-videos", "64", "--device", "cpu", "--no-progress", *(["--ae", str(ae)] if ae else []), *extra]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

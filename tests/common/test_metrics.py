@@ -27,13 +27,7 @@ from reference_models.common.metrics import (
     video_psnr,
 )
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: intra-op threads only add OpenMP waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 sizes = st.tuples(st.integers(1, 2), st.sampled_from([1, 3]), st.integers(1, 3), st.integers(11, 16), st.integers(11, 16))

@@ -248,8 +248,9 @@ def test_evdm_table_puts_the_model_next_to_each_baseline_with_a_verdict(tmp_path
     text = render_run_table(load_run_report(write_evdm_files(tmp_path)))
     header = tables(text)[0][0]
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "task", "metric", "model", "copy-last", "mean-frame", "blend", "model beats"]
-    rows = {(r[0], r[1]): r[2:] for r in cells(text)}
+        "task", "clips", "metric", "model", "copy-last", "mean-frame", "blend", "model beats"]
+    assert {r[1] for r in cells(text)} == {"1"}  # write_task records how many clips each mean is over
+    rows = {(r[0], r[2]): r[3:] for r in cells(text)}
     assert list(rows) == [("predict", "PSNR (dB)"), ("predict", "SSIM"), ("interpolate", "PSNR (dB)"),
                           ("interpolate", "SSIM")]  # the paper's task order, not the files' order
     assert rows["predict", "PSNR (dB)"] == ["21.500", "18.250", "21.500", "-", "copy-last yes, mean-frame no"]

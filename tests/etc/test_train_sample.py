@@ -40,14 +40,7 @@ def flags(out, steps=STEPS, *extra):
             "--probe-clips", "0", *extra]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are far too small to gain from intra-op threads, and on a busy machine
-    OpenMP threads waiting for a descheduled sibling slow every op down a hundredfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -38,14 +38,7 @@ PAPER_TABLE1_CONV_PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # A forward here is ~1000 small ops; on a loaded 2-core machine every OpenMP region can wait for
-    # a descheduled second thread, which made these tests 100x slower. One thread avoids the stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _params(model):

@@ -56,14 +56,7 @@ def flags(out, steps=STEPS, *extra):
             "--num-samples", "2", "--num-videos", "64", "--device", "cpu", "--no-progress", *extra]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are far too small to gain from intra-op threads, and on a busy machine
-    OpenMP threads waiting for a descheduled sibling slow every op down a hundredfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ AE_SETS = dict(frames=2, height=8, width=12, patch_size=[1, 4, 4], dim=8, encode
                disc_channels=4, disc_layers=1)
 # The perceptual network is a TorchScript file, the format LPIPS ports ship in; torch 2.13 warns
 # that TorchScript is deprecated, which is not what these tests are about.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 DIFF_SETS = dict(base_channels=8, channel_mult=[1], attn_resolutions=[1], num_res_blocks=1, heads=2)
 
@@ -40,12 +41,6 @@ COMMON = ["--batch-size", "4", "--num-videos", "8", "--device", "cpu", "--no-pro
           "--warmup-steps", "1", "--num-samples", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

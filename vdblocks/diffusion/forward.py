@@ -85,18 +85,23 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
     sq = (pred - target).pow(2)  # b ...
     if mask is None:
         return sq.mean()
+    weights = _expand_mask(mask, sq)  # b ...
+    return (weights * sq).sum() / weights.sum().clamp_min(torch.finfo(sq.dtype).tiny)
+
+
+def _expand_mask(mask: object, sq: torch.Tensor) -> torch.Tensor:
+    """``mask`` broadcast to the squared errors ``sq (b, ...)``, in their dtype; a clear error otherwise."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(
-            f"expected mask to be a torch.Tensor broadcastable to {tuple(pred.shape)}, got {type(mask).__name__}"
+            f"expected mask to be a torch.Tensor broadcastable to {tuple(sq.shape)}, got {type(mask).__name__}"
         )
     try:
-        weights = torch.broadcast_to(mask, sq.shape).to(sq.dtype)  # b ...
+        return torch.broadcast_to(mask, sq.shape).to(sq.dtype)  # b ...
     except RuntimeError:
         raise ValueError(
-            f"expected mask broadcastable to x of shape {tuple(pred.shape)} "
+            f"expected mask broadcastable to x of shape {tuple(sq.shape)} "
             f"(e.g. (b, 1, t, 1, 1) for videos (b, c, t, h, w)), got {tuple(mask.shape)}"
         ) from None
-    return (weights * sq).sum() / weights.sum().clamp_min(torch.finfo(sq.dtype).tiny)
 
 
 def _min_snr_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, snr: torch.Tensor,
@@ -109,13 +114,7 @@ def _min_snr_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor |
     if mask is None:
         per_sample = sq.mean(dim=dims) if dims else sq  # b
     else:
-        try:
-            m = torch.broadcast_to(mask, sq.shape).to(sq.dtype)  # b ...
-        except RuntimeError:
-            raise ValueError(
-                f"expected mask broadcastable to x of shape {tuple(pred.shape)} "
-                f"(e.g. (b, 1, t, 1, 1) for videos (b, c, t, h, w)), got {tuple(mask.shape)}"
-            ) from None
+        m = _expand_mask(mask, sq)  # b ...
         if not dims:
             per_sample = m * sq
         else:

@@ -188,8 +188,8 @@ def _render_evdm(report: Mapping[str, Any]) -> str:
         for metric in _EVDM_METRICS:
             baselines += [b for b in _baselines(tasks[task], metric) if b not in baselines]
     label = {b: b.replace("_", "-") for b in baselines}
-    rows = ["| task | metric | model | " + " | ".join(label[b] for b in baselines) + " | model beats |",
-            "|---|---|---:|" + "---:|" * len(baselines) + "---|"]
+    rows = ["| task | clips | metric | model | " + " | ".join(label[b] for b in baselines) + " | model beats |",
+            "|---|---:|---|---:|" + "---:|" * len(baselines) + "---|"]
     for task in order:
         values = tasks[task]
         for metric, name in _EVDM_METRICS.items():
@@ -199,7 +199,8 @@ def _render_evdm(report: Mapping[str, Any]) -> str:
             cells = [_fmt(values.get(f"{b}_{metric}")) for b in baselines]
             verdict = ", ".join(f"{label[b]} {'yes' if model > values[f'{b}_{metric}'] else 'no'}"
                                 for b in baselines if f"{b}_{metric}" in values)
-            rows.append(f"| {task} | {name} | {_fmt(model)} | " + " | ".join(cells) + f" | {verdict or '-'} |")
+            clips = values.get("num_clips", "?")  # older metrics files do not say
+            rows.append(f"| {task} | {clips} | {name} | {_fmt(model)} | " + " | ".join(cells) + f" | {verdict or '-'} |")
     runs = sorted({(v.get("step"), v.get("sampler"), v.get("steps")) for v in tasks.values()}, key=str)
     setting = "; ".join(f"after {step if step is not None else '?'} training steps, {sampler or '?'} sampler with "
                         f"{steps if steps is not None else '?'} steps" for step, sampler, steps in runs)
