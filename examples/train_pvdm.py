@@ -12,7 +12,7 @@ Three steps, each the command-line tool a real run would use:
 
 ::
 
-    python examples/train_pvdm.py                       # ~5 minutes on one CPU thread
+    python examples/train_pvdm.py                       # ~4 minutes on two CPU threads, probe included
     python examples/train_pvdm.py --ae-steps 2000 --diffusion-steps 3000 --out runs/pvdm_long
 
 Each stage can be resumed or run alone with the commands this script prints.
