@@ -196,10 +196,25 @@ def test_guidance_is_the_linear_combination_of_one_batched_call(system, scale, s
         cond = system.unet(x, t, fps, context)
         uncond = system.unet(x, t, fps, null)
         one = guided_model_fn(system.unet, context, null, fps, 1.0)(x, t)
-    assert calls == [4]  # conditional and null in one batch of 2b
+    assert calls == ([2] if scale == 1 else [4])  # conditional and null in one batch of 2b; scale 1: b
     assert torch.allclose(one, cond, atol=1e-5)  # scale 1 is the conditional model
     assert torch.allclose(guided, uncond + scale * (cond - uncond), atol=1e-4)
     assert not torch.allclose(cond, uncond, atol=1e-4)
+
+
+def test_guidance_scale_one_runs_the_conditional_clips_alone(system):
+    x, t, fps = torch.randn(3, 3, 4, 8, 8), torch.tensor([5, 500, 900]), torch.tensor([8.0, 30.0, 120.0])
+    context = system.conditioner(captions=["a red circle moving left", "a blue square", ""])
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape[0])
+        return system.unet(*args)
+
+    with torch.no_grad():
+        out = guided_model_fn(counted, context, system.conditioner.null_context(3), fps, 1.0)(x, t)
+        torch.testing.assert_close(out, system.unet(x, t, fps, context))
+    assert calls == [3]
 
 
 def test_sample_shapes_rates_and_determinism(system):

@@ -43,25 +43,6 @@ def _pair_tensor(c: object, n: object, name: str, batch: int) -> torch.Tensor:
     return torch.cat([c, n.to(c.dtype)], dim=0)  # (2 b) ...
 
 
-def _conditional_only(model_fn: CondModelFn, x_t: torch.Tensor, t: torch.Tensor, cond: Condition,
-                      null_cond: Condition, b: int) -> torch.Tensor:
-    """``model_fn`` on the conditional half only (guidance scale 1), after the same checks."""
-    if isinstance(cond, Mapping):
-        if not isinstance(null_cond, Mapping) or set(cond) != set(null_cond):
-            got = sorted(null_cond) if isinstance(null_cond, Mapping) else type(null_cond).__name__
-            raise ValueError(f"expected null_cond to be a mapping with the keys of cond {sorted(cond)}, got {got}")
-        for k in cond:
-            _pair_tensor(cond[k], null_cond[k], f"[{k!r}]", b)  # validates shapes only
-        out = model_fn(x_t, t, **cond)
-    else:
-        _pair_tensor(cond, null_cond, "", b)
-        out = model_fn(x_t, t, cond)
-    if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != b:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"expected the model to return a tensor of shape (b, ...) with b={b}, got {got}")
-    return out
-
-
 def guided_eps(
     model_fn: CondModelFn,
     x_t: torch.Tensor,
@@ -79,9 +60,6 @@ def guided_eps(
     ``model_fn(x, t, **cond)``. ``null_cond`` has the same structure; each of its tensors may have
     batch 1 (one learned null embedding) and is then expanded to ``b``.
 
-    ``scale == 1`` is the conditional model alone (``eps(x, null)`` cancels), so it runs the model
-    once on the ``b`` conditional inputs: half the work, the same result up to float rounding.
-
     Shapes: ``x_t (b, ...)``, ``t (b,)`` or an int -> ``(b, ...)`` like the model's output.
     """
     if not isinstance(x_t, torch.Tensor) or x_t.ndim < 1:
@@ -95,8 +73,6 @@ def guided_eps(
         got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"expected t of shape (b,) with b={b}, got {got}")
 
-    if scale == 1:
-        return _conditional_only(model_fn, x_t, t, cond, null_cond, b)
     x_in = torch.cat([x_t, x_t], dim=0)  # (2 b) ...
     t_in = torch.cat([t, t], dim=0)  # (2 b)
     if isinstance(cond, Mapping):
