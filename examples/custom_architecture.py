@@ -92,7 +92,7 @@ from vdblocks import (
     group_norm,
     triplane_expand,
 )
-from vdblocks._validation import check_tensor
+from vdblocks.validation import check_tensor
 from vdblocks.diffusion import (
     NoiseSchedule,
     check_prediction_type,

@@ -48,7 +48,7 @@ import torch
 from torch.utils import flop_counter as _fc
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from ._validation import check_positive_int
+from .validation import check_positive_int
 
 __all__ = [
     "FlopCount",

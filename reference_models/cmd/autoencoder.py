@@ -40,7 +40,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.content_frame import ContentFrameHead, MotionLatentHead
 from vdblocks.layers.video_transformer import (
     VideoPatchEmbed,

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 
 from .content_model import DataNormalizer, check_condition_inputs
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vdblocks._validation import check_tensor
+from vdblocks.validation import check_tensor
 from vdblocks.layers.dit import (
     DiTBlock,
     DiTFinalLayer,

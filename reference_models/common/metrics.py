@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference_models.common.ema import unwrap_model
-from vdblocks._validation import check_tensor
+from vdblocks.validation import check_tensor
 
 __all__ = [
     "to_unit_range",

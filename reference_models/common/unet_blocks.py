@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from vdblocks import ScaleShiftGroupNorm
-from vdblocks._validation import check_positive_int
+from vdblocks.validation import check_positive_int
 from vdblocks.layers.norm import group_norm
 from vdblocks.layers.transformer import Attention
 

@@ -42,7 +42,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
-from vdblocks._validation import check_tensor
+from vdblocks.validation import check_tensor
 
 from .files import follow_umask
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.embeddings import sincos_1d
 from vdblocks.layers.transformer import TransformerBlock
 

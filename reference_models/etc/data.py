@@ -80,7 +80,7 @@ from torch.utils.data import Dataset, Subset
 
 from reference_models.common.data import ImageFolder, MovingShapes, MovingShapesImages, SkippedFile, VideoFolder
 from reference_models.common.trainer import check_data_dir
-from vdblocks._validation import check_positive_int
+from vdblocks.validation import check_positive_int
 
 __all__ = [
     "FPS_CHOICES",

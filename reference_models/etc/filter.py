@@ -67,7 +67,7 @@ from reference_models.common.data.image_folder import center_crop_box, resize_cr
 from reference_models.common.data.moving_shapes import PALETTE
 from reference_models.common.data.video_folder import VideoFolder
 from reference_models.common.video_io import frame_to_array
-from vdblocks._validation import check_positive_int, check_same_batch, check_tensor
+from vdblocks.validation import check_positive_int, check_same_batch, check_tensor
 
 __all__ = [
     "PAPER_EPSILON",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from vdblocks._validation import check_positive_int, check_same_batch, check_tensor
+from vdblocks.validation import check_positive_int, check_same_batch, check_tensor
 from vdblocks.layers.embeddings import TimestepEmbedding
 from vdblocks.layers.fps import FPSEmbedding
 from vdblocks.layers.grid import SpatialTemporalMixedEmbedding, grid_for, grid_to_video, video_to_grid

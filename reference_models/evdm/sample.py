@@ -46,7 +46,7 @@ from reference_models.common.cli import add_sampling_arguments, check_checkpoint
 from reference_models.common.distributed import resolve_device
 from reference_models.common.ema import unwrap_model
 from reference_models.common.video_io import write_samples
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.diffusion import NoiseSchedule, sample_ddim, sample_ddpm
 
 from .config import EVDMConfig

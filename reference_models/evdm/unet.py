@@ -52,7 +52,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from vdblocks import BottleneckResidualPathway, MixedSelfAttention, ScaleShiftGroupNorm, TimestepEmbedding
 from vdblocks.layers import PointwiseConv2d
-from vdblocks._validation import check_tensor
+from vdblocks.validation import check_tensor
 from vdblocks.flops import FlopReport, count_flops
 from vdblocks.layers.norm import group_norm
 

@@ -32,7 +32,7 @@ from vdblocks import (
     VideoPatchUnembed,
     VideoTransformer,
 )
-from vdblocks._validation import check_tensor
+from vdblocks.validation import check_tensor
 from vdblocks.layers.triplane import triplane_expand
 
 from .config import AutoencoderConfig

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from vdblocks import ScaleShiftGroupNorm, TimestepEmbedding
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.embeddings import sincos_1d
 from vdblocks.layers.norm import group_norm
 from vdblocks.layers.transformer import Attention

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from reference_models.common.data import MovingShapes, VideoFolder
 from reference_models.common.trainer import check_data_dir
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 
 from .config import AutoencoderConfig
 

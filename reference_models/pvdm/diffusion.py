@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.diffusion import NoiseSchedule, diffusion_loss, sample_ddim, sample_ddpm
 
 from .config import DiffusionConfig

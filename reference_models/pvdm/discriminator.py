@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.norm import group_norm
 
 __all__ = ["PatchDiscriminator3D"]

@@ -42,7 +42,7 @@ from einops import rearrange
 from torch import nn
 from torch.func import functional_call
 
-from vdblocks._validation import check_tensor
+from vdblocks.validation import check_tensor
 
 from .autoencoder import PVDMAutoencoder
 from .config import AutoencoderConfig

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
-from vdblocks._validation import check_positive_int
+from vdblocks.validation import check_positive_int
 
 from .autoencoder import PVDMAutoencoder
 from .config import AutoencoderConfig, DiffusionConfig

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from vdblocks._validation import check_positive_int, check_tensor
+from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.triplane import triplane_latent_size
 
 __all__ = ["Planes", "check_grid", "pack_planes", "plane_shapes", "unpack_planes"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils import benchmark
 
-from .._validation import check_positive_int
+from ..validation import check_positive_int
 from .dispatch import BackendSpec, attention
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Union
 
 import torch
 
-from .._validation import check_tensor
+from ..validation import check_tensor
 from .backends import AttentionBackend, FavorBackend, MathBackend, SDPABackend, XFormersBackend
 
 __all__ = [

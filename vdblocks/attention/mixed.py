@@ -10,7 +10,7 @@ import torch.nn as nn
 from einops import rearrange
 from performer_pytorch import FastAttention
 
-from .._validation import check_positive_int, check_tensor
+from ..validation import check_positive_int, check_tensor
 from .calibration import CalibrationKey, batch_heads_bucket, calibration_cache, favor_crossover
 from .dispatch import BackendSpec, attention
 

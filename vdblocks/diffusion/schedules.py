@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from .._validation import check_positive_int
+from ..validation import check_positive_int
 
 __all__ = [
     "linear_betas",

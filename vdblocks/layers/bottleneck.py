@@ -49,7 +49,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .._validation import check_positive_int, check_same_batch, check_tensor
+from ..validation import check_positive_int, check_same_batch, check_tensor
 from .channel_split import ChannelSplit, _BottleneckConv, _check_group_norm_size
 from .modulation import ScaleShiftGroupNorm
 from .norm import group_norm

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validation import check_positive_int, check_same_batch, check_tensor
+from ..validation import check_positive_int, check_same_batch, check_tensor
 from .modulation import ScaleShiftGroupNorm
 from .norm import group_norm
 from .pointwise import PointwiseConv2d

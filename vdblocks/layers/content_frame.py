@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange, reduce, repeat
 
-from .._validation import check_positive_int, check_same_batch, check_tensor
+from ..validation import check_positive_int, check_same_batch, check_tensor
 
 __all__ = ["ContentFrameHead", "MotionLatentHead"]
 

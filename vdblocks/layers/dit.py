@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .._validation import check_positive_int, check_same_batch, check_tensor
+from ..validation import check_positive_int, check_same_batch, check_tensor
 from ..attention.dispatch import BackendSpec
 from .embeddings import sincos_2d
 from .modulation import modulate

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .._validation import check_positive_int, check_tensor, check_values
+from ..validation import check_positive_int, check_tensor, check_values
 
 __all__ = [
     "sinusoidal_embedding",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validation import check_positive_int, check_tensor, check_values
+from ..validation import check_positive_int, check_tensor, check_values
 from .embeddings import SinusoidalEmbedding, TimestepEmbedding
 
 __all__ = ["FPSEmbedding"]

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange, repeat
 
-from .._validation import check_positive_int, check_tensor
+from ..validation import check_positive_int, check_tensor
 
 __all__ = ["video_to_grid", "grid_to_video", "grid_for", "SpatialTemporalMixedEmbedding"]
 

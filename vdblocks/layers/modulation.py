@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validation import check_positive_int, check_same_batch, check_tensor
+from ..validation import check_positive_int, check_same_batch, check_tensor
 from .norm import group_norm
 
 __all__ = ["modulate", "ScaleShiftGroupNorm"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .._validation import check_positive_int
+from ..validation import check_positive_int
 
 __all__ = ["num_groups_for", "group_norm"]
 

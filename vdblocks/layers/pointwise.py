@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validation import check_tensor
+from ..validation import check_tensor
 
 __all__ = ["pointwise_conv2d", "PointwiseConv2d"]
 

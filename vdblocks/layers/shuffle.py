@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .._validation import check_positive_int, check_tensor
+from ..validation import check_positive_int, check_tensor
 
 __all__ = ["channel_shuffle", "channel_shuffle_permutation", "add_channel_shuffled", "ChannelShuffle"]
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .._validation import check_positive_int, check_same_batch, check_tensor
+from ..validation import check_positive_int, check_same_batch, check_tensor
 from ..attention.dispatch import BackendSpec, attention
 
 __all__ = ["Attention", "FeedForward", "TransformerBlock"]

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange, repeat
 
-from .._validation import check_positive_int, check_tensor
+from ..validation import check_positive_int, check_tensor
 from ..attention.dispatch import BackendSpec
 from .embeddings import sincos_1d
 from .transformer import TransformerBlock

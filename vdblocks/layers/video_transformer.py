@@ -23,7 +23,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .._validation import check_positive_int, check_tensor
+from ..validation import check_positive_int, check_tensor
 from ..attention.dispatch import BackendSpec
 from .embeddings import sincos_1d, sincos_2d
 from .transformer import Attention, FeedForward

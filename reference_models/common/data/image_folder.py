@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vdblocks._validation import check_positive_int
+from vdblocks.validation import check_positive_int
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vdblocks._validation import check_positive_int
+from vdblocks.validation import check_positive_int
 
 __all__ = [
     "SHAPE_KINDS",

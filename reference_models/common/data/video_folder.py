@@ -38,7 +38,7 @@ import einops
 import numpy as np
 import torch
 
-from vdblocks._validation import check_positive_int
+from vdblocks.validation import check_positive_int
 
 from ..video_io import frame_to_array
 

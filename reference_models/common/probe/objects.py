@@ -11,7 +11,7 @@ import einops
 import torch
 import torch.nn.functional as F
 
-from vdblocks._validation import check_tensor
+from vdblocks.validation import check_tensor
 
 from .spec import FOREGROUND_THRESHOLD, ProbeSpec
 

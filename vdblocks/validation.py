@@ -1,4 +1,7 @@
-"""Boundary checks shared by every public block.
+"""Boundary checks shared by every public block, public for your own blocks too.
+
+``from vdblocks.validation import check_tensor`` gives a block of yours the errors the library's
+blocks give.
 
 Each check raises ``ValueError`` (wrong shape, value or device) or ``TypeError`` (wrong type or
 dtype) with a message that names the expected layout in einops letters and what was received, e.g.
