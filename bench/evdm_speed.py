@@ -152,7 +152,6 @@ class Setup:
         self.cfg = cfg = get_config(preset)
         torch.manual_seed(seed)
         self.model = EVDMUNet(cfg)
-        self.model.init_weights()
         self.model.to(device=device, dtype=dtype)
         self.optimizer = build_optimizer(self.model, lr=1e-4)  # what the training loop steps with
         self.schedule = NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)

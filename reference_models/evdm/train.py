@@ -250,8 +250,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             record = data_record(num_samples=args.num_videos, seed=args.seed, max_shapes=args.max_shapes)
         dataset = build_clips(record, cfg)
         torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
-        model = EVDMUNet(cfg)
-        model.init_weights()
+        model = EVDMUNet(cfg)  # initialises itself (identity branches)
         schedule = schedule_from_config(cfg)
         params = sum(p.numel() for p in model.parameters())
         say(f"EVDM preset {args.preset!r} ({cfg.variant}): {params / 1e6:.2f} M parameters; clips of "

@@ -366,6 +366,7 @@ class EVDMUNet(nn.Module):
         self.norm_out = group_norm(ch)
         self.act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        self.init_weights()
 
     # -- construction helpers ------------------------------------------------------------------
 
@@ -391,6 +392,8 @@ class EVDMUNet(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Start every residual and conditioning branch as identity (MCVD's ``init_scale=0``, DiT).
+
+        ``__init__`` calls it, so a new model is ready to train; call it again to reset those layers.
 
         Zeroed: the last convolution(s) of each res block's branch, each attention output
         projection, every scale-shift projection (norms start as plain GroupNorm), the last layer of

@@ -312,8 +312,7 @@ def test_short_training_lowers_the_loss(run):
     dataset = EVDMClips.from_config(videos_from_record(data_record(num_samples=64), cfg, 5), cfg)
     batch = {k: torch.stack([dataset[i][k] for i in range(16)]) for k in ("past", "current", "future")}
     torch.manual_seed(0)  # main builds the model right after seeding with --seed
-    initial = EVDMUNet(cfg)
-    initial.init_weights()
+    initial = EVDMUNet(cfg)  # as main builds it: initialised in __init__
     assert fixed_batch_loss(state.model, cfg, batch) < 0.8 * fixed_batch_loss(initial, cfg, batch)
     losses = [row["loss"] for row in state.history]
     assert len(losses) == STEPS and sum(losses[-5:]) < sum(losses[:5])
