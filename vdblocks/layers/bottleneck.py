@@ -50,9 +50,10 @@ import torch
 import torch.nn as nn
 
 from ..validation import check_positive_int, check_same_batch, check_tensor
-from .channel_split import ChannelSplit, _BottleneckConv, _check_group_norm_size
+from .bottleneck_conv import BottleneckConv
+from .channel_split import ChannelSplit
 from .modulation import ScaleShiftGroupNorm
-from .norm import group_norm
+from .norm import check_group_norm_input, group_norm
 from .pointwise import PointwiseConv2d
 from .shuffle import ChannelShuffle, add_channel_shuffled
 
@@ -92,7 +93,7 @@ class _BRPStage(nn.Module):
                 bottleneck_ratio=bottleneck_ratio, shuffle_groups=shuffle_groups,
             )
         else:
-            self.body = _BottleneckConv(in_channels, out_channels // bottleneck_ratio, out_channels, body_emb_dim)
+            self.body = BottleneckConv(in_channels, out_channels // bottleneck_ratio, out_channels, body_emb_dim)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         y = self.norm(x, emb) if self.scale_shift_input else self.norm(x)  # b c h w
@@ -218,7 +219,7 @@ class BottleneckResidualPathway(nn.Module):
             else:
                 check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim}, like=self)
             check_same_batch(x, "x", emb, "emb")
-        _check_group_norm_size(self, x)
+        check_group_norm_input(self, x)
 
         h = self.stage1(x, emb)  # b c_out h w
         h = self.stage2(h, emb)  # b c_out h w

@@ -35,9 +35,8 @@ import torch
 import torch.nn as nn
 
 from ..validation import check_positive_int, check_same_batch, check_tensor
-from .modulation import ScaleShiftGroupNorm
-from .norm import group_norm
-from .pointwise import PointwiseConv2d
+from .bottleneck_conv import BottleneckConv
+from .norm import check_group_norm_input
 from .shuffle import channel_shuffle_permutation
 
 __all__ = ["ChannelSplit"]
@@ -54,20 +53,6 @@ def _default_shuffle_groups(channels: int) -> int:
         if channels % g == 0:
             return g
     return channels  # unreachable: channels divides itself
-
-
-def _check_group_norm_size(module: nn.Module, x: torch.Tensor) -> None:
-    """GroupNorm cannot normalize a group holding one value (b = h = w = 1 with one channel per group)."""
-    b, _, h, w = x.shape
-    if b * h * w > 1:
-        return
-    for m in module.modules():
-        if isinstance(m, nn.GroupNorm) and m.num_channels // m.num_groups == 1:
-            raise ValueError(
-                f"expected x of shape (b, c, h, w) with b*h*w > 1 for this block, got {tuple(x.shape)}: "
-                f"its GroupNorm over {m.num_channels} channels in {m.num_groups} groups would normalize "
-                "single values"
-            )
 
 
 def _concat_shuffled(parts: list[torch.Tensor], groups: int) -> torch.Tensor:
@@ -93,42 +78,6 @@ def _concat_shuffled(parts: list[torch.Tensor], groups: int) -> torch.Tensor:
         start += n
     stacked = torch.stack([r[0] if len(r) == 1 else torch.cat(r, dim=1) for r in rows], dim=2)  # b c/g g h w
     return stacked.flatten(1, 2)  # b c h w
-
-
-class _BottleneckConv(nn.Module):
-    """EVDM eqs. 9-10 after the ReLU: pointwise bottleneck, (scale-shift) GroupNorm, 3x3 || 1x1.
-
-    ``(b, c_in, h, w) -> (b, c_out, h, w)``: ``1x1 (c_in -> w)``, then ``GN(.) * (1 + e_1) + e_2`` with
-    ``[e_1, e_2]`` from the embedding when ``emb_dim`` is given (plain affine GroupNorm otherwise), then
-    the concatenation ``[3x3 (w -> ceil(c_out/2)), 1x1 (w -> floor(c_out/2))]``. The pointwise path
-    is left out when ``c_out == 1``. Shared by the plain BRP stage and :class:`ChannelSplit`; the
-    caller validates inputs.
-    """
-
-    def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int, emb_dim: int | None) -> None:
-        super().__init__()
-        self.bottleneck = PointwiseConv2d(in_channels, bottleneck_channels)  # reads a channel slice in place
-        self.norm: nn.Module
-        if emb_dim is None:
-            self.norm = group_norm(bottleneck_channels)
-        else:
-            self.norm = ScaleShiftGroupNorm(bottleneck_channels, emb_dim)
-        self.conv3x3 = nn.Conv2d(bottleneck_channels, out_channels - out_channels // 2, kernel_size=3, padding=1)
-        self.conv1x1 = (
-            PointwiseConv2d(bottleneck_channels, out_channels // 2) if out_channels // 2 else None
-        )
-
-    def branches(self, x: torch.Tensor, emb: torch.Tensor | None) -> list[torch.Tensor]:
-        """The parallel paths' outputs, in concatenation order: ``[3x3 (b, ceil(c_out/2), h, w), 1x1 (...)]``."""
-        y = self.bottleneck(x)  # b c_bottleneck h w
-        y = self.norm(y) if emb is None else self.norm(y, emb)  # b c_bottleneck h w
-        paths = [self.conv3x3(y)]  # b ceil(c_out/2) h w
-        if self.conv1x1 is not None:
-            paths.append(self.conv1x1(y))  # b floor(c_out/2) h w
-        return paths
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
-        return torch.cat(self.branches(x, emb), dim=1)  # b c_out h w
 
 
 class ChannelSplit(nn.Module):
@@ -197,7 +146,7 @@ class ChannelSplit(nn.Module):
             self.bottleneck_in_channels = in_channels - self.direct_channels
         self.conv_channels = out_channels - self.direct_channels
         self.bottleneck_channels = out_channels // bottleneck_ratio
-        self.paths = _BottleneckConv(
+        self.paths = BottleneckConv(
             self.bottleneck_in_channels, self.bottleneck_channels, self.conv_channels, self.emb_dim
         )
         # Where each output channel comes from in the pre-shuffle concatenation [direct, conv].
@@ -233,7 +182,7 @@ class ChannelSplit(nn.Module):
                 raise ValueError(f"expected emb of shape (b, e) with e={self.emb_dim}, got None")
             check_tensor(emb, "emb", "(b, e)", sizes={"e": self.emb_dim}, like=self)
             check_same_batch(x, "x", emb, "emb")
-        _check_group_norm_size(self, x)
+        check_group_norm_input(self, x)
 
         d = self.direct_channels
         if self.splits_input:
