@@ -301,3 +301,21 @@ def test_sample_cli_checks_the_fps_condition_and_the_checkpoint_kind(tmp_path, c
     save_checkpoint(etc, model=ETCSystem(cfg), step=1, config={"model": {"etc": cfg.to_dict()}})
     with pytest.raises(SystemExit, match=r"--fps 240: this model takes rates in \[0, 120\]"):
         sample_mod.main(["--checkpoint", str(etc), "--label", "1", "--fps", "240", "--out", str(tmp_path / "out")])
+
+
+def test_built_in_data_flags_restrict_scenes_and_the_probe_captions_follow():
+    args = train_mod.build_parser().parse_args(
+        ["--kinds", "cross", "triangle", "--colors", "red", "blue", "--directions", "up", "down",
+         "--fps-choices", "4", "8", "--num-videos", "64", "--num-images", "64"])
+    cfg = train_mod.build_config(args)
+    dataset = train_mod.build_dataset(args, cfg)
+    videos, labels, _ = dataset.sources
+    assert (videos.kinds, videos.colors, videos.directions) == (("cross", "triangle"), ("red", "blue"), ("up", "down"))
+    assert labels.kinds == ("cross", "triangle") and dataset.fps_choices == (4.0, 8.0)
+    captions = train_mod.probe_captions(dataset, 8)
+    assert len(set(captions)) == 8
+    for caption in captions:
+        words = caption.split()
+        assert words[2] in ("red", "blue") and words[3] in ("cross", "triangle") and words[5] in ("up", "down")
+    with pytest.raises(SystemExit):  # argparse refuses a name the data does not have
+        train_mod.build_parser().parse_args(["--kinds", "hexagon"])

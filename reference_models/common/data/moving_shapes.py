@@ -424,6 +424,16 @@ class MovingShapesImages(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The shape kinds scenes draw from."""
+        return self._scenes.kinds
+
+    @property
+    def colors(self) -> tuple[str, ...]:
+        """The palette colour names scenes draw from."""
+        return self._scenes.colors
+
     def indices_for_label(self, label: int) -> range:
         """All indices whose label is ``label`` (an arithmetic progression)."""
         return self._scenes.indices_for_label(label)
