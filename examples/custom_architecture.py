@@ -11,9 +11,10 @@ The model, "content-motion planes" (see ``docs/custom-architecture.md`` for the 
   :func:`~vdblocks.triplane_expand`) and a second video transformer rebuilds the clip.
 * **Stage 2, one denoiser for the three latents** (PVDM section 3.2, "latent diffusion model": a
   single 2D U-Net, shared by the planes, with attention over the tokens of all planes at once for
-  their joint distribution), built EVDM-L-style from :class:`~vdblocks.BottleneckResidualPathway` s (channel split, grouped
-  shortcut with channel shuffle, bottleneck ratio 8, temporal enhancement) and
-  :class:`~vdblocks.MixedSelfAttention` (EVDM eq. 14: softmax or FAVOR+ by token count), and
+  their joint distribution: :class:`~vdblocks.JointPlaneAttention`), built EVDM-L-style from
+  :class:`~vdblocks.BottleneckResidualPathway` s (channel split, grouped shortcut with channel
+  shuffle, bottleneck ratio 8, temporal enhancement), the joint attention running EVDM's
+  :class:`~vdblocks.MixedSelfAttention` (eq. 14: softmax or FAVOR+ by token count), and
   conditioned on the timestep plus ETC's :class:`~vdblocks.FPSEmbedding` (section 4.2), which
   shares the timestep's sinusoid. It predicts the velocity, trained with
   :func:`vdblocks.diffusion.diffusion_loss` and sampled with :func:`vdblocks.diffusion.sample_ddim`.
@@ -83,6 +84,7 @@ from vdblocks import (
     BottleneckResidualPathway,
     ContentFrameHead,
     FPSEmbedding,
+    JointPlaneAttention,
     MixedSelfAttention,
     ScaleShiftGroupNorm,
     TimestepEmbedding,
@@ -103,7 +105,6 @@ from vdblocks.diffusion import (
 __all__ = [
     "ContentMotionAutoencoder",
     "CustomConfig",
-    "JointPlaneAttention",
     "LatentClips",
     "LatentLayout",
     "PlaneDenoiser",
@@ -313,26 +314,12 @@ class LatentLayout:
 # ------------------------------------------------------------------------------ stage 2: denoiser
 
 
-class JointPlaneAttention(nn.Module):
-    """Attention over the tokens of all planes at once (PVDM section 3.2), EVDM's mixed kind.
-
-    ``[(b, c, h_i, w_i)] -> [(b, c, h_i, w_i)]``: each plane is normalised and flattened, the token
-    sequences are concatenated (``einops.pack``), :class:`~vdblocks.MixedSelfAttention` runs on the
-    ``L = sum_i h_i w_i`` tokens (FAVOR+ when ``L > lambda d``, eq. 14) and each plane gets its
-    share back as a residual. This is how the shared U-Net sees the *joint* distribution: a motion
-    token can attend to the content frame and the other motion plane.
-    """
-
-    def __init__(self, channels: int, head_channels: int, threshold: float = 2.0) -> None:
-        super().__init__()
-        heads = max(1, channels // head_channels)
-        self.norm = group_norm(channels)
-        self.attn = MixedSelfAttention(channels, heads=heads, dim_head=channels // heads, threshold=threshold)
-
-    def forward(self, planes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        tokens, layout = pack([rearrange(self.norm(p), "b c h w -> b (h w) c") for p in planes], "b * c")
-        out = unpack(self.attn(tokens), layout, "b * c")  # b (h_i w_i) c each
-        return [p + rearrange(o, "b (h w) c -> b c h w", h=p.shape[2]) for p, o in zip(planes, out)]
+def _joint_attention(channels: int, head_channels: int, threshold: float) -> JointPlaneAttention:
+    """PVDM's attention over the tokens of all planes at once (section 3.2), with EVDM's mixed kernel:
+    softmax or FAVOR+ by the joint token count ``sum_i h_i w_i`` (eq. 14). No plane positions: the
+    plane embedding in the conditioning and the convolutions tell the planes and places apart."""
+    heads = max(1, channels // head_channels)
+    return JointPlaneAttention(channels, heads, channels // heads, attention="mixed", threshold=threshold)
 
 
 def _brp(c_in: int, c_out: int, emb_dim: int, bottleneck_ratio: int) -> BottleneckResidualPathway:
@@ -367,7 +354,7 @@ class PlaneDenoiser(nn.Module):
       input and output convolution (their channel counts differ) and a learned plane embedding
       added to the conditioning, so the shared blocks know which plane they denoise.
     * Convolutions run on each plane with shared weights (planes of one size in one batch); the
-      planes meet in :class:`JointPlaneAttention` at every level, whose token count
+      planes meet in :class:`~vdblocks.JointPlaneAttention` at every level, whose token count
       ``h w + t w + t h`` (then a quarter of it per level down) decides between softmax and FAVOR+
       (EVDM eq. 14).
     * Blocks are EVDM-L's BRPs; ``emb = TimestepEmbedding(t) + FPSEmbedding(fps)`` (ETC section 4.2:
@@ -406,20 +393,20 @@ class PlaneDenoiser(nn.Module):
         for level, width in enumerate(widths):
             self.down.append(nn.ModuleDict({
                 "block": _brp(c_prev, width, emb_dim, bottleneck_ratio),
-                "attn": JointPlaneAttention(width, head_channels, threshold),
+                "attn": _joint_attention(width, head_channels, threshold),
                 **({"down": nn.Conv2d(width, width, 3, stride=2, padding=1)} if level < last else {}),
             }))
             c_prev = width
         self.mid = nn.ModuleDict({
             "block1": _brp(widths[-1], widths[-1], emb_dim, bottleneck_ratio),
-            "attn": JointPlaneAttention(widths[-1], head_channels, threshold),
+            "attn": _joint_attention(widths[-1], head_channels, threshold),
             "block2": _brp(widths[-1], widths[-1], emb_dim, bottleneck_ratio),
         })
         for level in reversed(range(len(widths))):
             width = widths[level]
             self.up.append(nn.ModuleDict({
                 "block": _brp(c_prev + width, width, emb_dim, bottleneck_ratio),
-                "attn": JointPlaneAttention(width, head_channels, threshold),
+                "attn": _joint_attention(width, head_channels, threshold),
                 **({"up": nn.Conv2d(width, widths[level - 1], 3, padding=1)} if level > 0 else {}),
             }))
             c_prev = widths[level - 1] if level > 0 else width

@@ -37,6 +37,7 @@ from vdblocks import (
     DividedSpaceTimeBlock,
     FeedForward,
     FPSEmbedding,
+    JointPlaneAttention,
     MixedSelfAttention,
     MotionLatentHead,
     PatchEmbed2d,
@@ -133,6 +134,11 @@ def _mod(module: torch.nn.Module) -> torch.nn.Module:
     return module.double().eval()
 
 
+def _planes_fn(block: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """A block on a list of planes as a function of the planes, returning a tuple (for gradcheck)."""
+    return lambda *planes: tuple(block(list(planes)))
+
+
 def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
     def brp(**kw):
         return lambda: Grad(_mod(BottleneckResidualPathway(4, 8, 6, bottleneck_ratio=2, **kw)), (f64(2, 4, 3, 3), f64(2, 6)), True)
@@ -181,6 +187,12 @@ def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
         ],
         "FPSEmbedding": [fps],
         "FeedForward": [lambda: Grad(_mod(FeedForward(8, mult=2)), (f64(2, 3, 8),))],
+        "JointPlaneAttention": [
+            lambda: Grad(_planes_fn(_mod(JointPlaneAttention(8, 2, max_groups=4, positions="triplane"))),
+                         (f64(2, 8, 2, 3), f64(2, 8, 1, 3), f64(2, 8, 1, 2))),
+            lambda: Grad(_planes_fn(_mod(JointPlaneAttention(8, 2, attention="mixed", threshold=1e6, max_groups=4))),
+                         (f64(1, 8, 2, 2), f64(1, 8, 3, 1))),
+        ],
         "MixedSelfAttention": [mixed("softmax"), mixed("favor"), mixed("auto", four_d=True)],
         "MotionLatentHead": [
             lambda: Grad(_mod(MotionLatentHead(4, 3)), (f64(2, 4, 3, 2, 2),)),
@@ -329,6 +341,15 @@ def _error_cases() -> dict[str, Callable[[], Case | list[Case]]]:
         return Case(m, [_arg("x", r(2, 8, 2, 3), "(b, dim, h, w)", DATA, {1: (6, 9)}, bad_ranks=(2, 5))],
                     layouts=("(b, n, dim)",))
 
+    def joint_planes():
+        m = JointPlaneAttention(8, 2, max_groups=4, positions="triplane")
+        plane = "(b, c, h_i, w_i)"
+        other = {0: (1, 3), 1: (6, 9)}  # every plane shares b and c with planes[0]
+        return Case(lambda *planes: m(list(planes)), [
+            _arg("planes[0]", r(2, 8, 2, 3), plane, DATA, {1: (6, 9)}),
+            _arg("planes[1]", r(2, 8, 1, 3), plane, DATA, other),
+            _arg("planes[2]", r(2, 8, 1, 2), plane, DATA, other)])
+
     def fps():
         m = FPSEmbedding(8, TimestepEmbedding(8))
         return Case(m, [_arg("fps", torch.tensor([24.0, 60.0, 8.0]), "(b,)", SCALAR + ("meta", "above"))])
@@ -369,6 +390,7 @@ def _error_cases() -> dict[str, Callable[[], Case | list[Case]]]:
         "FPSEmbedding": fps,
         "FeedForward": lambda: Case(FeedForward(8, mult=2), [
             _arg("x", r(2, 3, 8), "(b, ..., dim)", DATA, {2: (6, 9)}, bad_ranks=(1,))]),
+        "JointPlaneAttention": joint_planes,
         "MixedSelfAttention": lambda: [mixed(), mixed_maps()],
         "MotionLatentHead": lambda: Case(MotionLatentHead(4, 3), [
             _arg("u", r(2, 4, 3, 2, 2), "(b, dim, t, h, w)", DATA, {1: (3, 5)})]),

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from reference_models.common.checkpoint import read_checkpoint_config
 from reference_models.common.probe import ProbeRecipe, ShapesProbe
 from reference_models.common.video_io import read_video
+from vdblocks import JointPlaneAttention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +164,7 @@ def test_planes_meet_only_in_the_joint_attention():
     with torch.no_grad():
         coupled = [model(p, t, fps) for p in (planes, other)]
         for module in model.modules():
-            if isinstance(module, ca.JointPlaneAttention):
+            if isinstance(module, JointPlaneAttention):
                 module.attn.to_out.weight.zero_()
                 module.attn.to_out.bias.zero_()
         apart = [model(p, t, fps) for p in (planes, other)]

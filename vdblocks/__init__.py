@@ -3,7 +3,7 @@
 The seven blocks from the papers:
 
 * EVDM: :class:`BottleneckResidualPathway`, :class:`ChannelSplit`, :class:`MixedSelfAttention`
-* PVDM: :class:`TriplaneProjector`
+* PVDM: :class:`TriplaneProjector` (and :class:`JointPlaneAttention` across its planes)
 * CMD: :class:`ContentFrameHead` (and :class:`MotionLatentHead`)
 * ETC: :class:`SpatialTemporalMixedEmbedding` (with :func:`video_to_grid` / :func:`grid_to_video`),
   :class:`FPSEmbedding`
@@ -32,6 +32,7 @@ from .layers import (
     DividedSpaceTimeBlock,
     FeedForward,
     FPSEmbedding,
+    JointPlaneAttention,
     MotionLatentHead,
     PatchEmbed2d,
     PointwiseConv2d,
@@ -73,6 +74,7 @@ __all__ = [
     "FeedForward",
     "FlopCounter",
     "FlopReport",
+    "JointPlaneAttention",
     "MixedSelfAttention",
     "MotionLatentHead",
     "PatchEmbed2d",

@@ -2,7 +2,6 @@
 latent planes, trained jointly for p(x) and p(x^2 | x^1) to generate long videos clip by clip."""
 
 from .autoencoder import PVDMAutoencoder
-from .baseline3d import VideoUNet3D
 from .config import (
     AUTOENCODER_PRESETS,
     DIFFUSION_PRESETS,
@@ -28,7 +27,7 @@ from .pipeline import (
     load_diffusion,
 )
 from .planes import pack_planes, unpack_planes
-from .unet import JointPlaneAttention, TriplaneUNet
+from .unet import TriplaneUNet
 
 __all__ = [
     "AUTOENCODER_PRESETS",
@@ -37,14 +36,12 @@ __all__ = [
     "AutoencoderObjective",
     "ClipPairs",
     "DiffusionConfig",
-    "JointPlaneAttention",
     "LatentPairs",
     "PVDMAutoencoder",
     "PatchDiscriminator3D",
     "PerceptualLoss",
     "TriplaneUNet",
     "VideoClips",
-    "VideoUNet3D",
     "cache_latents",
     "decode_latents",
     "draw_cond_mask",

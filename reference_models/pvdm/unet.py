@@ -14,8 +14,8 @@ intermediate features of z_s, z_h, z_w from shared U-Net." Architecture (LDM / A
 
 Every convolution and norm runs on each plane on its own (planes of one shape are batched
 together, which changes nothing: GroupNorm normalises per sample). The only place the planes meet
-is :class:`JointPlaneAttention`: the tokens of all three planes are concatenated into one sequence
-of ``h w + t w + t h`` tokens and attend to each other.
+is :class:`vdblocks.JointPlaneAttention` (``positions="triplane"``): the tokens of all three planes
+are concatenated into one sequence of ``h w + t w + t h`` tokens and attend to each other.
 
 Readings taken:
 
@@ -28,7 +28,7 @@ Readings taken:
 * **Which plane is which.** The planes share weights, and ``z_h`` and ``z_w`` may have the same
   shape, so every plane adds a learned plane embedding to the timestep embedding (the scale-shift
   of every res block sees it). In the joint attention each token carries fixed sin-cos positions of
-  the axes it lies on: a ``z_s`` token at ``(h, w)``, a ``z_h`` token at ``(t, w)``, a ``z_w``
+  the axes it lies on (:func:`vdblocks.layers.plane_positions`): a ``z_s`` token at ``(h, w)``, a ``z_h`` token at ``(t, w)``, a ``z_w``
   token at ``(t, h)``; channels are split in three parts for ``t``, ``h`` and ``w`` and the part of
   the missing axis is zero, so tokens on the same row, column or frame of different planes share
   position features (the volume ``v_shw`` of section 3.2 pairs exactly those).
@@ -44,24 +44,19 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from vdblocks import TimestepEmbedding
-from vdblocks.validation import check_positive_int, check_tensor
-from vdblocks.layers.embeddings import sincos_1d
+from vdblocks import JointPlaneAttention, TimestepEmbedding
+from vdblocks.validation import check_tensor
 from vdblocks.layers.norm import group_norm
-from vdblocks.layers.transformer import Attention
 
 from ..common.unet_blocks import ADMResBlock, small_map_groups
 from .config import DiffusionConfig
 from .planes import check_grid, pack_planes, unpack_planes
 
-__all__ = ["JointPlaneAttention", "PlaneResBlock", "TriplaneUNet", "plane_positions"]
+__all__ = ["PlaneResBlock", "TriplaneUNet"]
 
 PlaneList = list[torch.Tensor]
-# The axes each plane lies on, in the order of its two spatial dims: z_s (h, w), z_h (t, w), z_w (t, h).
-PLANE_AXES = (("h", "w"), ("t", "w"), ("t", "h"))
 
 
 def _per_plane(fn: Callable[..., torch.Tensor], xs: PlaneList, embs: Sequence[torch.Tensor] | None = None) -> PlaneList:
@@ -78,65 +73,7 @@ def _per_plane(fn: Callable[..., torch.Tensor], xs: PlaneList, embs: Sequence[to
     return out  # type: ignore[return-value]
 
 
-def plane_positions(dim: int, shapes: Sequence[tuple[int, int]], like: torch.Tensor | None = None) -> torch.Tensor:
-    """Sin-cos positions of the tokens of the three planes: ``-> (n, dim)``, ``n = sum of h_k w_k``.
-
-    ``shapes`` are the planes' spatial shapes in the order ``z_s (h, w)``, ``z_h (t, w)``,
-    ``z_w (t, h)``. Channels ``[0, a)`` encode ``t``, ``[a, 2a)`` ``h``, ``[2a, 3a)`` ``w``
-    (``a = 2 * (dim // 6)``; the remaining channels are zero); a plane's missing axis gets zeros.
-    Tokens are row-major within a plane, planes in order, as ``rearrange(x, "b c p q -> b (p q) c")``.
-    """
-    check_positive_int(dim, "dim")
-    if len(shapes) != 3:
-        raise ValueError(f"expected the spatial shapes of the three planes, got {shapes!r}")
-    a = 2 * (dim // 6)
-    parts = []
-    for axes, (p, q) in zip(PLANE_AXES, shapes):
-        pos = torch.zeros(p, q, dim)
-        if a:
-            slots = {"t": 0, "h": a, "w": 2 * a}
-            rows = sincos_1d(a, torch.arange(p))  # p a
-            cols = sincos_1d(a, torch.arange(q))  # q a
-            pos[:, :, slots[axes[0]]:slots[axes[0]] + a] = rows[:, None]
-            pos[:, :, slots[axes[1]]:slots[axes[1]] + a] = cols[None, :]
-        parts.append(rearrange(pos, "p q c -> (p q) c"))
-    out = torch.cat(parts)  # n dim
-    if like is not None:
-        out = out.to(device=like.device, dtype=like.dtype)
-    return out
-
-
 PlaneResBlock = ADMResBlock  # the ADM res block, run on one plane at a time
-
-
-class JointPlaneAttention(nn.Module):
-    """Self-attention over the tokens of all three planes at once (PVDM's cross-plane attention).
-
-    ``[z_s (b, c, h, w), z_h (b, c, t, w), z_w (b, c, t, h)] -> same shapes``: each plane is
-    GroupNorm-ed, flattened to tokens, the three sequences are concatenated (``n = h w + t w + t h``),
-    :func:`plane_positions` are added, multi-head attention runs over all ``n`` tokens, and the
-    output is split back and added to each plane (residual).
-    """
-
-    def __init__(self, channels: int, heads: int = 8) -> None:
-        super().__init__()
-        self.channels = check_positive_int(channels, "channels")
-        heads = check_positive_int(heads, "heads")
-        if channels % heads:
-            raise ValueError(f"expected channels={channels} divisible by heads={heads}")
-        self.norm = group_norm(channels, small_map_groups(channels))
-        self.attn = Attention(channels, heads, channels // heads)
-
-    def forward(self, xs: PlaneList) -> PlaneList:
-        if len(xs) != 3:
-            raise ValueError(f"expected the three planes [z_s, z_h, z_w], got {len(xs)} tensors")
-        for name, x in zip(("z_s", "z_h", "z_w"), xs):
-            check_tensor(x, name, "(b, c, p, q)", sizes={"c": self.channels})
-        shapes = [tuple(x.shape[2:]) for x in xs]
-        tokens = torch.cat([rearrange(x, "b c p q -> b (p q) c") for x in _per_plane(self.norm, xs)], dim=1)  # b n c
-        tokens = tokens + plane_positions(self.channels, shapes, like=tokens)
-        out = self.attn(tokens).split([p * q for p, q in shapes], dim=1)  # 3 x (b, p q, c)
-        return [x + rearrange(o, "b (p q) c -> b c p q", p=p) for x, o, (p, q) in zip(xs, out, shapes)]
 
 
 class _Stage(nn.Module):
@@ -169,8 +106,11 @@ class TriplaneUNet(nn.Module):
         self.plane_embed = nn.Parameter(torch.zeros(3, E))
         self.input_conv = nn.Conv2d(2 * C + 1, c0, 3, padding=1)
 
+        def joint(ch: int) -> JointPlaneAttention:
+            return JointPlaneAttention(ch, cfg.heads, max_groups=small_map_groups(ch), positions="triplane")
+
         def attn(ch: int, factor: int) -> JointPlaneAttention | None:
-            return JointPlaneAttention(ch, cfg.heads) if factor in cfg.attn_resolutions else None
+            return joint(ch) if factor in cfg.attn_resolutions else None
 
         ch, factor, skips = c0, 1, [c0]
         self.down_stages = nn.ModuleList()
@@ -185,7 +125,7 @@ class TriplaneUNet(nn.Module):
                 skips.append(ch)
                 factor *= 2
         self.mid_res1 = PlaneResBlock(ch, ch, E, cfg.dropout)
-        self.mid_attn = JointPlaneAttention(ch, cfg.heads)
+        self.mid_attn = joint(ch)
         self.mid_res2 = PlaneResBlock(ch, ch, E, cfg.dropout)
         self.up_stages = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):

@@ -9,14 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reference_models.pvdm.config import DiffusionConfig, get_diffusion_config
-from reference_models.pvdm.planes import pack_planes, plane_shapes, unpack_planes
-from reference_models.pvdm.unet import (
-    JointPlaneAttention,
-    PlaneResBlock,
-    TriplaneUNet,
-    _per_plane,
-    plane_positions,
-)
+from reference_models.pvdm.planes import pack_planes, unpack_planes
+from reference_models.pvdm.unet import PlaneResBlock, TriplaneUNet, _per_plane
+from vdblocks import JointPlaneAttention
 
 SMALL = dict(latent_channels=2, base_channels=8, channel_mult=(1, 2), attn_resolutions=(1, 2), num_res_blocks=1,
              heads=2, latent_frames=3, latent_height=4, latent_width=5)
@@ -140,21 +135,14 @@ def test_zero_init_starts_from_zero_output():
     assert not net(latent((3, 4, 5)), torch.tensor([1, 2]), grid=(3, 4, 5)).any()
 
 
-@given(t=st.integers(1, 6), h=st.integers(1, 6), w=st.integers(1, 6), dim=st.integers(1, 24))
-def test_plane_positions_share_features_along_shared_axes(t, h, w, dim):
-    s, hh, ww = plane_shapes((t, h, w))
-    pos = plane_positions(dim, [s, hh, ww])
-    assert pos.shape == (h * w + t * w + t * h, dim)
-    p_s = pos[: h * w].reshape(h, w, dim)
-    p_h = pos[h * w : h * w + t * w].reshape(t, w, dim)
-    p_w = pos[h * w + t * w :].reshape(t, h, dim)
-    a = 2 * (dim // 6)
-    # the w part of z_s at column j equals the w part of z_h at column j, likewise h and t
-    torch.testing.assert_close(p_s[0, :, 2 * a : 3 * a], p_h[0, :, 2 * a : 3 * a])
-    torch.testing.assert_close(p_s[:, 0, a : 2 * a], p_w[0, :, a : 2 * a])
-    torch.testing.assert_close(p_h[:, 0, :a], p_w[:, 0, :a])
-    # and the axis a plane lacks is zero
-    assert not p_s[..., :a].any() and not p_h[..., a : 2 * a].any() and not p_w[..., 2 * a : 3 * a].any()
+def test_joint_attention_is_the_library_block_with_triplane_positions(model):
+    """PVDM's readings of the joint attention: sin-cos positions of the video axes each token lies
+    on, and GroupNorm with at least two channels per group (a 1 x 1 plane still normalises)."""
+    blocks = [m for m in model.modules() if isinstance(m, JointPlaneAttention)]
+    assert len(blocks) == 1 + 2 * 1 + 2 * 2  # mid, attn_resolutions (1, 2) down (1 each) and up (2 each)
+    for block in blocks:
+        assert block.positions == "triplane" and block.attention == "softmax"
+        assert block.norm.num_channels // block.norm.num_groups >= 2
 
 
 def test_malformed_inputs_are_rejected(model):
@@ -174,8 +162,6 @@ def test_malformed_inputs_are_rejected(model):
         model(z, t, cond_mask=torch.ones(2), grid=grid)
     with pytest.raises(ValueError, match="three positive ints"):
         model(z, t, grid=(3, 4))
-    with pytest.raises(ValueError, match="three planes"):
-        JointPlaneAttention(8, 2)([torch.zeros(1, 8, 2, 2)])
     with pytest.raises(ValueError, match="attn_resolutions"):
         get_diffusion_config("tiny", attn_resolutions=(8,))
     with pytest.raises(ValueError, match="divisible by heads"):

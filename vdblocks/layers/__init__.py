@@ -15,6 +15,7 @@ from .fps import FPSEmbedding
 from .grid import SpatialTemporalMixedEmbedding, grid_for, grid_to_video, video_to_grid
 from .modulation import ScaleShiftGroupNorm, modulate
 from .norm import group_norm, num_groups_for
+from .plane_attention import JointPlaneAttention, plane_positions
 from .pointwise import PointwiseConv2d, pointwise_conv2d
 from .shuffle import ChannelShuffle, add_channel_shuffled, channel_shuffle, channel_shuffle_permutation
 from .transformer import Attention, FeedForward, TransformerBlock
@@ -44,6 +45,7 @@ __all__ = [
     "DividedSpaceTimeBlock",
     "FPSEmbedding",
     "FeedForward",
+    "JointPlaneAttention",
     "MotionLatentHead",
     "PatchEmbed2d",
     "PointwiseConv2d",
@@ -65,6 +67,7 @@ __all__ = [
     "group_norm",
     "modulate",
     "num_groups_for",
+    "plane_positions",
     "pointwise_conv2d",
     "sincos_1d",
     "sincos_2d",
