@@ -10,7 +10,7 @@ for the two denoisers, built from our code:
 * **PVDM-S**: :class:`reference_models.pvdm.TriplaneUNet` with Table 6's PVDM-S config on the
   planes of a ``frames x size x size`` video cut into ``patch x patch`` patches (size 256, patch 8:
   32x32, 16x32, 16x32 planes of C = 4, 8192 numbers);
-* **pixel baseline**: :class:`reference_models.pvdm.VideoUNet3D`, VDM's recipe (space-only
+* **pixel baseline**: ``VideoUNet3D`` (``bench/_video_unet3d.py``), VDM's recipe (space-only
   ``1x3x3`` convolutions, space attention then time attention) with PVDM-S's width and depth (base
   128, 2 res blocks, ``128 * [1, 2, 4]``, then 512 for every further level) and log2(patch) more
   levels, so that it reaches the same grids and attends at the same grid sizes as PVDM-S (32, 16
@@ -50,12 +50,12 @@ from _common import (
     synchronizer,
     time_calls,
 )
+from _video_unet3d import VideoUNet3D
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from reference_models.pvdm import (
     PVDMAutoencoder,
     TriplaneUNet,
-    VideoUNet3D,
     get_autoencoder_config,
     get_diffusion_config,
 )

@@ -4,7 +4,10 @@ PVDM's efficiency comparison (section 4.3, Table 5) is against VDM, a diffusion 
 pixels whose U-Net is an image U-Net made 3D: "each 2D convolution [is] a space-only 3D
 convolution" (``1 x 3 x 3``), and "after each spatial attention block" comes "a temporal attention
 block that performs attention over the first axis". This module is that network, plain but
-complete, so that ``bench/pvdm_cost.py`` can count and time both denoisers in one run::
+complete, so that ``bench/pvdm_cost.py`` can count and time both denoisers in one run. It is a
+benchmark's yardstick, not part of PVDM, so it lives with the benchmarks; scripts run as files
+(``python bench/pvdm_cost.py``) have this folder on ``sys.path`` and import it as
+``from _video_unet3d import VideoUNet3D``::
 
     conv(1x3x3, c -> c_0)
     per level l: N x [ResBlock3D, (space attention, time attention) if 2^l attends], then a
