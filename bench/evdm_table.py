@@ -24,7 +24,8 @@ from typing import Any
 from _common import base_parser, emit, format_table, machine_info
 
 from reference_models.evdm.config import PAPER_BATCH, get_config
-from reference_models.evdm.unet import AttentionBlock, BigGANResBlock, BRPResBlock, count_model_flops
+from reference_models.evdm.unet import AttentionBlock, BRPResBlock, count_model_flops
+from vdblocks import ResBlock2d
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks"
@@ -71,7 +72,7 @@ def measure(preset: str) -> dict[str, Any]:
     model, report = count_model_flops(cfg)
     layers = [dict(conv_params=0, attn_params=0, conv_macs=0, attn_macs=0) for _ in range(cfg.num_levels)]
     for name, module in model.named_modules():
-        if not isinstance(module, (BigGANResBlock, BRPResBlock, AttentionBlock)):
+        if not isinstance(module, (ResBlock2d, BRPResBlock, AttentionBlock)):
             continue
         kind = "attn" if isinstance(module, AttentionBlock) else "conv"
         level = model.layer_of(name)

@@ -42,6 +42,8 @@ from vdblocks import (
     MotionLatentHead,
     PatchEmbed2d,
     PointwiseConv2d,
+    Resample2d,
+    ResBlock2d,
     ScaleShiftGroupNorm,
     SinusoidalEmbedding,
     SpatialTemporalMixedEmbedding,
@@ -200,6 +202,20 @@ def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
         ],
         "PatchEmbed2d": [lambda: Grad(_mod(PatchEmbed2d(3, 8, 2)), (f64(2, 3, 4, 4),))],
         "PointwiseConv2d": [lambda: Grad(_mod(PointwiseConv2d(4, 6, groups=2)), (f64(2, 4, 3, 3),))],
+        "ResBlock2d": [
+            lambda: Grad(_mod(ResBlock2d(4, 6, emb_dim=5, emb_mode="bias", norm_groups=2)),
+                         (f64(2, 4, 3, 3), f64(2, 5)), True),
+            lambda: Grad(_mod(ResBlock2d(4, 4, emb_dim=5, emb_mode="scale_shift", resample="up", norm_groups=2)),
+                         (f64(2, 4, 2, 3), f64(2, 5)), True),
+            lambda: Grad(_mod(ResBlock2d(4, 6, emb_dim=5, emb_mode="scale_shift_both", resample="down",
+                                         skip_rescale=True, norm_groups=2)), (f64(2, 4, 4, 5), f64(2, 5)), True),
+        ],
+        "Resample2d": [
+            lambda: Grad(Resample2d("up").double(), (f64(2, 3, 3, 4),)),
+            lambda: Grad(Resample2d("down").double(), (f64(2, 3, 5, 4),)),
+            lambda: Grad(Resample2d("up", fir=False).double(), (f64(2, 3, 3, 4),)),
+            lambda: Grad(Resample2d("down", fir=False).double(), (f64(2, 3, 4, 4),)),
+        ],
         "ScaleShiftGroupNorm": [lambda: Grad(_mod(ScaleShiftGroupNorm(4, 5, max_groups=2)), (f64(2, 4, 3, 3), f64(2, 5)))],
         "SinusoidalEmbedding": [lambda: Grad(SinusoidalEmbedding(6), (f64(3, low=1.0),))],
         "SpatialTemporalMixedEmbedding": [
@@ -398,6 +414,14 @@ def _error_cases() -> dict[str, Callable[[], Case | list[Case]]]:
             _arg("x", r(2, 3, 4, 6), "(b, c, h, w)", DATA, {1: (2, 4), 2: (3, 5), 3: (5, 7)})]),
         "PointwiseConv2d": lambda: Case(PointwiseConv2d(4, 6, groups=2), [
             _arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (2, 6)})]),
+        "ResBlock2d": lambda: [
+            Case(ResBlock2d(4, 6, emb_dim=5, emb_mode=mode, resample="down", norm_groups=2), [
+                _arg("x", r(2, 4, 4, 4), "(b, c, h, w)", DATA, {1: (3, 5), 2: (1,), 3: (1,)}),
+                _arg("emb", r(2, 5), "(b, emb_dim)", DATA, {0: (1, 3), 1: (4, 6)})])
+            for mode in ("bias", "scale_shift", "scale_shift_both")],
+        "Resample2d": lambda: Case(Resample2d("down"), [
+            _arg("x", r(2, 3, 4, 4), "(b, c, h, w)", ("rank", "size", "int", "complex", "meta", "empty"),
+                 {2: (1,), 3: (1,)})]),
         "ScaleShiftGroupNorm": lambda: Case(ScaleShiftGroupNorm(4, 5, max_groups=2), [
             _arg("x", r(2, 4, 3, 3), "(b, c, *spatial)", DATA, {1: (3, 5)}, bad_ranks=(1, 2)),
             _arg("emb", r(2, 5), "(b, e)", DATA, {1: (4, 6)})]),

@@ -1,24 +1,23 @@
-"""Blocks of the ADM / LDM image U-Net that several reference systems share.
+"""Pieces of the ADM / LDM image U-Net that PVDM's triplane U-Net and CMD's content U-Net share.
 
-:class:`ADMResBlock` is the residual block of "Diffusion Models Beat GANs" (Dhariwal & Nichol) with
-the scale-shift norm: PVDM's triplane U-Net runs it on each latent plane, CMD's content U-Net on
-content frames. :class:`SelfAttention2d` is the U-Net's spatial self-attention over the pixels of a
-feature map.
+Their residual block is :class:`vdblocks.ResBlock2d` in its ADM configuration ("Diffusion Models
+Beat GANs", Dhariwal & Nichol) with :func:`small_map_groups` as its group rule, built by
+:func:`adm_res_block`. :class:`SelfAttention2d` is the U-Net's spatial self-attention over the
+pixels of a feature map.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vdblocks import ScaleShiftGroupNorm
 from vdblocks.validation import check_positive_int
 from vdblocks.layers.norm import group_norm
+from vdblocks.layers.resblock import ResBlock2d
 from vdblocks.layers.transformer import Attention
 
-__all__ = ["ADMResBlock", "SelfAttention2d", "small_map_groups"]
+__all__ = ["SelfAttention2d", "adm_res_block", "small_map_groups"]
 
 
 def small_map_groups(channels: int) -> int:
@@ -27,26 +26,16 @@ def small_map_groups(channels: int) -> int:
     return max(1, min(32, channels // 2))
 
 
-class ADMResBlock(nn.Module):
-    """ADM res block with scale-shift norm: ``x (b, c_in, p, q), emb (b, e) -> (b, c_out, p, q)``.
+def adm_res_block(in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0) -> ResBlock2d:
+    """ADM's res block with the scale-shift norm: ``x (b, c_in, p, q), emb (b, e) -> (b, c_out, p, q)``.
 
-    ``h = conv(SiLU(GN(x))); h = conv(dropout(SiLU(GN(h) (1 + s) + b))); out = skip(x) + h`` with
-    ``[s, b] = Linear(SiLU(emb))``; ``skip`` is a 1x1 convolution when the widths differ.
+    ``h = conv(SiLU(GN(x))); h = conv(dropout(SiLU(GN(h) (1 + s) + b))); out = shortcut(x) + h``
+    with ``[s, b] = Linear(SiLU(emb))`` and a 1x1 shortcut when the widths differ: a
+    :class:`vdblocks.ResBlock2d` with ``emb_mode="scale_shift"``, GroupNorm eps ``1e-6`` and
+    :func:`small_map_groups` groups.
     """
-
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = group_norm(in_channels, small_map_groups(in_channels))
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = ScaleShiftGroupNorm(out_channels, emb_dim, max_groups=small_map_groups(out_channels))
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # b c_out p q
-        h = self.conv2(self.dropout(F.silu(self.norm2(h, emb))))  # b c_out p q
-        return self.skip(x) + h
+    return ResBlock2d(in_channels, out_channels, emb_dim=emb_dim, emb_mode="scale_shift", dropout=dropout,
+                      norm_groups=small_map_groups, eps=1e-6)
 
 
 class SelfAttention2d(nn.Module):

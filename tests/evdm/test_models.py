@@ -16,12 +16,12 @@ import vdblocks.attention.mixed as mixed_module
 from reference_models.evdm.config import PRESETS, VARIANTS, EVDMConfig, get_config
 from reference_models.evdm.unet import (
     AttentionBlock,
-    BigGANResBlock,
     BRPResBlock,
     EVDMUNet,
     PastFrameEncoder,
     count_model_flops,
 )
+from vdblocks import ResBlock2d
 
 # Figures the papers state (MCVD's KTH model as EVDM reports it; EVDM Tables 1 and 8): per 64x64
 # sample, the paper's batch-64 GFLOPs divided by 64.
@@ -90,11 +90,11 @@ def test_every_preset_builds_the_blocks_its_switches_name(name):
     with FakeTensorMode():  # shapes only: the 0.6 B-parameter UCF baseline builds in a blink
         model = EVDMUNet(cfg)
     assert cfg.variant == name.split("_", 1)[1]
-    res = [m for m in model.modules() if isinstance(m, (BigGANResBlock, BRPResBlock))]
+    res = [m for m in model.modules() if isinstance(m, (ResBlock2d, BRPResBlock))]
     # per level: N down blocks + 1 downsampler (not at the last), 2 middle, N + 1 up + 1 upsampler (not at 0)
     levels, n = cfg.num_levels, cfg.num_res_blocks
     assert len(res) == levels * (2 * n + 1) + 2 * (levels - 1) + 2
-    assert all(isinstance(m, BRPResBlock if cfg.use_brp else BigGANResBlock) for m in res)
+    assert all(isinstance(m, BRPResBlock if cfg.use_brp else ResBlock2d) for m in res)
     for m in res:
         if cfg.use_brp:
             assert m.brp.channel_split == cfg.channel_split
@@ -177,7 +177,7 @@ def test_per_layer_res_block_parameters_follow_table1(variant):
     model, _ = _kth_count(variant)
     per_layer = [0] * model.cfg.num_levels
     for name, module in model.named_modules():
-        if isinstance(module, (BigGANResBlock, BRPResBlock)):
+        if isinstance(module, (ResBlock2d, BRPResBlock)):
             per_layer[model.layer_of(name)] += _params(module)
     for ours, paper in zip(per_layer, PAPER_TABLE1_CONV_PARAMS[variant]):
         assert abs(ours / 1e6 / paper - 1) <= 0.02
@@ -321,7 +321,7 @@ def test_init_weights_starts_every_branch_as_identity(name):
         seen.append(type(module))
 
     hooks = [m.register_forward_hook(check) for m in model.modules()
-             if isinstance(m, (AttentionBlock, BigGANResBlock, BRPResBlock))]
+             if isinstance(m, (AttentionBlock, ResBlock2d, BRPResBlock))]
     emb_seen = []
     if model.past_encoder is not None:
         hooks.append(model.past_encoder.register_forward_hook(lambda m, a, out: emb_seen.append(out)))

@@ -243,3 +243,14 @@ def test_embedding_errors_name_expected_shape():
         me.embedding(5, 4, (2, 2))
     with pytest.raises(ValueError, match="theta"):
         SpatialTemporalMixedEmbedding(4, theta=0.5)
+
+
+def test_a_fake_tensor_run_leaves_no_fake_table_in_the_cache():
+    """Counting MACs under FakeTensorMode, then running for real at the same size, works."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    me = SpatialTemporalMixedEmbedding(3)
+    with FakeTensorMode():
+        assert me(torch.zeros(1, 3, 12, 20), (3, 5)).shape == (1, 3, 12, 20)
+    x = torch.zeros(1, 3, 12, 20)
+    torch.testing.assert_close(me(x, (3, 5)), me.embedding(12, 20, (3, 5)).expand_as(x))

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from reference_models.pvdm.config import DiffusionConfig, get_diffusion_config
 from reference_models.pvdm.planes import pack_planes, unpack_planes
-from reference_models.pvdm.unet import PlaneResBlock, TriplaneUNet, _per_plane
+from reference_models.common.unet_blocks import adm_res_block
+from reference_models.pvdm.unet import TriplaneUNet, _per_plane
 from vdblocks import JointPlaneAttention
 
 SMALL = dict(latent_channels=2, base_channels=8, channel_mult=(1, 2), attn_resolutions=(1, 2), num_res_blocks=1,
@@ -58,7 +59,7 @@ def test_table6_presets():
 
 def test_planes_of_one_shape_are_batched_without_mixing():
     torch.manual_seed(0)
-    block = perturbed(PlaneResBlock(3, 4, 6))
+    block = perturbed(adm_res_block(3, 4, 6))
     xs = [torch.randn(2, 3, 4, 4), torch.randn(2, 3, 5, 4), torch.randn(2, 3, 4, 4)]
     embs = [torch.randn(2, 6) for _ in range(3)]
     together = _per_plane(block, xs, embs)

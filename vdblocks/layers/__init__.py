@@ -17,6 +17,8 @@ from .modulation import ScaleShiftGroupNorm, modulate
 from .norm import group_norm, num_groups_for
 from .plane_attention import JointPlaneAttention, plane_positions
 from .pointwise import PointwiseConv2d, pointwise_conv2d
+from .resample import Resample2d
+from .resblock import ResBlock2d
 from .shuffle import ChannelShuffle, add_channel_shuffled, channel_shuffle, channel_shuffle_permutation
 from .transformer import Attention, FeedForward, TransformerBlock
 from .triplane import (
@@ -49,6 +51,8 @@ __all__ = [
     "MotionLatentHead",
     "PatchEmbed2d",
     "PointwiseConv2d",
+    "ResBlock2d",
+    "Resample2d",
     "ScaleShiftGroupNorm",
     "SinusoidalEmbedding",
     "SpatialTemporalMixedEmbedding",

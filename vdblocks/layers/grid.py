@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from einops import rearrange, repeat
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..validation import check_positive_int, check_tensor
 
@@ -243,8 +244,11 @@ class SpatialTemporalMixedEmbedding(nn.Module):
         device = torch.device(device if device is not None else "cpu")
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        # Under torch.compile the trace itself is the cache; dynamo would warn about lru_cache.
-        build = _mixed_embedding.__wrapped__ if torch.compiler.is_compiling() else _mixed_embedding
+        # Under torch.compile the trace itself is the cache; dynamo would warn about lru_cache. Under a
+        # FakeTensorMode (shape-only MAC counts) the table is a fake tensor, which must not be cached
+        # for the real calls that follow.
+        uncached = torch.compiler.is_compiling() or isinstance(torch.empty(0), FakeTensor)
+        build = _mixed_embedding.__wrapped__ if uncached else _mixed_embedding
         return build(self.channels, self.theta, self.order, height, width, rows, cols, device, dtype)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
