@@ -48,6 +48,7 @@ from vdblocks.layers.video_transformer import (
     VideoTransformer,
 )
 
+from ..common.pretrained import PretrainedMixin
 from .config import CMDConfig
 
 __all__ = ["CMDAutoencoder", "CMDLatents", "ImageLatentCodec", "pack_motion", "unpack_motion"]
@@ -159,7 +160,7 @@ class ImageLatentCodec(nn.Module):
         return rearrange(pixels, "(b l) c h w -> b c l h w", b=b)
 
 
-class CMDAutoencoder(nn.Module):
+class CMDAutoencoder(nn.Module, PretrainedMixin):
     """CMD's video autoencoder (section 3.2, eqs. 3-6); see the module docstring.
 
     Shapes (``p = cfg.ae_patch``, ``D = cfg.motion_channels``, any ``L``, ``H``, ``W`` with ``p | H, W``):
@@ -171,7 +172,12 @@ class CMDAutoencoder(nn.Module):
 
     ``image_codec`` (optional, an :class:`ImageLatentCodec` or a diffusers ``AutoencoderKL``) is kept
     out of the parameters and the state dict: :meth:`encode_video`/:meth:`decode_video` wrap it.
+    ``save_pretrained`` / ``from_pretrained`` (kind ``"cmd_ae"``) store the autoencoder without the
+    codec; pass it again with ``CMDAutoencoder.from_pretrained(path, image_codec=...)``.
     """
+
+    pretrained_kind = "cmd_ae"
+    config_class = CMDConfig
 
     def __init__(self, cfg: CMDConfig, image_codec: nn.Module | None = None) -> None:
         super().__init__()

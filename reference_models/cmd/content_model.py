@@ -31,8 +31,10 @@ from vdblocks.layers.dit import (
 )
 from vdblocks.layers.embeddings import TimestepEmbedding
 from vdblocks.layers.norm import group_norm
+from vdblocks.layers.resblock import ResBlock2d
 
-from ..common.unet_blocks import ADMResBlock, SelfAttention2d, small_map_groups
+from ..common.pretrained import PretrainedMixin
+from ..common.unet_blocks import SelfAttention2d, adm_res_block, small_map_groups
 from .config import CMDConfig
 
 __all__ = [
@@ -202,7 +204,7 @@ def init_dit_weights(model: nn.Module, patch_embeds: list[PatchEmbed2d]) -> None
         nn.init.zeros_(layer.bias)
 
 
-class ContentDiT(nn.Module):
+class ContentDiT(nn.Module, PretrainedMixin):
     """Image DiT for content frames (eq. 7; DiT-XL/2 in Table 7): ``(b, C, H, W), (b,) -> (b, C, H, W)``.
 
     Patch embedding (``cfg.content_dit_patch``), fixed 2D sin-cos positions for any ``H x W``
@@ -211,7 +213,11 @@ class ContentDiT(nn.Module):
     ``eta = 0``, the paper's sampler, does not use it).
 
     ``forward(x, t, labels=None, text=None, drop=None)``: see :class:`ConditionEmbedding`.
+    ``save_pretrained`` / ``from_pretrained``: kind ``"cmd_content"``.
     """
+
+    pretrained_kind = "cmd_content"
+    config_class = CMDConfig
 
     def __init__(self, cfg: CMDConfig) -> None:
         super().__init__()
@@ -248,14 +254,14 @@ class ContentDiT(nn.Module):
 
 
 class _Level(nn.Module):
-    def __init__(self, blocks: list[ADMResBlock], attns: list[nn.Module | None], resample: nn.Module | None) -> None:
+    def __init__(self, blocks: list[ResBlock2d], attns: list[nn.Module | None], resample: nn.Module | None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.attns = nn.ModuleList(a if a is not None else nn.Identity() for a in attns)
         self.resample = resample
 
 
-class ContentUNet(nn.Module):
+class ContentUNet(nn.Module, PretrainedMixin):
     """ADM-style image U-Net for content frames, the convolutional alternative to the DiT of eq. 7.
 
     ``(b, C, H, W), (b,) -> (b, C, H, W)`` for any ``H, W``, with the call of :class:`ContentDiT`
@@ -266,7 +272,7 @@ class ContentUNet(nn.Module):
     gives smoother objects in every class than a DiT after the same steps, so ``tiny`` uses this.
 
     Layout (ADM / LDM): ``conv3x3(C -> c0)``; per level ``l`` (width ``c0 * content_unet_mult[l]``)
-    ``content_unet_blocks`` res blocks (:class:`~reference_models.common.unet_blocks.ADMResBlock`), each
+    ``content_unet_blocks`` ADM res blocks (:func:`~reference_models.common.unet_blocks.adm_res_block`), each
     followed by :class:`~reference_models.common.unet_blocks.SelfAttention2d` where the
     downsampling factor ``2^l`` is in ``content_unet_attention``, then (but at the last level) a
     stride-2 ``conv3x3`` (``n -> ceil(n / 2)``); a middle of res block, attention, res block; per
@@ -274,7 +280,11 @@ class ContentUNet(nn.Module):
     upsampling back to the skip's exact size and a ``conv3x3``; ``GN, SiLU, conv3x3(c0 -> C)``.
     The condition ``c`` (width ``4 c0``) drives every res block's scale-shift norm. Residual
     branches, attention outputs and the output start at zero (ADM's ``zero_module``).
+    ``save_pretrained`` / ``from_pretrained``: kind ``"cmd_content"``.
     """
+
+    pretrained_kind = "cmd_content"
+    config_class = CMDConfig
 
     def __init__(self, cfg: CMDConfig) -> None:
         super().__init__()
@@ -293,7 +303,7 @@ class ContentUNet(nn.Module):
         for level, mult in enumerate(mults):
             blocks, attns = [], []
             for _ in range(n_blocks):
-                blocks.append(ADMResBlock(ch, c0 * mult, emb))
+                blocks.append(adm_res_block(ch, c0 * mult, emb))
                 ch = c0 * mult
                 attns.append(attn(ch, level))
                 skips.append(ch)
@@ -301,13 +311,13 @@ class ContentUNet(nn.Module):
             self.down.append(_Level(blocks, attns, None if last else nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
             if not last:
                 skips.append(ch)
-        self.mid = nn.ModuleList([ADMResBlock(ch, ch, emb), SelfAttention2d(ch, cfg.content_unet_heads),
-                                  ADMResBlock(ch, ch, emb)])
+        self.mid = nn.ModuleList([adm_res_block(ch, ch, emb), SelfAttention2d(ch, cfg.content_unet_heads),
+                                  adm_res_block(ch, ch, emb)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(mults))):
             blocks, attns = [], []
             for _ in range(n_blocks + 1):
-                blocks.append(ADMResBlock(ch + skips.pop(), c0 * mult, emb))
+                blocks.append(adm_res_block(ch + skips.pop(), c0 * mult, emb))
                 ch = c0 * mult
                 attns.append(attn(ch, level))
             self.up.append(_Level(blocks, attns, nn.Conv2d(ch, ch, 3, padding=1) if level > 0 else None))
@@ -320,10 +330,10 @@ class ContentUNet(nn.Module):
         """Zero the residual branches' last convolutions and scale-shifts, the attention outputs and
         the output convolution: the network starts as a skip-connected map that predicts zero."""
         for m in self.modules():
-            if isinstance(m, ADMResBlock):
-                for layer in (m.conv2, m.norm2.proj):
-                    nn.init.zeros_(layer.weight)
-                    nn.init.zeros_(layer.bias)
+            if isinstance(m, ResBlock2d):
+                m.zero_residual_()
+                nn.init.zeros_(m.norm2.proj.weight)
+                nn.init.zeros_(m.norm2.proj.bias)
             elif isinstance(m, SelfAttention2d):
                 nn.init.zeros_(m.attn.to_out.weight)
                 nn.init.zeros_(m.attn.to_out.bias)

@@ -39,6 +39,7 @@ from vdblocks.layers.dit import (
     unpatchify,
 )
 
+from ..common.pretrained import PretrainedMixin
 from .autoencoder import unpack_motion
 from .config import CMDConfig
 from .content_model import ConditionEmbedding, DataNormalizer, init_dit_weights
@@ -59,13 +60,17 @@ def motion_sequence_length(cfg: CMDConfig, frames: int | None = None, height: in
     return lt * (hh + ww), (height // q) * (width // q)
 
 
-class MotionDiT(nn.Module):
+class MotionDiT(nn.Module, PretrainedMixin):
     """The motion DiT of eq. 8; see the module docstring for the sequence layout.
 
     Shapes: ``z (b, D, L, H' + W')``, ``t (b,)``, ``content (b, C, H, W)``, optional ``labels (b,)``,
     ``text (b, text_dim)``, ``drop (b,)`` -> ``eps (b, D, L, H' + W')``. Any ``L``, ``H``, ``W`` that
     :meth:`CMDConfig.check_size` accepts.
+    ``save_pretrained`` / ``from_pretrained``: kind ``"cmd_motion"`` (the fitted normaliser included).
     """
+
+    pretrained_kind = "cmd_motion"
+    config_class = CMDConfig
 
     def __init__(self, cfg: CMDConfig) -> None:
         super().__init__()

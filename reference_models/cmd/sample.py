@@ -17,7 +17,12 @@ CLI (weights from the three training runs, EMA by default)::
         --motion runs/cmd/motion --labels 0,1,2 --guidance 4.0 --out samples/
 
 writes ``<out>/cmd_00.mp4 ...``, ``<out>/cmd_grid.png`` (one row per video), ``<out>/cmd_captions.txt``
-and ``<out>/cmd_content_grid.png`` (the sampled content frames).
+and ``<out>/cmd_content_grid.png`` (the sampled content frames). The three flags also take
+``save_pretrained`` directories; ``--export-pretrained DIR`` writes the three models as ``DIR/ae``,
+``DIR/content`` and ``DIR/motion`` (EMA weights) and exits::
+
+    python -m reference_models.cmd.sample --ae runs/cmd/ae --content runs/cmd/content \\
+        --motion runs/cmd/motion --export-pretrained pretrained/cmd
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ from reference_models.common.checkpoint import (
 )
 from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, positive_fps
 from reference_models.common.distributed import resolve_device
+from reference_models.common.pretrained import export_pretrained
 from reference_models.common.video_io import save_frame_grid, write_samples
 from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
 
 from .autoencoder import CMDAutoencoder, ImageLatentCodec, unpack_motion
 from .config import CMDConfig
-from .content_model import build_native_content_model
+from .content_model import ContentDiT, ContentUNet, build_native_content_model
 from .motion_model import MotionDiT
 
 __all__ = [
@@ -291,9 +297,14 @@ def load_image_codec(path: str | None, device: str | torch.device = "cpu") -> Im
 
 def load_autoencoder(checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True,
                      with_codec: bool = True) -> tuple[CMDAutoencoder, Checkpoint]:
-    """The autoencoder a ``--stage ae`` run saved (with its image codec when it used one)."""
+    """The autoencoder a ``--stage ae`` run saved (with its image codec when it used one).
+
+    ``checkpoint``: the run (only the model or EMA tensors are read) or a ``save_pretrained``
+    directory of a :class:`CMDAutoencoder` (whose exported run record names the codec, if any).
+    """
     model, ckpt = load_model_from_checkpoint(
-        checkpoint, "cmd_ae", lambda d: CMDAutoencoder(CMDConfig.from_dict(d)), device=device, use_ema=use_ema)
+        checkpoint, "cmd_ae", lambda d: CMDAutoencoder(CMDConfig.from_dict(d)), device=device, use_ema=use_ema,
+        pretrained=CMDAutoencoder)
     if with_codec:
         model.set_image_codec(load_image_codec((ckpt.config.get("model") or {}).get("image_autoencoder"), device))
     return model, ckpt
@@ -311,20 +322,26 @@ def build_content_model(cfg: CMDConfig, record: dict | None) -> nn.Module:
 
 def load_content_model(checkpoint: str | Path, *, device: str | torch.device = "cpu",
                        use_ema: bool = True) -> tuple[nn.Module, Checkpoint, CMDConfig]:
-    """The content model a ``--stage content`` run saved, and the config it was trained with."""
+    """The content model a ``--stage content`` run saved, and the config it was trained with.
+
+    ``checkpoint``: the run (only the model or EMA tensors are read) or a ``save_pretrained``
+    directory of a :class:`ContentDiT` or :class:`ContentUNet` (the diffusers adapter has none).
+    """
     _, config = read_checkpoint_config(checkpoint)
     record = (config.get("model") or {}).get("content_model")
     model, ckpt = load_model_from_checkpoint(
         checkpoint, "cmd_content", lambda d: build_content_model(CMDConfig.from_dict(d), record),
-        device=device, use_ema=use_ema)
+        device=device, use_ema=use_ema, pretrained=(ContentDiT, ContentUNet))
     return model, ckpt, CMDConfig.from_dict(ckpt.config["model"]["cmd_content"])
 
 
 def load_motion_model(checkpoint: str | Path, *, device: str | torch.device = "cpu",
                       use_ema: bool = True) -> tuple[MotionDiT, Checkpoint]:
-    """The motion model a ``--stage motion`` run saved (its fitted normaliser included)."""
+    """The motion model a ``--stage motion`` run saved (its fitted normaliser included); ``checkpoint``
+    may also be a ``save_pretrained`` directory of a :class:`MotionDiT`."""
     return load_model_from_checkpoint(
-        checkpoint, "cmd_motion", lambda d: MotionDiT(CMDConfig.from_dict(d)), device=device, use_ema=use_ema)
+        checkpoint, "cmd_motion", lambda d: MotionDiT(CMDConfig.from_dict(d)), device=device, use_ema=use_ema,
+        pretrained=MotionDiT)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -333,9 +350,10 @@ def load_motion_model(checkpoint: str | Path, *, device: str | torch.device = "c
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reference_models.cmd.sample",
                                 description="Sample videos from CMD checkpoints (content, then motion, then decode).")
-    p.add_argument("--ae", required=True, help="autoencoder run (checkpoint, checkpoint dir or output dir)")
-    p.add_argument("--content", required=True, help="content-frame model run")
-    p.add_argument("--motion", required=True, help="motion model run")
+    p.add_argument("--ae", required=True,
+                   help="autoencoder run (checkpoint, checkpoint dir or output dir) or save_pretrained directory")
+    p.add_argument("--content", required=True, help="content-frame model run or save_pretrained directory")
+    p.add_argument("--motion", required=True, help="motion model run or save_pretrained directory")
     p.add_argument("--labels", default=None, help="comma-separated class labels, e.g. 0,1,2")
     p.add_argument("--num-samples", type=int, default=1, help="videos per label (or in all, without labels)")
     p.add_argument("--guidance", type=float, default=PAPER_GUIDANCE, help="content model (paper: 4.0)")
@@ -357,8 +375,20 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             check_checkpoint_kind(path, key, expected)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(f"{flag}: {error}") from None
-    device = resolve_device(args.device)
     use_ema = not args.no_ema
+    if args.export_pretrained:
+        root = Path(args.export_pretrained)
+
+        def load_ae(checkpoint: str | Path, use_ema: bool) -> tuple[CMDAutoencoder, Checkpoint]:
+            return load_autoencoder(checkpoint, use_ema=use_ema, with_codec=False)  # the codec is not stored
+
+        paths = [export_pretrained(source, root / name, load, use_ema=use_ema)
+                 for source, name, load in ((args.ae, "ae", load_ae), (args.content, "content", load_content_model),
+                                            (args.motion, "motion", load_motion_model))]
+        print(f"wrote {', '.join(f'{p}/' for p in paths)}; sample with: python -m reference_models.cmd.sample "
+              f"--ae {paths[0]} --content {paths[1]} --motion {paths[2]}")
+        return paths
+    device = resolve_device(args.device)
     autoencoder, _ = load_autoencoder(args.ae, device=device, use_ema=use_ema)
     content_model, _, content_cfg = load_content_model(args.content, device=device, use_ema=use_ema)
     motion_model, _ = load_motion_model(args.motion, device=device, use_ema=use_ema)

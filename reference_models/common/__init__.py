@@ -1,4 +1,5 @@
-"""What every reference system shares: data, video IO, the training loop, checkpoints, distributed."""
+"""What every reference system shares: data, video IO, the training loop, checkpoints, Hub-style
+save_pretrained / from_pretrained, distributed."""
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .data import ImageFolder, MovingShapes, MovingShapesImages, VideoFolder
@@ -8,6 +9,7 @@ from .lazy import lazy_exports
 from .logging import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .precision import autocast
+from .pretrained import PretrainedError, PretrainedMixin, export_pretrained, load_pretrained
 from .trainer import NonFiniteLossError, TrainConfig, TrainState, check_data_dir, check_dataset, train
 from .video_io import read_video, save_frame_grid, write_samples, write_video
 
@@ -19,6 +21,8 @@ __all__ = [
     "MovingShapes",
     "MovingShapesImages",
     "NonFiniteLossError",
+    "PretrainedError",
+    "PretrainedMixin",
     "ShapesProbe",
     "TrainConfig",
     "TrainState",
@@ -29,9 +33,11 @@ __all__ = [
     "check_data_dir",
     "check_dataset",
     "cleanup",
+    "export_pretrained",
     "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_pretrained",
     "load_weights",
     "read_video",
     "save_checkpoint",

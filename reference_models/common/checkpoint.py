@@ -24,7 +24,11 @@ No pickle. Nested state (``optimizer.state_dict()``, an LR scheduler's, EMA's) i
 ``encode_state``: tensors go to the safetensors file under their dotted path; the rest becomes
 JSON, with tuples, non-string dict keys (optimizer state is keyed by parameter index) and bytes
 tagged so that ``decode_state`` rebuilds the exact same structure. Loading uses only
-``safetensors.torch.load_file`` and ``json.load``.
+``safetensors`` (``load_file``, or ``safe_open`` by name where ``load_weights`` reads the model's
+tensors alone, not the optimizer's) and ``json.load``.
+
+Pretrained directories (``config.json`` + ``model.safetensors``, model weights only) are the other
+format: see :mod:`reference_models.common.pretrained`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import random
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +108,8 @@ class Checkpoint:
     """What ``load_checkpoint`` read besides the tensors it copied into the given objects.
 
     ``state`` holds the decoded component states (``"model"``, ``"ema"``, ``"optimizer"``, ...)
-    for callers that want them without passing objects.
+    for callers that want them without passing objects; after :func:`load_weights`, only the one
+    component it read.
     """
 
     path: Path
@@ -464,6 +469,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                 found = manifests[-1] if manifests else None
             if found is not None:
                 return found
+        if (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no checkpoint in {path}: it is a save_pretrained directory (config.json + model.safetensors), "
+                "which holds model weights only, no training state"
+            )
         raise FileNotFoundError(f"no checkpoint in {path} (no step_*.json manifest)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -710,25 +720,73 @@ def load_checkpoint(
     )
 
 
+def _tensor_names(tree: Any) -> list[str]:
+    """The tensor-file names an ``encode_state`` tree refers to (its ``{"__tensor__": name}`` leaves)."""
+    if isinstance(tree, list):
+        return [n for v in tree for n in _tensor_names(v)]
+    if not isinstance(tree, dict):
+        return []
+    if "__tensor__" in tree:
+        return [tree["__tensor__"]]
+    values = [v for _, v in tree["__dict__"]] if "__dict__" in tree else tree.get("__tuple__", tree.values())
+    return [n for v in values for n in _tensor_names(v)]
+
+
 def load_weights(
-    path: str | os.PathLike, model: nn.Module, *, use_ema: bool = True, strict: bool = True
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    use_ema: bool = True,
+    strict: bool = True,
+    verify: bool = False,
 ) -> Checkpoint:
     """Load only weights into ``model``: the EMA shadow when the checkpoint has one and ``use_ema``,
-    otherwise the trained weights. For sampling scripts."""
-    ckpt = load_checkpoint(path)
-    if use_ema and "ema" in ckpt.state:
-        weights = ckpt.state["ema"]["shadow"]
-    else:
-        weights = ckpt.state["model"]
-    _load_model_state(model, weights, strict, ckpt.path)
-    return ckpt
+    otherwise the trained weights. For sampling scripts.
+
+    Reads the manifest (JSON) and, from the tensor file, only the tensors of that one component
+    (``safe_open``, by name): the optimizer state and the other weights are never read. ``verify``
+    checks the tensor file's SHA-256, which reads the whole file (optimizer state included); the
+    manifest and the file's safetensors header are checked either way. The returned
+    :class:`Checkpoint`'s ``state`` holds only the component loaded (``"ema"`` or ``"model"``).
+    """
+    manifest_path = resolve_checkpoint(path)
+    manifest = verify_checkpoint(manifest_path, check_hash=verify)
+    tree = manifest["state"]
+    name = "ema" if use_ema and "ema" in tree else "model"
+    if name not in tree:
+        raise CheckpointError(f"{manifest_path} holds no model state")
+    tensor_path = manifest_path.parent / manifest["tensors_file"]
+    try:
+        with safetensors.safe_open(str(tensor_path), framework="pt", device="cpu") as f:
+            stored = set(f.keys())
+            tensors = {n: f.get_tensor(n) for n in _tensor_names(tree[name]) if n in stored}
+    except Exception as err:  # safetensors raises its own error type for a damaged file
+        raise CheckpointError(f"cannot read the tensors of {manifest_path} from {tensor_path}: {err}") from err
+    component = decode_state(tree[name], tensors)  # a name missing from the file raises here
+    weights = component["shadow"] if name == "ema" else component
+    _load_model_state(model, weights, strict, manifest_path)
+    return Checkpoint(
+        path=manifest_path,
+        step=int(manifest["step"]),
+        data_state=decode_state(manifest.get("data_state"), {}),
+        rng_state=decode_state(manifest.get("rng_state"), {}),
+        config=decode_state(manifest.get("config"), {}),
+        extra=decode_state(manifest.get("extra"), {}),
+        state={name: component},
+    )
 
 
 def read_checkpoint_config(checkpoint: str | os.PathLike) -> tuple[Path, dict]:
     """``(manifest path, config)`` of a checkpoint, read from its JSON only (no tensors, no pickle).
 
-    ``checkpoint`` is a manifest, a checkpoint directory or a training output directory.
+    ``checkpoint`` is a manifest, a checkpoint directory or a training output directory, or a
+    ``save_pretrained`` directory: then ``(its config.json, {"model": {kind: config, **run records}})``
+    (see :func:`reference_models.common.pretrained.pretrained_run_config`).
     """
+    from .pretrained import CONFIG_NAME, is_pretrained_dir, pretrained_run_config, read_pretrained_config
+
+    if is_pretrained_dir(checkpoint):
+        return Path(checkpoint) / CONFIG_NAME, pretrained_run_config(read_pretrained_config(checkpoint))
     path = resolve_checkpoint(checkpoint)
     manifest = json.loads(path.read_text(encoding="utf-8"))
     return path, decode_state(manifest.get("config") or {}, {})
@@ -741,13 +799,29 @@ def load_model_from_checkpoint(
     *,
     device: str | torch.device = "cpu",
     use_ema: bool = True,
+    pretrained: type | Sequence[type] | None = None,
 ) -> tuple[nn.Module, Checkpoint]:
     """Rebuild a model from the config a training run stored and load its EMA (or trained) weights.
 
     Training scripts store ``config_dict={"model": {key: Config.to_dict()}}``; ``build`` turns that
     dict into the model (e.g. ``lambda d: EVDMUNet(EVDMConfig.from_dict(d))``). The model comes back
-    on ``device`` in eval mode with the checkpoint it was loaded from.
+    on ``device`` in eval mode with the checkpoint it was loaded from. Only the model's weights are
+    read (see :func:`load_weights`), never the optimizer state.
+
+    ``pretrained``: the class (or classes) a ``save_pretrained`` directory of this model may hold.
+    With it, ``checkpoint`` may also be such a directory, loaded with ``from_pretrained`` (it holds
+    one set of weights, so ``use_ema`` does not apply); see
+    :func:`reference_models.common.pretrained.pretrained_checkpoint` for the ``Checkpoint`` returned.
     """
+    from .pretrained import is_pretrained_dir, pretrained_checkpoint
+
+    if is_pretrained_dir(checkpoint):
+        if pretrained is None:
+            raise CheckpointError(
+                f"{checkpoint} is a save_pretrained directory, not a training checkpoint: load it with the "
+                "model class's from_pretrained"
+            )
+        return pretrained_checkpoint(checkpoint, pretrained, key, device=device)
     path, config = read_checkpoint_config(checkpoint)
     entry = (config.get("model") or {}).get(key)
     if entry is None:

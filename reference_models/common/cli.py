@@ -54,7 +54,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, out: str = "samples", device: str = "auto") -> None:
-    """The flags every sampling CLI shares: ``--seed``, ``--device``, ``--no-ema``, ``--out``.
+    """The flags every sampling CLI shares: ``--seed``, ``--device``, ``--no-ema``, ``--out``,
+    ``--export-pretrained DIR`` (write the loaded model(s) as save_pretrained directories instead of
+    sampling; see :func:`reference_models.common.pretrained.export_pretrained`).
 
     A CLI's own ``--fps`` takes ``type=positive_fps`` (the rate written into the files: positive) or
     ``type=fps_condition`` (ETC's conditioning rate, where 0 means label images), so that a bad rate
@@ -62,8 +64,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, out: str = "sampl
     """
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--no-ema", action="store_true", help="use the trained weights, not the EMA")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="use the trained weights, not the EMA (training checkpoints only)")
     parser.add_argument("--out", default=out, help="output directory")
+    parser.add_argument("--export-pretrained", metavar="DIR", default=None,
+                        help="write the model(s) as save_pretrained directories (config.json + model.safetensors, "
+                             "EMA weights unless --no-ema) under DIR and exit without sampling")
 
 
 def _rate(text: str) -> float:
@@ -112,12 +118,16 @@ def check_checkpoint_kind(checkpoint: str | os.PathLike, key: str, expected: str
     Otherwise ``ValueError``: "``<path>`` is not ``<expected>`` checkpoint (it holds ...)", naming
     what it does hold (see :func:`describe_checkpoint`), so that a sampler given another system's or
     another stage's checkpoint says so instead of failing on a missing setting. Reads the JSON
-    manifest only. A missing checkpoint raises ``FileNotFoundError`` as
+    manifest only (for a save_pretrained directory, its config.json; a malformed one is a
+    ``ValueError`` too). A missing checkpoint raises ``FileNotFoundError`` as
     :func:`~reference_models.common.checkpoint.read_checkpoint_config` does.
     """
-    from .checkpoint import read_checkpoint_config
+    from .checkpoint import CheckpointError, read_checkpoint_config
 
-    path, config = read_checkpoint_config(checkpoint)
+    try:
+        path, config = read_checkpoint_config(checkpoint)
+    except CheckpointError as err:  # a malformed save_pretrained config.json
+        raise ValueError(str(err)) from err
     if not isinstance((config.get("model") or {}).get(key), dict):
         raise ValueError(f"{checkpoint} is not {expected} checkpoint (it holds {describe_checkpoint(config)})")
     return path, config

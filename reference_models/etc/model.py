@@ -12,8 +12,9 @@ The blocks follow SD 2.1 (diffusers ``UNet2DConditionModel`` with ``use_linear_p
 layer for layer, so the ``"sd21"`` preset has the same parameter tensors as SD 2.1's U-Net plus
 the FPS MLP (ETC initialises its spatial modules from SD 2.1, section 5.1):
 
-* :class:`ResBlock`: ``GN -> SiLU -> conv3x3 -> + Linear(SiLU(emb)) -> GN -> SiLU -> dropout ->
-  conv3x3`` plus a 1x1 shortcut when the width changes;
+* :class:`vdblocks.ResBlock2d` in its Stable Diffusion configuration (``emb_mode="bias"``, eps
+  1e-5): ``GN -> SiLU -> conv3x3 -> + Linear(SiLU(emb)) -> GN -> SiLU -> dropout -> conv3x3`` plus
+  a 1x1 shortcut when the width changes;
 * :class:`SpatialTransformer`: ``GN -> Linear -> [self-attn, cross-attn to the context, GEGLU
   feed-forward] x depth -> Linear`` on the ``(h w)`` tokens, residual around the whole; attention
   goes through :class:`vdblocks.Attention`, hence the vdblocks backend dispatch;
@@ -36,12 +37,13 @@ from vdblocks.layers.embeddings import TimestepEmbedding
 from vdblocks.layers.fps import FPSEmbedding
 from vdblocks.layers.grid import SpatialTemporalMixedEmbedding, grid_for, grid_to_video, video_to_grid
 from vdblocks.layers.norm import group_norm
+from vdblocks.layers.resblock import ResBlock2d
 from vdblocks.layers.transformer import Attention
 
+from ..common.pretrained import PretrainedMixin
 from .config import ETCConfig
 
 __all__ = [
-    "ResBlock",
     "GEGLUFeedForward",
     "CrossAttentionBlock",
     "SpatialTransformer",
@@ -50,42 +52,6 @@ __all__ = [
     "UNetLayer",
     "ETCUNet",
 ]
-
-
-class ResBlock(nn.Module):
-    """SD's residual block with the timestep (+ FPS) embedding added after the first conv.
-
-    Shapes: x ``(b, c, h, w)`` with ``c = in_channels``, emb ``(b, emb_dim)`` ->
-    ``(b, out_channels, h, w)``. ``self.conv2`` is the residual output that
-    :meth:`ETCUNet.init_weights` zeroes, so a fresh block is its shortcut.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int | None = None,
-        *,
-        emb_dim: int,
-        dropout: float = 0.0,
-        norm_groups: int = 32,
-    ) -> None:
-        super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.out_channels = check_positive_int(out_channels or in_channels, "out_channels")
-        out = self.out_channels
-        self.norm1 = group_norm(in_channels, norm_groups, eps=1e-5)
-        self.conv1 = nn.Conv2d(in_channels, out, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out)
-        self.norm2 = group_norm(out, norm_groups, eps=1e-5)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out, out, 3, padding=1)
-        self.shortcut = nn.Conv2d(in_channels, out, 1) if in_channels != out else nn.Identity()
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # b c' h w
-        h = h + rearrange(self.emb_proj(F.silu(emb)), "b c -> b c 1 1")
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # b c' h w
-        return self.shortcut(x) + h
 
 
 class GEGLUFeedForward(nn.Module):
@@ -198,13 +164,13 @@ class Upsample(nn.Module):
 
 
 class UNetLayer(nn.Module):
-    """One U-Net step: a :class:`ResBlock`, then a :class:`SpatialTransformer` where the level attends.
+    """One U-Net step: a :class:`~vdblocks.ResBlock2d`, then a :class:`SpatialTransformer` where the level attends.
 
     Shapes: x ``(b, c_in, h, w)``, emb ``(b, e)``, context ``(b, m, context_dim)`` ->
     ``(b, c_out, h, w)``. The unit of gradient checkpointing.
     """
 
-    def __init__(self, res: ResBlock, attn: SpatialTransformer | None = None) -> None:
+    def __init__(self, res: ResBlock2d, attn: SpatialTransformer | None = None) -> None:
         super().__init__()
         self.res = res
         self.attn = attn
@@ -223,7 +189,7 @@ class _Level(nn.Module):
         self.resample = resample
 
 
-class ETCUNet(nn.Module):
+class ETCUNet(nn.Module, PretrainedMixin):
     """ETC's spatial-only video denoiser (sections 4.1-4.2).
 
     ``forward(x, timesteps, fps, context) -> eps``:
@@ -249,10 +215,16 @@ class ETCUNet(nn.Module):
     Reading of section 4.2. The FPS and timestep embeddings "are then directly added to the
     noise input of the U-Net": a ``(b, 4 * model_channels)`` vector cannot be added to a ``(b, c,
     H, W)`` image, so we add the FPS embedding to the timestep embedding, which is the
-    conditioning input of every ResBlock (the usual place for a frame-rate condition, as in
+    conditioning input of every res block (the usual place for a frame-rate condition, as in
     VideoCrafter / LVDM). :meth:`init_weights` zeroes the FPS MLP's last layer, so a model built
     from SD weights starts exactly as SD and learns the frame rate from there.
+
+    ``save_pretrained`` / ``from_pretrained`` save and load the U-Net alone (kind ``"etc_unet"``);
+    sampling needs the conditioner too, which :class:`~reference_models.etc.sample.ETCSystem` holds.
     """
+
+    pretrained_kind = "etc_unet"
+    config_class = ETCConfig
 
     def __init__(self, cfg: ETCConfig) -> None:
         super().__init__()
@@ -267,7 +239,7 @@ class ETCUNet(nn.Module):
         self.time_embed = TimestepEmbedding(emb_dim, frequency_dim=mc, hidden_dim=emb_dim)
         self.fps_embed = FPSEmbedding(emb_dim, self.time_embed, max_fps=cfg.max_fps)
         # Optional global path for the condition (SDXL's pooled text embedding): mean of the context
-        # tokens -> MLP -> added to the timestep embedding that every ResBlock's scale-shift reads.
+        # tokens -> MLP -> added to the timestep embedding that every res block reads.
         self.context_embed = (
             nn.Sequential(nn.Linear(cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             if cfg.pooled_context else None
@@ -275,7 +247,9 @@ class ETCUNet(nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
 
         def layer(c_in: int, c_out: int, attend: bool) -> UNetLayer:
-            res = ResBlock(c_in, c_out, emb_dim=emb_dim, dropout=cfg.dropout, norm_groups=cfg.norm_groups)
+            # SD's ResnetBlock2D: the embedding added as a bias after the first conv, eps 1e-5.
+            res = ResBlock2d(c_in, c_out, emb_dim=emb_dim, emb_mode="bias", dropout=cfg.dropout,
+                             norm_groups=cfg.norm_groups, eps=1e-5)
             attn = None
             if attend:
                 attn = SpatialTransformer(
@@ -321,11 +295,11 @@ class ETCUNet(nn.Module):
     def zero_init_modules(self) -> Iterator[nn.Module]:
         """The residual and conditioning outputs that :meth:`init_weights` zeroes.
 
-        Every ResBlock's ``conv2``, every SpatialTransformer's ``proj_out``, the FPS MLP's last
+        Every res block's ``conv2``, every SpatialTransformer's ``proj_out``, the FPS MLP's last
         layer and the pooled-context MLP's (DESIGN.md convention 6, LDM's ``zero_module``).
         """
         for module in self.modules():
-            if isinstance(module, ResBlock):
+            if isinstance(module, ResBlock2d):
                 yield module.conv2
             elif isinstance(module, SpatialTransformer):
                 yield module.proj_out

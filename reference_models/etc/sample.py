@@ -14,7 +14,11 @@ CLI (weights from a training checkpoint, EMA by default; the config from its JSO
         --fps 8 --frames 8 --out samples/
 
 writes ``<out>/fps<F>_00.mp4 ...`` (one video per caption and sample) and ``<out>/fps<F>_grid.png``
-(one row of frames per video) for every ``--fps``.
+(one row of frames per video) for every ``--fps``. ``--checkpoint`` also takes a ``save_pretrained``
+directory of an :class:`ETCSystem`; ``--export-pretrained DIR`` writes one (EMA weights) and exits::
+
+    python -m reference_models.etc.sample --checkpoint runs/etc --export-pretrained pretrained/etc
+    python -m reference_models.etc.sample --checkpoint pretrained/etc --caption "a red circle moving left"
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
+from reference_models.common.pretrained import PretrainedMixin, export_pretrained
 from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, fps_condition
 from reference_models.common.distributed import resolve_device
 from reference_models.common.video_io import write_samples
@@ -53,7 +58,7 @@ __all__ = [
 _DISPLAY_FPS = 4.0
 
 
-class ETCSystem(nn.Module):
+class ETCSystem(nn.Module, PretrainedMixin):
     """The U-Net and its conditioner as one module: what the trainer optimises, averages (EMA)
     and checkpoints (parameters ``unet.*`` and ``conditioner.*``).
 
@@ -62,7 +67,14 @@ class ETCSystem(nn.Module):
     forward, so under DDP the text encoder's gradients are synchronised with the U-Net's.
     ``cond_dropout`` replaces each item's context by the null context with that probability
     (classifier-free guidance training), drawing from ``generator``.
+
+    ``save_pretrained`` / ``from_pretrained`` (kind ``"etc"``) save and load U-Net and conditioner
+    together; a system built with an external ``text_encoder`` is loaded with
+    ``ETCSystem.from_pretrained(path, text_encoder=...)`` (only its trainable projection is stored).
     """
+
+    pretrained_kind = "etc"
+    config_class = ETCConfig
 
     def __init__(self, cfg: ETCConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()
@@ -228,11 +240,13 @@ def load_system(
 ) -> tuple[ETCSystem, Checkpoint]:
     """Rebuild the ``ETCSystem`` a training run saved and load its (EMA) weights.
 
-    ``checkpoint`` is a manifest, a checkpoint directory or a training output directory. The
-    config is the ``{"model": {"etc": ETCConfig.to_dict()}}`` entry ``train.py`` stores.
+    ``checkpoint`` is a manifest, a checkpoint directory or a training output directory (the
+    config is the ``{"model": {"etc": ETCConfig.to_dict()}}`` entry ``train.py`` stores; only the
+    model or EMA tensors are read), or a ``save_pretrained`` directory of an ``ETCSystem``.
     """
     return load_model_from_checkpoint(
-        checkpoint, "etc", lambda d: ETCSystem(ETCConfig.from_dict(d)), device=device, use_ema=use_ema
+        checkpoint, "etc", lambda d: ETCSystem(ETCConfig.from_dict(d)), device=device, use_ema=use_ema,
+        pretrained=ETCSystem,
     )
 
 
@@ -241,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m reference_models.etc.sample",
         description="Sample videos from an ETC checkpoint (DDIM + classifier-free guidance).",
     )
-    p.add_argument("--checkpoint", required=True, help="manifest, checkpoint directory or training output directory")
+    p.add_argument("--checkpoint", required=True,
+                   help="manifest, checkpoint directory, training output directory or save_pretrained directory")
     p.add_argument("--caption", action="append", default=[], help="a caption (repeat for several)")
     p.add_argument("--label", action="append", type=int, default=[], help="a class label (repeat for several)")
     p.add_argument("--fps", action="append", type=fps_condition, default=[],
@@ -265,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         check_checkpoint_kind(args.checkpoint, "etc", "an ETC")
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"--checkpoint: {error}") from None
+    if args.export_pretrained:
+        path = export_pretrained(args.checkpoint, args.export_pretrained, load_system, use_ema=not args.no_ema)
+        print(f"{args.checkpoint} -> {path}/ (config.json, model.safetensors)")
+        return [path]
     device = resolve_device(args.device)
     system, ckpt = load_system(args.checkpoint, device=device, use_ema=not args.no_ema)
     max_fps = float(system.cfg.max_fps)

@@ -19,8 +19,11 @@ CLI (config and EMA weights from a training checkpoint: safetensors + JSON, no p
     python -m reference_models.evdm.sample --checkpoint runs/evdm --task predict --frames 6 --out samples/
     python -m reference_models.evdm.sample --checkpoint runs/evdm --task interpolate --trajectories 10
     python -m reference_models.evdm.sample --checkpoint runs/evdm --task generate --num-samples 8
+    python -m reference_models.evdm.sample --checkpoint runs/evdm --export-pretrained pretrained/evdm
+    python -m reference_models.evdm.sample --checkpoint pretrained/evdm --task generate
 
-writes ``<out>/<task>_00.mp4 ...`` (conditions and sampled frames in time order) and
+``--checkpoint`` also takes a ``save_pretrained`` directory; ``--export-pretrained`` writes one
+(EMA weights) and exits. Sampling writes ``<out>/<task>_00.mp4 ...`` (conditions and sampled frames in time order) and
 ``<out>/<task>_grid.png``; for prediction and interpolation also the real clips
 (``<task>_real_*``) and ``<task>_metrics.json`` with best-of-k PSNR / SSIM of the sampled frames.
 Conditioning clips come from ``--data DIR`` or, by default, from held-out clips of the training
@@ -42,6 +45,7 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
+from reference_models.common.pretrained import export_pretrained
 from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, positive_fps
 from reference_models.common.distributed import resolve_device
 from reference_models.common.ema import unwrap_model
@@ -376,11 +380,13 @@ def load_model(
 ) -> tuple[EVDMUNet, Checkpoint]:
     """Rebuild the :class:`EVDMUNet` a training run saved and load its EMA (or trained) weights.
 
-    ``checkpoint``: a manifest, a checkpoint directory or a training output directory. The config
-    is the ``{"model": {"evdm": EVDMConfig.to_dict()}}`` entry ``train.py`` stores.
+    ``checkpoint``: a manifest, a checkpoint directory or a training output directory (the config
+    is the ``{"model": {"evdm": EVDMConfig.to_dict()}}`` entry ``train.py`` stores; only the model
+    or EMA tensors are read), or a ``save_pretrained`` directory of an :class:`EVDMUNet`.
     """
     return load_model_from_checkpoint(
-        checkpoint, "evdm", lambda d: EVDMUNet(EVDMConfig.from_dict(d)), device=device, use_ema=use_ema
+        checkpoint, "evdm", lambda d: EVDMUNet(EVDMConfig.from_dict(d)), device=device, use_ema=use_ema,
+        pretrained=EVDMUNet,
     )
 
 
@@ -390,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample videos from an EVDM checkpoint: prediction, interpolation or generation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="manifest, checkpoint directory or training output directory")
+    p.add_argument("--checkpoint", required=True,
+                   help="manifest, checkpoint directory, training output directory or save_pretrained directory")
     p.add_argument("--task", default="predict", choices=TASKS)
     p.add_argument("--data", default=None,
                    help="directory of videos to take conditioning clips from (default: held-out training data)")
@@ -414,6 +421,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         check_checkpoint_kind(args.checkpoint, "evdm", "an EVDM")
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"--checkpoint: {error}") from None
+    if args.export_pretrained:
+        path = export_pretrained(args.checkpoint, args.export_pretrained, load_model, use_ema=not args.no_ema)
+        print(f"{args.checkpoint} -> {path}/ (config.json, model.safetensors)")
+        return [path]
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, device=device, use_ema=not args.no_ema)
     cfg = model.cfg

@@ -15,7 +15,7 @@ GroupNorm scale-shift from the time embedding). With ``c_0`` base channels, ``M_
 
 Attention sits after every down res block of an attending level but only once per up level, as in
 MCVD (Table 1's attention column counts 3, 3 and 4 blocks at Layers 2, 3 and 4). Res blocks are
-:class:`BigGANResBlock` (MCVD) or, with ``use_brp``, EVDM's
+:class:`~vdblocks.ResBlock2d` in its BigGAN++ configuration (MCVD) or, with ``use_brp``, EVDM's
 :class:`~vdblocks.BottleneckResidualPathway` (:class:`BRPResBlock`), up/down blocks included;
 attention is :class:`AttentionBlock` around :class:`~vdblocks.MixedSelfAttention` (exact softmax
 for MCVD, eq. 14's gate with ``mixed_attention``).
@@ -46,118 +46,28 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from vdblocks import BottleneckResidualPathway, MixedSelfAttention, ScaleShiftGroupNorm, TimestepEmbedding
-from vdblocks.layers import PointwiseConv2d
+from vdblocks.layers.resample import Resample2d
+from vdblocks.layers.resblock import ResBlock2d
 from vdblocks.validation import check_tensor
 from vdblocks.flops import FlopReport, count_flops
 from vdblocks.layers.norm import group_norm
 
+from ..common.pretrained import PretrainedMixin
 from .config import EVDMConfig
 
 __all__ = [
     "EVDMUNet",
-    "BigGANResBlock",
     "BRPResBlock",
     "AttentionBlock",
     "PastFrameEncoder",
-    "Resample",
     "count_model_flops",
 ]
 
 ResampleMode = Literal["up", "down"]
-
-
-class Resample(nn.Module):
-    """2x up- or downsampling of ``(b, c, h, w)``, parameter-free.
-
-    ``fir=True``: MCVD's FIR filter ``[1, 3, 3, 1]`` (score_sde ``upsample_2d`` / ``downsample_2d``,
-    i.e. ``upfirdn2d`` with pads (2, 1) up and (1, 1) down), run as a depthwise (transposed)
-    convolution so that MAC counters see it. ``fir=False``: nearest upsampling / 2x2 average pooling
-    (score_sde's ``naive_*``).
-    """
-
-    def __init__(self, mode: ResampleMode, fir: bool = True) -> None:
-        super().__init__()
-        if mode not in ("up", "down"):
-            raise ValueError(f"expected mode 'up' or 'down', got {mode!r}")
-        self.mode = mode
-        self.fir = bool(fir)
-        taps = (1.0, 3.0, 3.0, 1.0)
-        gain = (4.0 if mode == "up" else 1.0) / sum(taps) ** 2  # up: factor**2 keeps the DC gain at 1
-        kernel = [[a * b * gain for b in taps] for a in taps]  # plain floats: cheap on the meta device too
-        self.register_buffer("kernel", torch.tensor([[kernel]]), persistent=False)  # 1 1 4 4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        if not self.fir:
-            if self.mode == "up":
-                return F.interpolate(x, scale_factor=2.0, mode="nearest")  # b c 2h 2w
-            return F.avg_pool2d(x, 2)  # b c h/2 w/2
-        weight = self.kernel.to(x.dtype).expand(c, 1, 4, 4)
-        if self.mode == "up":
-            return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)  # b c 2h 2w
-        return F.conv2d(F.pad(x, (1, 1, 1, 1)), weight, stride=2, groups=c)  # b c h/2 w/2
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, fir={self.fir}"
-
-
-class BigGANResBlock(nn.Module):
-    """MCVD's res block (``ResnetBlockBigGANppGN``): ``(b, c_in, h, w), (b, e) -> (b, c_out, h', w')``.
-
-    ``h = conv3x3(drop(SiLU(GN_e(conv3x3(resample(SiLU(GN_e(x))))))))``,
-    ``out = (shortcut(resample(x)) + h) / sqrt(2)`` with ``GN_e(x) = GN(x) (1 + s) + b``,
-    ``[s, b] = Linear(SiLU(emb))`` (MCVD's ``get_act_norm``; no separate time bias). The shortcut is
-    a 1x1 convolution when the width changes or the block resamples, else the identity. ``h' = 2h``
-    for ``resample="up"``, ``h/2`` for ``"down"``.
-
-    Difference from MCVD: our GroupNorm keeps its affine parameters (2 per channel) under the
-    scale-shift, which MCVD drops; 0.03 M parameters in the KTH model.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int | None = None,
-        emb_dim: int = 384,
-        dropout: float = 0.0,
-        resample: ResampleMode | None = None,
-        fir: bool = True,
-        skip_rescale: bool = True,
-    ) -> None:
-        super().__init__()
-        out_channels = out_channels or in_channels
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm0 = ScaleShiftGroupNorm(in_channels, emb_dim)
-        self.resample = Resample(resample, fir) if resample else None
-        self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm1 = ScaleShiftGroupNorm(out_channels, emb_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        project = in_channels != out_channels or resample is not None
-        # The same eager economies as the BRP (a bmm pointwise shortcut, in-place activation and
-        # rescale), so that the speed benchmark compares architectures, not implementations.
-        self.shortcut = PointwiseConv2d(in_channels, out_channels) if project else nn.Identity()
-        self.act = nn.SiLU(inplace=True)  # its input is a norm's fresh output, kept by nothing
-        self.skip_rescale = skip_rescale
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.norm0(x, emb))  # b c_in h w
-        if self.resample is not None:
-            h, x = self.resample(h), self.resample(x)  # b c_in h' w'
-        h = self.conv0(h)  # b c_out h' w'
-        h = self.conv1(self.dropout(self.act(self.norm1(h, emb))))  # b c_out h' w'
-        out = torch.add(h, self.shortcut(x))  # b c_out h' w'
-        return out.mul_(1.0 / math.sqrt(2.0)) if self.skip_rescale else out
-
-    def zero_residual_(self) -> None:
-        """Zero the branch's last convolution, so the block starts as its (rescaled) shortcut."""
-        nn.init.zeros_(self.conv1.weight)
-        nn.init.zeros_(self.conv1.bias)
 
 
 class BRPResBlock(nn.Module):
@@ -182,7 +92,7 @@ class BRPResBlock(nn.Module):
         super().__init__()
         out_channels = out_channels or in_channels
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.resample = Resample(resample, fir) if resample else None
+        self.resample = Resample2d(resample, fir) if resample else None
         if resample is not None:
             brp_kwargs.setdefault("project_shortcut", True)
         self.brp = BottleneckResidualPathway(in_channels, out_channels, emb_dim, **brp_kwargs)
@@ -295,7 +205,7 @@ class _UpLevel(nn.Module):
         self.upsample = upsample
 
 
-class EVDMUNet(nn.Module):
+class EVDMUNet(nn.Module, PretrainedMixin):
     """MCVD's concat U-Net and EVDM's variants of it, built from one :class:`EVDMConfig`.
 
     ``forward(x, t, past=None, future=None, past_mask=None, future_mask=None) -> eps``:
@@ -315,8 +225,12 @@ class EVDMUNet(nn.Module):
 
     The module tree (``down[n]``, ``mid``, ``up[n]``) groups blocks by the paper's Layer ``n + 1``
     (see :meth:`layer_of`); :meth:`attention_plan` lists which attention algorithm every attention
-    block runs at a given frame size.
+    block runs at a given frame size. ``save_pretrained`` / ``from_pretrained``: see
+    :class:`~reference_models.common.pretrained.PretrainedMixin`.
     """
+
+    pretrained_kind = "evdm"
+    config_class = EVDMConfig
 
     def __init__(self, cfg: EVDMConfig) -> None:
         super().__init__()
@@ -373,8 +287,9 @@ class EVDMUNet(nn.Module):
     def _res_block(self, c_in: int, c_out: int, resample: ResampleMode | None = None) -> nn.Module:
         cfg = self.cfg
         if not cfg.use_brp:
-            return BigGANResBlock(c_in, c_out, emb_dim=cfg.emb_dim, dropout=cfg.dropout,
-                                  resample=resample, fir=cfg.fir_resample)
+            # MCVD's ResnetBlockBigGANppGN: scale-shift on both norms, resampling, skip_rescale.
+            return ResBlock2d(c_in, c_out, emb_dim=cfg.emb_dim, emb_mode="scale_shift_both", dropout=cfg.dropout,
+                              resample=resample, fir=cfg.fir_resample, skip_rescale=True, eps=1e-6)
         return BRPResBlock(
             c_in, c_out, emb_dim=cfg.emb_dim, resample=resample, fir=cfg.fir_resample,
             bottleneck_ratio=cfg.bottleneck_ratio, temporal_enhancement=cfg.temporal_enhancement,
@@ -401,7 +316,7 @@ class EVDMUNet(nn.Module):
         Everything else keeps PyTorch's default initialisation.
         """
         for module in self.modules():
-            if isinstance(module, (BigGANResBlock, BRPResBlock)):
+            if isinstance(module, (ResBlock2d, BRPResBlock)):
                 module.zero_residual_()
             elif isinstance(module, AttentionBlock):
                 nn.init.zeros_(module.attn.to_out.weight)

@@ -35,13 +35,14 @@ from vdblocks import (
 from vdblocks.validation import check_tensor
 from vdblocks.layers.triplane import triplane_expand
 
+from ..common.pretrained import PretrainedMixin
 from .config import AutoencoderConfig
 from .planes import Planes, pack_planes, unpack_planes
 
 __all__ = ["PVDMAutoencoder"]
 
 
-class PVDMAutoencoder(nn.Module):
+class PVDMAutoencoder(nn.Module, PretrainedMixin):
     """PVDM's triplane autoencoder ``(f_phi, g_psi)`` built from an :class:`AutoencoderConfig`.
 
     * :meth:`encode` ``x (b, c, T, H, W) -> (z_s (b, C, h, w), z_h (b, C, t, w), z_w (b, C, t, h))``
@@ -50,7 +51,13 @@ class PVDMAutoencoder(nn.Module):
     * :meth:`encode_packed` / :meth:`decode_packed` the same on the packed latent ``(b, C, n)``,
       ``n = h w + t w + t h`` (:func:`~reference_models.pvdm.planes.pack_planes`);
     * ``forward(x)`` -> the reconstruction ``(b, c, T, H, W)``.
+
+    ``save_pretrained`` / ``from_pretrained``: kind ``"pvdm_autoencoder"``, the autoencoder alone
+    (training wraps it in ``AutoencoderObjective``; the exported weights leave the wrapper out).
     """
+
+    pretrained_kind = "pvdm_autoencoder"
+    config_class = AutoencoderConfig
 
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()

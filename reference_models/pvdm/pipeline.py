@@ -43,21 +43,28 @@ def load_autoencoder(checkpoint: str | Path, *, device: str | torch.device = "cp
     """The :class:`PVDMAutoencoder` of a stage-1 run (EMA weights by default), in eval mode.
 
     ``checkpoint``: a manifest, checkpoint directory or training output directory of
-    ``python -m reference_models.pvdm.train --stage ae``.
+    ``python -m reference_models.pvdm.train --stage ae`` (only the model or EMA tensors are read),
+    or a ``save_pretrained`` directory of a :class:`PVDMAutoencoder`.
     """
-    objective, ckpt = load_model_from_checkpoint(
+    model, ckpt = load_model_from_checkpoint(
         checkpoint, AUTOENCODER_KEY, lambda d: AutoencoderObjective(AutoencoderConfig.from_dict(d)),
-        device=device, use_ema=use_ema,
+        device=device, use_ema=use_ema, pretrained=PVDMAutoencoder,
     )
-    return objective.autoencoder.eval(), ckpt
+    # A training run holds the whole objective; a save_pretrained directory the autoencoder alone.
+    autoencoder = model.autoencoder if isinstance(model, AutoencoderObjective) else model
+    return autoencoder.eval(), ckpt
 
 
 def load_diffusion(checkpoint: str | Path, *, device: str | torch.device = "cpu",
                    use_ema: bool = True) -> tuple[TriplaneUNet, Checkpoint]:
-    """The :class:`TriplaneUNet` of a stage-2 run (EMA weights by default), in eval mode."""
+    """The :class:`TriplaneUNet` of a stage-2 run (EMA weights by default), in eval mode.
+
+    ``checkpoint``: the run (output directory, checkpoint directory or manifest; only the model or
+    EMA tensors are read) or a ``save_pretrained`` directory of a :class:`TriplaneUNet`.
+    """
     return load_model_from_checkpoint(
         checkpoint, DIFFUSION_KEY, lambda d: TriplaneUNet(DiffusionConfig.from_dict(d)), device=device,
-        use_ema=use_ema,
+        use_ema=use_ema, pretrained=TriplaneUNet,
     )
 
 

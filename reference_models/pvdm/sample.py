@@ -9,6 +9,13 @@ autoencoder it was trained on is the one its config names (override with ``--aut
 conditioned on the previous clip's latent (``--first-steps`` / ``--next-steps``: Table 1's
 "N/M-s" DDIM steps), decodes every clip with ``g_psi`` and concatenates them in time. The files are
 ``long_XX.mp4`` (one per video) and ``long_grid.png`` (one row of frames per video).
+
+Both flags also take ``save_pretrained`` directories; ``--export-pretrained DIR`` writes the two
+stages as ``DIR/diffusion`` and ``DIR/autoencoder`` (EMA weights) and exits::
+
+    python -m reference_models.pvdm.sample --checkpoint runs/pvdm/diffusion --export-pretrained pretrained/pvdm
+    python -m reference_models.pvdm.sample --checkpoint pretrained/pvdm/diffusion \\
+        --autoencoder pretrained/pvdm/autoencoder --out samples/
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 
 from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, positive_fps
 from reference_models.common.distributed import resolve_device
+from reference_models.common.pretrained import export_pretrained
 from reference_models.common.video_io import write_samples
 
 from .diffusion import SAMPLERS
@@ -52,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample long videos clip by clip from a PVDM diffusion checkpoint (Algorithm 1).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="diffusion run: output directory, checkpoint dir or manifest")
-    p.add_argument("--autoencoder", default=None, help="autoencoder run (default: the one the diffusion run names)")
+    p.add_argument("--checkpoint", required=True,
+                   help="diffusion run (output directory, checkpoint dir or manifest) or save_pretrained directory")
+    p.add_argument("--autoencoder", default=None,
+                   help="autoencoder run or save_pretrained directory (default: the one the diffusion run names)")
     p.add_argument("--clips", type=int, default=4, help="clips per video (L)")
     p.add_argument("--first-steps", type=int, default=100, help="steps for the first clip (N of 'N/M-s')")
     p.add_argument("--next-steps", type=int, default=20, help="steps for every later clip (M of 'N/M-s')")
@@ -86,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     except (FileNotFoundError, ValueError) as error:
         source = "--autoencoder" if args.autoencoder else "the autoencoder the diffusion checkpoint names"
         raise SystemExit(f"{source}: {error}") from None
+    if args.export_pretrained:
+        root, use_ema = Path(args.export_pretrained), not args.no_ema
+        paths = [export_pretrained(args.checkpoint, root / "diffusion", load_diffusion, use_ema=use_ema),
+                 export_pretrained(ae_path, root / "autoencoder", load_autoencoder, use_ema=use_ema)]
+        print(f"wrote {paths[0]}/ and {paths[1]}/; sample with: python -m reference_models.pvdm.sample "
+              f"--checkpoint {paths[0]} --autoencoder {paths[1]}")
+        return paths
     device = resolve_device(args.device)
     model, ckpt = load_diffusion(args.checkpoint, device=device, use_ema=not args.no_ema)
     autoencoder, _ = load_autoencoder(ae_path, device=device)

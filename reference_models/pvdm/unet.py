@@ -49,12 +49,14 @@ from torch import nn
 from vdblocks import JointPlaneAttention, TimestepEmbedding
 from vdblocks.validation import check_tensor
 from vdblocks.layers.norm import group_norm
+from vdblocks.layers.resblock import ResBlock2d
 
-from ..common.unet_blocks import ADMResBlock, small_map_groups
+from ..common.pretrained import PretrainedMixin
+from ..common.unet_blocks import adm_res_block, small_map_groups
 from .config import DiffusionConfig
 from .planes import check_grid, pack_planes, unpack_planes
 
-__all__ = ["PlaneResBlock", "TriplaneUNet"]
+__all__ = ["TriplaneUNet"]
 
 PlaneList = list[torch.Tensor]
 
@@ -73,19 +75,16 @@ def _per_plane(fn: Callable[..., torch.Tensor], xs: PlaneList, embs: Sequence[to
     return out  # type: ignore[return-value]
 
 
-PlaneResBlock = ADMResBlock  # the ADM res block, run on one plane at a time
-
-
 class _Stage(nn.Module):
     """One step of the U-Net: a res block and optional joint attention, or a resampling."""
 
-    def __init__(self, res: PlaneResBlock | None = None, attn: JointPlaneAttention | None = None,
+    def __init__(self, res: ResBlock2d | None = None, attn: JointPlaneAttention | None = None,
                  down: nn.Module | None = None, up: nn.Module | None = None) -> None:
         super().__init__()
         self.res, self.attn, self.down, self.up = res, attn, down, up
 
 
-class TriplaneUNet(nn.Module):
+class TriplaneUNet(nn.Module, PretrainedMixin):
     """PVDM's denoiser ``eps_theta(z_t, z_0^{l-1}, t)`` on the packed triplane latent.
 
     ``forward(z_t (b, C, n), t (b,), cond=None, cond_mask=None, grid=None) -> eps (b, C, n)``:
@@ -94,7 +93,11 @@ class TriplaneUNet(nn.Module):
     1/True where a sample is conditioned on it, 0/False for the null condition (default: all
     conditional when ``cond`` is given; ``cond=None`` means null for every sample).
     :meth:`forward_planes` takes and returns the three planes instead.
+    ``save_pretrained`` / ``from_pretrained``: kind ``"pvdm_diffusion"``.
     """
+
+    pretrained_kind = "pvdm_diffusion"
+    config_class = DiffusionConfig
 
     def __init__(self, cfg: DiffusionConfig) -> None:
         super().__init__()
@@ -117,22 +120,22 @@ class TriplaneUNet(nn.Module):
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 out = c0 * mult
-                self.down_stages.append(_Stage(PlaneResBlock(ch, out, E, cfg.dropout), attn(out, factor)))
+                self.down_stages.append(_Stage(adm_res_block(ch, out, E, cfg.dropout), attn(out, factor)))
                 ch = out
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
                 self.down_stages.append(_Stage(down=nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
                 skips.append(ch)
                 factor *= 2
-        self.mid_res1 = PlaneResBlock(ch, ch, E, cfg.dropout)
+        self.mid_res1 = adm_res_block(ch, ch, E, cfg.dropout)
         self.mid_attn = joint(ch)
-        self.mid_res2 = PlaneResBlock(ch, ch, E, cfg.dropout)
+        self.mid_res2 = adm_res_block(ch, ch, E, cfg.dropout)
         self.up_stages = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 out = c0 * mult
                 up = nn.Conv2d(out, out, 3, padding=1) if level > 0 and i == cfg.num_res_blocks else None
-                self.up_stages.append(_Stage(PlaneResBlock(ch + skips.pop(), out, E, cfg.dropout),
+                self.up_stages.append(_Stage(adm_res_block(ch + skips.pop(), out, E, cfg.dropout),
                                              attn(out, factor), up=up))
                 ch = out
             factor //= 2
@@ -144,9 +147,8 @@ class TriplaneUNet(nn.Module):
         """Residual branches, attention outputs, scale-shift projections and the output start at zero
         (ADM's ``zero_module``), so the network starts as a skip-connected identity-like map."""
         for m in self.modules():
-            if isinstance(m, PlaneResBlock):
-                nn.init.zeros_(m.conv2.weight)
-                nn.init.zeros_(m.conv2.bias)
+            if isinstance(m, ResBlock2d):
+                m.zero_residual_()
                 nn.init.zeros_(m.norm2.proj.weight)
                 nn.init.zeros_(m.norm2.proj.bias)
             elif isinstance(m, JointPlaneAttention):
