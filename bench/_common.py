@@ -163,14 +163,12 @@ def time_calls(
     names = list(fns)
     rounds: dict[str, list[float]] = {name: [] for name in names}
     for i in range(max(1, repeat)):
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             rounds[name].append(timed(fns[name], numbers[name]))
     return {name: statistics.median(r) for name, r in rounds.items()}
 
 
-def format_table(
-    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, Callable[[Any], str]]]
-) -> str:
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, Callable[[Any], str]]]) -> str:
     """A plain-text table; ``columns`` are ``(key, header, formatter)``."""
     cells = [[fmt(row.get(key)) for key, _, fmt in columns] for row in rows]
     headers = [header for _, header, _ in columns]

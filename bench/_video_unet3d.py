@@ -30,10 +30,10 @@ from einops import rearrange
 from torch import nn
 
 from vdblocks import ScaleShiftGroupNorm, TimestepEmbedding
-from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.embeddings import sincos_1d
 from vdblocks.layers.norm import group_norm
 from vdblocks.layers.transformer import Attention
+from vdblocks.validation import check_positive_int, check_tensor
 
 __all__ = ["VideoUNet3D"]
 
@@ -52,7 +52,10 @@ class _ResBlock3D(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int) -> None:
         super().__init__()
         self.norm1, self.conv1 = _norm(cin), _conv(cin, cout)
-        self.norm2, self.conv2 = ScaleShiftGroupNorm(cout, emb_dim, max_groups=max(1, min(32, cout // 2))), _conv(cout, cout)
+        self.norm2, self.conv2 = (
+            ScaleShiftGroupNorm(cout, emb_dim, max_groups=max(1, min(32, cout // 2))),
+            _conv(cout, cout),
+        )
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -85,9 +88,16 @@ class VideoUNet3D(nn.Module):
     res block is followed by space and time attention; the middle block always attends.
     """
 
-    def __init__(self, in_channels: int = 3, base_channels: int = 128, channel_mult: tuple[int, ...] = (1, 2, 4),
-                 num_res_blocks: int = 2, attn_resolutions: tuple[int, ...] = (4, 2, 1), heads: int = 8,
-                 emb_mult: int = 4) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        base_channels: int = 128,
+        channel_mult: tuple[int, ...] = (1, 2, 4),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (4, 2, 1),
+        heads: int = 8,
+        emb_mult: int = 4,
+    ) -> None:
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
         c0 = check_positive_int(base_channels, "base_channels")

@@ -48,8 +48,7 @@ QUICK_LENGTHS = [64, 256]
 QUICK_HEAD_DIMS = [32]
 
 
-def measure_point(block: MixedSelfAttention, calibrated: MixedSelfAttention, length: int, args,
-                  sync) -> dict[str, Any]:
+def measure_point(block: MixedSelfAttention, calibrated: MixedSelfAttention, length: int, args, sync) -> dict[str, Any]:
     """Time and count softmax, FAVOR+, auto and calibrated for one ``(L, d)``."""
     shape = (args.batch, block.heads, length, block.dim_head)
     q, k, v = (torch.randn(shape, device=args.device, dtype=args.torch_dtype) for _ in range(3))
@@ -69,9 +68,15 @@ def measure_point(block: MixedSelfAttention, calibrated: MixedSelfAttention, len
     def calibrated_choice():
         return favor() if calibrated.select_algorithm(q.shape[2], q.device, q.dtype, rows) == "favor" else softmax()
 
-    row: dict[str, Any] = {"L": length, "d": block.dim_head, "heads": block.heads, "batch": args.batch,
-                           "nb_features": block.nb_features, "auto_pick": block.select_algorithm(length),
-                           "calibrated_pick": calibrated.select_algorithm(length, q.device, q.dtype, rows)}
+    row: dict[str, Any] = {
+        "L": length,
+        "d": block.dim_head,
+        "heads": block.heads,
+        "batch": args.batch,
+        "nb_features": block.nb_features,
+        "auto_pick": block.select_algorithm(length),
+        "calibrated_pick": calibrated.select_algorithm(length, q.device, q.dtype, rows),
+    }
     fns = {"softmax": softmax, "favor": favor, "auto": auto, "calibrated": calibrated_choice}
     times = time_calls(fns, warmup=args.warmup, repeat=args.repeat, min_time=args.min_time, sync=sync)
     for name, fn in fns.items():
@@ -199,16 +204,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"worst auto/faster={s['worst_auto_slowdown']:.2f}; calibrated switches above L={s['calibrated_switches_above_L']:g}, "
             f"worst calibrated/faster={s['worst_calibrated_slowdown']:.2f}"
         )
-    lines.append(f"calibration took {calibration_s:.1f} s in all; calibrated within 10 % of the faster algorithm "
-                 f"at every point: {all(s['calibrated_within_10pct'] for s in summary.values())}")
+    lines.append(
+        f"calibration took {calibration_s:.1f} s in all; calibrated within 10 % of the faster algorithm "
+        f"at every point: {all(s['calibrated_within_10pct'] for s in summary.values())}"
+    )
     payload = {
         "benchmark": "attention",
         "machine": machine,
         "config": {
-            "device": args.device, "dtype": args.dtype, "batch": args.batch, "heads": args.heads,
-            "threshold": args.threshold, "lengths": lengths, "head_dims": head_dims,
-            "warmup": args.warmup, "repeat": args.repeat, "min_time": args.min_time,
-            "timing": "median seconds per call", "calibration_s": round(calibration_s, 2), "macs": "forward multiply-accumulates (FLOPs = 2 MACs)",
+            "device": args.device,
+            "dtype": args.dtype,
+            "batch": args.batch,
+            "heads": args.heads,
+            "threshold": args.threshold,
+            "lengths": lengths,
+            "head_dims": head_dims,
+            "warmup": args.warmup,
+            "repeat": args.repeat,
+            "min_time": args.min_time,
+            "timing": "median seconds per call",
+            "calibration_s": round(calibration_s, 2),
+            "macs": "forward multiply-accumulates (FLOPs = 2 MACs)",
         },
         "results": rows,
         "summary": summary,

@@ -66,8 +66,16 @@ class VideoDiT(nn.Module):
     attention along time at each position (Latte's interleaved variant), with the same block count.
     """
 
-    def __init__(self, channels: int, dim: int, depth: int, heads: int, patch: int = 2,
-                 attention: str = "full", num_classes: int = 1000) -> None:
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        patch: int = 2,
+        attention: str = "full",
+        num_classes: int = 1000,
+    ) -> None:
         super().__init__()
         self.patch, self.attention, self.channels = patch, attention, channels
         self.embed = PatchEmbed2d(channels, dim, patch)
@@ -89,7 +97,9 @@ class VideoDiT(nn.Module):
                 tokens = rearrange(flat, "b (t n) d -> b t n d", t=frames)
             elif i % 2 == 0:  # spatial: each frame's tokens
                 frame_c = c.repeat_interleave(frames, dim=0)
-                tokens = rearrange(block(rearrange(tokens, "b t n d -> (b t) n d"), frame_c), "(b t) n d -> b t n d", b=b)
+                tokens = rearrange(
+                    block(rearrange(tokens, "b t n d -> (b t) n d"), frame_c), "(b t) n d -> b t n d", b=b
+                )
             else:  # temporal: each position's frames
                 pos_c = c.repeat_interleave(gh * gw, dim=0)
                 tokens = rearrange(block(rearrange(tokens, "b t n d -> (b n) t d"), pos_c), "(b n) t d -> b t n d", b=b)
@@ -98,8 +108,15 @@ class VideoDiT(nn.Module):
 
 
 def _models(cfg: CMDConfig, dim: int, depth: int, heads: int) -> dict[str, nn.Module]:
-    cfg = cfg.replace(content_dit_dim=dim, content_dit_depth=depth, content_dit_heads=heads,
-                      motion_dim=dim, motion_depth=depth, motion_heads=heads, num_classes=1000)
+    cfg = cfg.replace(
+        content_dit_dim=dim,
+        content_dit_depth=depth,
+        content_dit_heads=heads,
+        motion_dim=dim,
+        motion_depth=depth,
+        motion_heads=heads,
+        num_classes=1000,
+    )
     return {
         "content": ContentDiT(cfg),
         "motion": MotionDiT(cfg),
@@ -143,7 +160,9 @@ def _call(name: str, model: nn.Module, args: tuple) -> Any:
     return model(*args)
 
 
-def count_macs(cfg: CMDConfig, frames: int, height: int, width: int, dim: int, depth: int, heads: int) -> dict[str, int]:
+def count_macs(
+    cfg: CMDConfig, frames: int, height: int, width: int, dim: int, depth: int, heads: int
+) -> dict[str, int]:
     """Forward MACs of one pass of every network, counted on the meta device."""
     with torch.device("meta"):
         models = _models(cfg, dim, depth, heads)
@@ -154,9 +173,12 @@ def count_macs(cfg: CMDConfig, frames: int, height: int, width: int, dim: int, d
 def per_video(values: dict[str, float]) -> dict[str, float]:
     """Per-pass figures -> per-video: CMD (content + motion + decoder) and the two baselines."""
     cmd = sum(values[k] * PASSES[k] for k in ("content", "motion", "decoder"))
-    return {"cmd": cmd, "video_dit_full": values["video_dit_full"] * PASSES["video_dit_full"],
-            "video_dit_divided": values["video_dit_divided"] * PASSES["video_dit_divided"],
-            **{f"cmd_{k}": values[k] * PASSES[k] for k in ("content", "motion", "decoder")}}
+    return {
+        "cmd": cmd,
+        "video_dit_full": values["video_dit_full"] * PASSES["video_dit_full"],
+        "video_dit_divided": values["video_dit_divided"] * PASSES["video_dit_divided"],
+        **{f"cmd_{k}": values[k] * PASSES[k] for k in ("content", "motion", "decoder")},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -195,8 +217,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for m in models.values():
         m.to(args.device).eval()
     with torch.no_grad():
-        seconds = time_calls({n: (lambda n=n: _call(n, models[n], inputs[n])) for n in models},
-                             warmup=1, repeat=args.repeat, min_time=0.0 if args.quick else 0.02)
+        seconds = time_calls(
+            {n: (lambda n=n: _call(n, models[n], inputs[n])) for n in models},
+            warmup=1,
+            repeat=args.repeat,
+            min_time=0.0 if args.quick else 0.02,
+        )
     time_macs = count_macs(cfg, args.time_frames, args.time_height, args.time_width, *time_size)
     video_seconds = per_video(seconds)
     video_time_macs = per_video(time_macs)
@@ -206,30 +232,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         c = with_dit(cfg, content_patch=q).replace(content_dit_patch=2)
         m = count_macs(c, args.frames, args.height, args.width, *mac_size)["motion"]
         motion_tokens, content_tokens = motion_sequence_length(c, args.frames, args.height, args.width)
-        patches.append({"content_patch": q, "motion_tokens": motion_tokens, "content_tokens": content_tokens,
-                        "gmacs_per_pass": m / 1e9, "tmacs_per_video": m * PASSES["motion"] / 1e12})
+        patches.append(
+            {
+                "content_patch": q,
+                "motion_tokens": motion_tokens,
+                "content_tokens": content_tokens,
+                "gmacs_per_pass": m / 1e9,
+                "tmacs_per_video": m * PASSES["motion"] / 1e12,
+            }
+        )
 
     rows = []
     for name in ("cmd", "cmd_content", "cmd_motion", "cmd_decoder", "video_dit_full", "video_dit_divided"):
-        rows.append({
-            "model": name, "tmacs": video_macs[name] / 1e12, "tflops": 2 * video_macs[name] / 1e12,
-            "time_s": video_seconds[name], "time_gmacs": video_time_macs[name] / 1e9,
-        })
+        rows.append(
+            {
+                "model": name,
+                "tmacs": video_macs[name] / 1e12,
+                "tflops": 2 * video_macs[name] / 1e12,
+                "time_s": video_seconds[name],
+                "time_gmacs": video_time_macs[name] / 1e9,
+            }
+        )
     ratios = {
-        f"{base}_over_cmd": {"macs": video_macs[base] / video_macs["cmd"],
-                             "time": video_seconds[base] / video_seconds["cmd"],
-                             "macs_at_timing_size": video_time_macs[base] / video_time_macs["cmd"]}
+        f"{base}_over_cmd": {
+            "macs": video_macs[base] / video_macs["cmd"],
+            "time": video_seconds[base] / video_seconds["cmd"],
+            "macs_at_timing_size": video_time_macs[base] / video_time_macs["cmd"],
+        }
         for base in ("video_dit_full", "video_dit_divided")
     }
     payload = {
         "benchmark": "cmd_cost",
         "machine": machine_info(args.device),
-        "config": {"frames": args.frames, "latent": [cfg.channels, args.height, args.width],
-                   "dit": args.dit if not args.quick else "quick", "time_dit": args.time_dit if not args.quick else "quick",
-                   "time_latent": [args.time_frames, args.time_height, args.time_width],
-                   "passes": PASSES, "threads": torch.get_num_threads(), "quick": args.quick,
-                   "ae": {"patch": cfg.ae_patch, "dim": cfg.ae_dim, "depth": cfg.ae_depth,
-                          "motion_channels": cfg.motion_channels, "content_patch": cfg.content_patch}},
+        "config": {
+            "frames": args.frames,
+            "latent": [cfg.channels, args.height, args.width],
+            "dit": args.dit if not args.quick else "quick",
+            "time_dit": args.time_dit if not args.quick else "quick",
+            "time_latent": [args.time_frames, args.time_height, args.time_width],
+            "passes": PASSES,
+            "threads": torch.get_num_threads(),
+            "quick": args.quick,
+            "ae": {
+                "patch": cfg.ae_patch,
+                "dim": cfg.ae_dim,
+                "depth": cfg.ae_depth,
+                "motion_channels": cfg.motion_channels,
+                "content_patch": cfg.content_patch,
+            },
+        },
         "results": rows,
         "ratios": ratios,
         "content_patch": patches,
@@ -237,22 +288,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "per_pass_macs": macs,
         "per_pass_seconds": seconds,
     }
-    table = format_table(rows, [
-        ("model", "model", str), ("tmacs", f"TMACs/video @{args.frames}x{args.height}x{args.width}", lambda v: f"{v:.2f}"),
-        ("tflops", "TFLOPs/video", lambda v: f"{v:.2f}"),
-        ("time_s", f"s/video @{args.time_frames}x{args.time_height}x{args.time_width}", lambda v: f"{v:.2f}"),
-        ("time_gmacs", "GMACs @timing size", lambda v: f"{v:.1f}"),
-    ])
+    table = format_table(
+        rows,
+        [
+            ("model", "model", str),
+            ("tmacs", f"TMACs/video @{args.frames}x{args.height}x{args.width}", lambda v: f"{v:.2f}"),
+            ("tflops", "TFLOPs/video", lambda v: f"{v:.2f}"),
+            ("time_s", f"s/video @{args.time_frames}x{args.time_height}x{args.time_width}", lambda v: f"{v:.2f}"),
+            ("time_gmacs", "GMACs @timing size", lambda v: f"{v:.1f}"),
+        ],
+    )
     table += "\n\n" + "\n".join(
         f"{k}: {v['macs']:.1f}x the MACs of CMD, {v['time']:.1f}x the time (at the timing size: "
-        f"{v['macs_at_timing_size']:.1f}x the MACs)" for k, v in ratios.items())
-    table += f"\npaper (Figure 1): ModelScope / CMD = {PAPER['modelscope_tflops']} / {PAPER['cmd_tflops']} TFLOPs " \
-             f"= {payload['paper']['ratio_from_tflops']:.1f}x (text: ~{PAPER['claimed_ratio']}x)\n\n"
-    table += format_table(patches, [
-        ("content_patch", "content patch", str), ("motion_tokens", "motion tokens", str),
-        ("content_tokens", "content tokens", str), ("gmacs_per_pass", "motion GMACs/pass", lambda v: f"{v:.1f}"),
-        ("tmacs_per_video", "motion TMACs/video", lambda v: f"{v:.2f}"),
-    ])
+        f"{v['macs_at_timing_size']:.1f}x the MACs)"
+        for k, v in ratios.items()
+    )
+    table += (
+        f"\npaper (Figure 1): ModelScope / CMD = {PAPER['modelscope_tflops']} / {PAPER['cmd_tflops']} TFLOPs "
+        f"= {payload['paper']['ratio_from_tflops']:.1f}x (text: ~{PAPER['claimed_ratio']}x)\n\n"
+    )
+    table += format_table(
+        patches,
+        [
+            ("content_patch", "content patch", str),
+            ("motion_tokens", "motion tokens", str),
+            ("content_tokens", "content tokens", str),
+            ("gmacs_per_pass", "motion GMACs/pass", lambda v: f"{v:.1f}"),
+            ("tmacs_per_video", "motion TMACs/video", lambda v: f"{v:.2f}"),
+        ],
+    )
     emit(payload, args.json, table)
     return payload
 

@@ -211,8 +211,7 @@ def count_case(variant: str, case: dict[str, Any]) -> dict[str, int]:
         video = torch.randn(video_shape(case), requires_grad=True)
         report = count_flops(module, video, backward=True)
         params = sum(p.numel() for p in module.parameters())
-    return {"macs": report.macs, "flops": report.flops, "macs_backward": report.backward.macs,
-            "params": params}
+    return {"macs": report.macs, "flops": report.flops, "macs_backward": report.backward.macs, "params": params}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,8 +321,12 @@ def measure_memory(variant: str, cases: list[dict[str, Any]], args) -> list[dict
         return [{"fwd": None, "train": None, "method": f"not measured on {args.device}"} for _ in cases]
     spec = json.dumps({"variant": variant, "cases": cases, "dtype": args.dtype, "modes": args.modes})
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-worker", spec],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--memory-worker", spec],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory worker failed for the {variant} variant:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -331,8 +334,9 @@ def measure_memory(variant: str, cases: list[dict[str, Any]], args) -> list[dict
 
 def memory_worker(spec: str) -> None:
     data = json.loads(spec)
-    results = measure_memory_here(data["variant"], data["cases"], "cpu", parse_dtype(data["dtype"]),
-                                  tuple(data["modes"]))
+    results = measure_memory_here(
+        data["variant"], data["cases"], "cpu", parse_dtype(data["dtype"]), tuple(data["modes"])
+    )
     print(json.dumps(results))
 
 
@@ -354,8 +358,17 @@ def measure_setting(name: str, frames: int, pixels: int, args, sync) -> dict[str
     """One row: counts and formulas for both variants, and the times of those within --max-tokens."""
     latent = pixels // VAE_FACTOR
     heads, dim_head = split_heads(args.channels, args.head_dim)
-    case = {"setting": name, "frames": frames, "pixels": pixels, "latent": latent, "grid": list(exact_grid(frames)),
-            "channels": args.channels, "heads": heads, "dim_head": dim_head, "batch": args.batch}
+    case = {
+        "setting": name,
+        "frames": frames,
+        "pixels": pixels,
+        "latent": latent,
+        "grid": list(exact_grid(frames)),
+        "channels": args.channels,
+        "heads": heads,
+        "dim_head": dim_head,
+        "batch": args.batch,
+    }
     row: dict[str, Any] = dict(case)
     hw = latent * latent
     row.update(tokens_full=frames * hw, tokens_spatial=hw, tokens_temporal=frames)
@@ -386,8 +399,11 @@ def measure_setting(name: str, frames: int, pixels: int, args, sync) -> dict[str
         group = {key: fn for key, fn in fns.items() if key.startswith(mode + "_")}
         if mode not in args.modes:
             group = {}
-        times = time_calls(group, warmup=args.warmup, repeat=args.repeat, min_time=args.min_time,
-                           sync=sync) if group else {}
+        times = (
+            time_calls(group, warmup=args.warmup, repeat=args.repeat, min_time=args.min_time, sync=sync)
+            if group
+            else {}
+        )
         for variant in VARIANTS:
             key = f"{mode}_{variant}"
             row[f"time_{key}"] = times.get(key)
@@ -487,8 +503,7 @@ TIME_COLUMNS += [
 def time_table(rows: list[dict[str, Any]]) -> str:
     """The time and memory table; a time not run reads "not run", an estimated one ends in "*"."""
     shown = [
-        dict(r, **{f"time_{m}_{v}_text": _time(r, f"time_{m}_{v}") for m in MODES for v in VARIANTS})
-        for r in rows
+        dict(r, **{f"time_{m}_{v}_text": _time(r, f"time_{m}_{v}") for m in MODES for v in VARIANTS}) for r in rows
     ]
     return format_table(shown, TIME_COLUMNS)
 
@@ -498,16 +513,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--channels", type=int, default=320, help="C, the token width (default 320)")
     parser.add_argument("--head-dim", type=int, default=64, help="channels per head (default 64)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--max-tokens", type=int, default=None,
-                        help="run no case whose longest attention sequence is longer (default 16384; "
-                             f"{QUICK_MAX_TOKENS} under --quick); its time is estimated from its MACs")
-    parser.add_argument("--modes", type=lambda text: tuple(m for m in text.split(",") if m), default=MODES,
-                        help="comma list of fwd (inference forward) and train (forward + backward); "
-                             "default both")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="run no case whose longest attention sequence is longer (default 16384; "
+        f"{QUICK_MAX_TOKENS} under --quick); its time is estimated from its MACs",
+    )
+    parser.add_argument(
+        "--modes",
+        type=lambda text: tuple(m for m in text.split(",") if m),
+        default=MODES,
+        help="comma list of fwd (inference forward) and train (forward + backward); default both",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 2; 1 under --quick)")
-    parser.add_argument("--min-time", type=float, default=None,
-                        help="seconds per timed round (default 0.05; 0.01 under --quick)")
+    parser.add_argument(
+        "--min-time", type=float, default=None, help="seconds per timed round (default 0.05; 0.01 under --quick)"
+    )
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_worker:
@@ -553,9 +576,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "benchmark": "etc_attention",
         "machine": machine,
         "config": {
-            "device": args.device, "dtype": args.dtype, "batch": args.batch, "channels": args.channels,
-            "heads": heads, "dim_head": dim_head, "vae_factor": VAE_FACTOR, "max_tokens": args.max_tokens,
-            "modes": list(args.modes), "warmup": args.warmup, "repeat": args.repeat, "min_time": args.min_time,
+            "device": args.device,
+            "dtype": args.dtype,
+            "batch": args.batch,
+            "channels": args.channels,
+            "heads": heads,
+            "dim_head": dim_head,
+            "vae_factor": VAE_FACTOR,
+            "max_tokens": args.max_tokens,
+            "modes": list(args.modes),
+            "warmup": args.warmup,
+            "repeat": args.repeat,
+            "min_time": args.min_time,
             "settings": [list(s) for s in settings],
             "timing": "median seconds per call; fwd under torch.no_grad, train = forward + backward",
             "macs": "forward multiply-accumulates (FLOPs = 2 MACs), count_flops on fake CPU tensors",

@@ -72,8 +72,15 @@ from vdblocks.diffusion import NoiseSchedule, diffusion_loss
 
 MODELS = ("mcvd", "evdm", "evdm_l")
 LABELS = {
-    "mcvd": "MCVD (baseline)", "brp": "+BRP", "brp_eh": "+BRP+BRP-eh", "brp_msm": "+BRP+MSM", "evdm": "EVDM",
-    "evdm_so": "EVDM+SO", "evdm_split": "EVDM+Split", "evdm_so_split": "EVDM+SO+Split", "evdm_l": "EVDM-L",
+    "mcvd": "MCVD (baseline)",
+    "brp": "+BRP",
+    "brp_eh": "+BRP+BRP-eh",
+    "brp_msm": "+BRP+MSM",
+    "evdm": "EVDM",
+    "evdm_so": "EVDM+SO",
+    "evdm_split": "EVDM+Split",
+    "evdm_so_split": "EVDM+SO+Split",
+    "evdm_l": "EVDM-L",
 }
 PAPER_SPEEDUP = 2.7  # EVDM-L vs MCVD latency, A40 GPU (the paper's only timing)
 TARGET_SPEEDUP = 3.0  # what this benchmark asks of EVDM-L on CPU
@@ -82,18 +89,87 @@ STEPS = ("train", "sample")
 # Op name (without "aten::") -> profile category. Anything else is "other".
 _CATEGORY_RULES: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("conv", lambda n: "conv" in n and "convert" not in n),
-    ("matmul", lambda n: n in ("mm", "bmm", "addmm", "baddbmm", "matmul", "linear", "einsum")
-     or "scaled_dot_product" in n or "flash_attention" in n),
+    (
+        "matmul",
+        lambda n: (
+            n in ("mm", "bmm", "addmm", "baddbmm", "matmul", "linear", "einsum")
+            or "scaled_dot_product" in n
+            or "flash_attention" in n
+        ),
+    ),
     ("groupnorm", lambda n: "group_norm" in n),
-    ("copy", lambda n: n in ("copy_", "cat", "clone", "contiguous", "index_select", "narrow_copy", "fill_",
-                             "zero_", "zeros", "zeros_like", "constant_pad_nd", "new_zeros", "slice_backward",
-                             "index", "stack", "_to_copy")),
+    (
+        "copy",
+        lambda n: (
+            n
+            in (
+                "copy_",
+                "cat",
+                "clone",
+                "contiguous",
+                "index_select",
+                "narrow_copy",
+                "fill_",
+                "zero_",
+                "zeros",
+                "zeros_like",
+                "constant_pad_nd",
+                "new_zeros",
+                "slice_backward",
+                "index",
+                "stack",
+                "_to_copy",
+            )
+        ),
+    ),
     ("dropout", lambda n: n in ("bernoulli_", "native_dropout", "native_dropout_backward")),
-    ("elementwise", lambda n: n.startswith("_foreach") or n in (
-        "add", "add_", "mul", "mul_", "div", "div_", "sub", "sub_", "rsub", "neg", "clamp_min", "relu",
-        "threshold_backward", "silu", "silu_backward", "sigmoid", "exp", "exp_", "pow", "pow_", "sqrt",
-        "sqrt_", "sum", "mean", "amax", "max", "maximum", "addcmul_", "addcdiv_", "lerp_", "where",
-        "log", "abs", "masked_fill", "mse_loss", "mse_loss_backward", "sin", "cos")),
+    (
+        "elementwise",
+        lambda n: (
+            n.startswith("_foreach")
+            or n
+            in (
+                "add",
+                "add_",
+                "mul",
+                "mul_",
+                "div",
+                "div_",
+                "sub",
+                "sub_",
+                "rsub",
+                "neg",
+                "clamp_min",
+                "relu",
+                "threshold_backward",
+                "silu",
+                "silu_backward",
+                "sigmoid",
+                "exp",
+                "exp_",
+                "pow",
+                "pow_",
+                "sqrt",
+                "sqrt_",
+                "sum",
+                "mean",
+                "amax",
+                "max",
+                "maximum",
+                "addcmul_",
+                "addcdiv_",
+                "lerp_",
+                "where",
+                "log",
+                "abs",
+                "masked_fill",
+                "mse_loss",
+                "mse_loss_backward",
+                "sin",
+                "cos",
+            )
+        ),
+    ),
 )
 CATEGORIES = tuple(name for name, _ in _CATEGORY_RULES) + ("other",)
 
@@ -226,8 +302,9 @@ def block_names(cfg) -> list[str]:
     return [f"down.{n}.blocks.{min(1, cfg.num_res_blocks - 1)}" for n in range(cfg.num_levels)] + ["up.0.blocks.0"]
 
 
-def time_blocks(setups: dict[str, Setup], batch: int, repeat: int, device: torch.device,
-                dtype: torch.dtype, min_time: float = 0.05) -> list[dict[str, Any]]:
+def time_blocks(
+    setups: dict[str, Setup], batch: int, repeat: int, device: torch.device, dtype: torch.dtype, min_time: float = 0.05
+) -> list[dict[str, Any]]:
     """Forward (no grad) and forward+backward time of single res blocks, with their MACs, interleaved.
 
     Each block gets a random input ``(b, c_in, h_n, w_n)`` at its level's size and a random
@@ -249,9 +326,19 @@ def time_blocks(setups: dict[str, Setup], batch: int, repeat: int, device: torch
                 size = cfg.image_size // 2**level
                 x = torch.zeros(batch, blk.in_channels, size, size)
                 macs = count_flops(blk, x, torch.zeros(batch, cfg.emb_dim)).macs
-                rows.append(dict(model=m, label=LABELS[m], block=name, c_in=blk.in_channels,
-                                 c_out=blk.out_channels, size=size, macs=macs, gmacs=macs / 1e9))
-        for row in rows[-len(block_names(cfg)):]:
+                rows.append(
+                    dict(
+                        model=m,
+                        label=LABELS[m],
+                        block=name,
+                        c_in=blk.in_channels,
+                        c_out=blk.out_channels,
+                        size=size,
+                        macs=macs,
+                        gmacs=macs / 1e9,
+                    )
+                )
+        for row in rows[-len(block_names(cfg)) :]:
             blk = s.model.get_submodule(row["block"])
             x = torch.randn(batch, row["c_in"], row["size"], row["size"], device=device, dtype=dtype)
             emb = torch.randn(batch, cfg.emb_dim, device=device, dtype=dtype)
@@ -329,15 +416,20 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 8; --quick: 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--data", default=None, choices=sorted(DATASETS),
-                        help="preset data set (default kth; --quick: tiny)")
+    parser.add_argument(
+        "--data", default=None, choices=sorted(DATASETS), help="preset data set (default kth; --quick: tiny)"
+    )
     parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 5; --quick: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each step first")
     parser.add_argument("--profile", action="store_true", help="add the per-op-category breakdown")
-    parser.add_argument("--blocks", action="store_true",
-                        help="also time single res blocks (one per level) with their MACs")
-    parser.add_argument("--variants", default="",
-                        help="extra Table 8 rows to time beside the three, comma-separated (e.g. evdm_so,evdm_split)")
+    parser.add_argument(
+        "--blocks", action="store_true", help="also time single res blocks (one per level) with their MACs"
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="extra Table 8 rows to time beside the three, comma-separated (e.g. evdm_so,evdm_split)",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         if args.threads < 1:
@@ -380,8 +472,14 @@ def main() -> None:
     rows = []
     for m, s in setups.items():
         row: dict[str, Any] = dict(
-            model=m, label=LABELS[m], preset=presets[m], params=s.params, params_m=s.params / 1e6,
-            macs_per_sample=macs[m], gmacs_per_sample=macs[m] / 1e9, mac_cut=macs[base] / macs[m],
+            model=m,
+            label=LABELS[m],
+            preset=presets[m],
+            params=s.params,
+            params_m=s.params / 1e6,
+            macs_per_sample=macs[m],
+            gmacs_per_sample=macs[m] / 1e9,
+            mac_cut=macs[base] / macs[m],
         )
         for step in STEPS:
             seconds = times[f"{m}/{step}"]
@@ -426,29 +524,49 @@ def main() -> None:
     for m, steps in profiles.items():
         for step, p in steps.items():
             total = p["profiled_s"] or 1.0
-            profile_rows.append(dict(
-                label=LABELS[m], step=step, wall_s=p["wall_s"], op_calls=p["op_calls"],
-                mac_ops_s=p["by_category"]["conv"] + p["by_category"]["matmul"],
-                memory_ops_s=total - p["by_category"]["conv"] - p["by_category"]["matmul"],
-                **{f"pct_{c}": 100 * p["by_category"][c] / total for c in CATEGORIES},
-            ))
+            profile_rows.append(
+                dict(
+                    label=LABELS[m],
+                    step=step,
+                    wall_s=p["wall_s"],
+                    op_calls=p["op_calls"],
+                    mac_ops_s=p["by_category"]["conv"] + p["by_category"]["matmul"],
+                    memory_ops_s=total - p["by_category"]["conv"] - p["by_category"]["matmul"],
+                    **{f"pct_{c}": 100 * p["by_category"][c] / total for c in CATEGORIES},
+                )
+            )
     if blocks:
-        text.append("Single res blocks, eval mode (dropout off), batch as above; speedups against MCVD's block "
-                    "at the same place\n" + format_table(blocks, BLOCK_COLUMNS))
+        text.append(
+            "Single res blocks, eval mode (dropout off), batch as above; speedups against MCVD's block "
+            "at the same place\n" + format_table(blocks, BLOCK_COLUMNS)
+        )
     if profile_rows:
-        text.append("Profile: op self time, one call each: in the ops that do the MACs (conv+matmul) and in the "
-                    "rest, then the share of each category\n"
-                    + format_table(profile_rows, PROFILE_COLUMNS))
+        text.append(
+            "Profile: op self time, one call each: in the ops that do the MACs (conv+matmul) and in the "
+            "rest, then the share of each category\n" + format_table(profile_rows, PROFILE_COLUMNS)
+        )
     payload = dict(
         benchmark="evdm_speed",
         machine=machine,
         config=dict(
-            quick=args.quick, data=data, presets=presets, batch=batch, dtype=args.dtype, device=str(device),
-            threads=torch.get_num_threads(), repeat=repeat, warmup=args.warmup, image_size=cfg.image_size,
-            num_past=cfg.num_past, num_future=cfg.num_future, num_frames=cfg.num_frames, channels=cfg.channels,
+            quick=args.quick,
+            data=data,
+            presets=presets,
+            batch=batch,
+            dtype=args.dtype,
+            device=str(device),
+            threads=torch.get_num_threads(),
+            repeat=repeat,
+            warmup=args.warmup,
+            image_size=cfg.image_size,
+            num_past=cfg.num_past,
+            num_future=cfg.num_future,
+            num_frames=cfg.num_frames,
+            channels=cfg.channels,
             optimizer="build_optimizer(lr=1e-4): AdamW, fused where supported",
             timing="median of interleaved rounds, seconds per step",
-            speedup="baseline seconds / model seconds", mac_share="speedup / MAC cut",
+            speedup="baseline seconds / model seconds",
+            mac_share="speedup / MAC cut",
         ),
         results=rows,
         summary=summary,

@@ -43,8 +43,14 @@ TABLE8: dict[str, tuple[float, float]] = {
     "evdm_l": (20.4, 133.99),
 }
 TABLE8_LABELS = {
-    "mcvd": "baseline (MCVD)", "brp": "+BRP", "brp_eh": "+BRP+BRP-eh", "brp_msm": "+BRP+MSM",
-    "evdm": "EVDM", "evdm_so": "EVDM+SO", "evdm_split": "EVDM+Split", "evdm_so_split": "EVDM+SO+Split",
+    "mcvd": "baseline (MCVD)",
+    "brp": "+BRP",
+    "brp_eh": "+BRP+BRP-eh",
+    "brp_msm": "+BRP+MSM",
+    "evdm": "EVDM",
+    "evdm_so": "EVDM+SO",
+    "evdm_split": "EVDM+Split",
+    "evdm_so_split": "EVDM+SO+Split",
     "evdm_l": "EVDM-L",
 }
 # Table 2: dataset -> model -> (params M, GFLOPs at the paper's batch).
@@ -101,12 +107,20 @@ def table8_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
         if r is None:
             continue
         gmacs = r["macs_per_sample"] * 64 / 1e9
-        rows.append(dict(
-            row=TABLE8_LABELS[variant], preset=r["preset"],
-            params_m=r["params"] / 1e6, paper_params_m=p_params, params_err=_rel(r["params"] / 1e6, p_params),
-            gmacs=gmacs, paper_gflops=p_gflops, gmacs_err=_rel(gmacs, p_gflops),
-            cut=base["macs_per_sample"] / r["macs_per_sample"], paper_cut=TABLE8["mcvd"][1] / p_gflops,
-        ))
+        rows.append(
+            dict(
+                row=TABLE8_LABELS[variant],
+                preset=r["preset"],
+                params_m=r["params"] / 1e6,
+                paper_params_m=p_params,
+                params_err=_rel(r["params"] / 1e6, p_params),
+                gmacs=gmacs,
+                paper_gflops=p_gflops,
+                gmacs_err=_rel(gmacs, p_gflops),
+                cut=base["macs_per_sample"] / r["macs_per_sample"],
+                paper_cut=TABLE8["mcvd"][1] / p_gflops,
+            )
+        )
     return rows
 
 
@@ -120,13 +134,22 @@ def table2_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
             if r is None:
                 continue
             gmacs = r["macs_per_sample"] * batch / 1e9
-            rows.append(dict(
-                dataset=data, model=MODEL_LABELS[model], preset=r["preset"], batch=batch,
-                params_m=r["params"] / 1e6, paper_params_m=p_params, params_err=_rel(r["params"] / 1e6, p_params),
-                gmacs=gmacs, paper_gflops=p_gflops, gmacs_err=_rel(gmacs, p_gflops),
-                cut=base["macs_per_sample"] / r["macs_per_sample"] if base else None,
-                paper_cut=models["mcvd"][1] / p_gflops,
-            ))
+            rows.append(
+                dict(
+                    dataset=data,
+                    model=MODEL_LABELS[model],
+                    preset=r["preset"],
+                    batch=batch,
+                    params_m=r["params"] / 1e6,
+                    paper_params_m=p_params,
+                    params_err=_rel(r["params"] / 1e6, p_params),
+                    gmacs=gmacs,
+                    paper_gflops=p_gflops,
+                    gmacs_err=_rel(gmacs, p_gflops),
+                    cut=base["macs_per_sample"] / r["macs_per_sample"] if base else None,
+                    paper_cut=models["mcvd"][1] / p_gflops,
+                )
+            )
     return rows
 
 
@@ -137,19 +160,31 @@ def table1_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
         if r is None:
             continue
         for level, (layer, (p_params, p_conv, p_attn)) in enumerate(zip(r["layers"], paper)):
-            rows.append(dict(
-                model=MODEL_LABELS[model], layer=f"Layer{level + 1}",
-                conv_params_m=layer["conv_params"] / 1e6, paper_conv_params_m=p_params,
-                conv_gmacs=layer["conv_macs"] * 64 / 1e9, paper_conv_gflops=p_conv,
-                attn_gmacs=layer["attn_macs"] * 64 / 1e9, paper_attn_gflops=p_attn,
-            ))
+            rows.append(
+                dict(
+                    model=MODEL_LABELS[model],
+                    layer=f"Layer{level + 1}",
+                    conv_params_m=layer["conv_params"] / 1e6,
+                    paper_conv_params_m=p_params,
+                    conv_gmacs=layer["conv_macs"] * 64 / 1e9,
+                    paper_conv_gflops=p_conv,
+                    attn_gmacs=layer["attn_macs"] * 64 / 1e9,
+                    paper_attn_gflops=p_attn,
+                )
+            )
         total = {k: sum(layer[k] for layer in r["layers"]) for k in r["layers"][0]}
-        rows.append(dict(
-            model=MODEL_LABELS[model], layer="total",
-            conv_params_m=total["conv_params"] / 1e6, paper_conv_params_m=sum(p[0] for p in paper),
-            conv_gmacs=total["conv_macs"] * 64 / 1e9, paper_conv_gflops=sum(p[1] for p in paper),
-            attn_gmacs=total["attn_macs"] * 64 / 1e9, paper_attn_gflops=sum(p[2] for p in paper),
-        ))
+        rows.append(
+            dict(
+                model=MODEL_LABELS[model],
+                layer="total",
+                conv_params_m=total["conv_params"] / 1e6,
+                paper_conv_params_m=sum(p[0] for p in paper),
+                conv_gmacs=total["conv_macs"] * 64 / 1e9,
+                paper_conv_gflops=sum(p[1] for p in paper),
+                attn_gmacs=total["attn_macs"] * 64 / 1e9,
+                paper_attn_gflops=sum(p[2] for p in paper),
+            )
+        )
     return rows
 
 
@@ -181,27 +216,46 @@ def _x(x: float | None) -> str:
 
 
 TABLE8_COLUMNS = [
-    ("row", "Table 8 row", str), ("params_m", "params (M)", _f(2)), ("paper_params_m", "paper", _f(1)),
-    ("params_err", "diff", _pct), ("gmacs", "GMACs @64", _f(2)), ("paper_gflops", "paper GFLOPs", _f(2)),
-    ("gmacs_err", "diff", _pct), ("cut", "cut", _x), ("paper_cut", "paper cut", _x),
+    ("row", "Table 8 row", str),
+    ("params_m", "params (M)", _f(2)),
+    ("paper_params_m", "paper", _f(1)),
+    ("params_err", "diff", _pct),
+    ("gmacs", "GMACs @64", _f(2)),
+    ("paper_gflops", "paper GFLOPs", _f(2)),
+    ("gmacs_err", "diff", _pct),
+    ("cut", "cut", _x),
+    ("paper_cut", "paper cut", _x),
 ]
 TABLE2_COLUMNS = [
-    ("dataset", "data", str), ("model", "model", str), ("batch", "batch", str),
-    ("params_m", "params (M)", _f(2)), ("paper_params_m", "paper", _f(2)), ("params_err", "diff", _pct),
-    ("gmacs", "GMACs", _f(2)), ("paper_gflops", "paper GFLOPs", _f(2)), ("gmacs_err", "diff", _pct),
-    ("cut", "cut", _x), ("paper_cut", "paper cut", _x),
+    ("dataset", "data", str),
+    ("model", "model", str),
+    ("batch", "batch", str),
+    ("params_m", "params (M)", _f(2)),
+    ("paper_params_m", "paper", _f(2)),
+    ("params_err", "diff", _pct),
+    ("gmacs", "GMACs", _f(2)),
+    ("paper_gflops", "paper GFLOPs", _f(2)),
+    ("gmacs_err", "diff", _pct),
+    ("cut", "cut", _x),
+    ("paper_cut", "paper cut", _x),
 ]
 TABLE1_COLUMNS = [
-    ("model", "model", str), ("layer", "layer", str),
-    ("conv_params_m", "conv params (M)", _f(2)), ("paper_conv_params_m", "paper", _f(2)),
-    ("conv_gmacs", "conv GMACs", _f(2)), ("paper_conv_gflops", "paper", _f(2)),
-    ("attn_gmacs", "attn GMACs", _f(2)), ("paper_attn_gflops", "paper", _f(2)),
+    ("model", "model", str),
+    ("layer", "layer", str),
+    ("conv_params_m", "conv params (M)", _f(2)),
+    ("paper_conv_params_m", "paper", _f(2)),
+    ("conv_gmacs", "conv GMACs", _f(2)),
+    ("paper_conv_gflops", "paper", _f(2)),
+    ("attn_gmacs", "attn GMACs", _f(2)),
+    ("paper_attn_gflops", "paper", _f(2)),
 ]
 
 
 def markdown_table(rows: list[dict[str, Any]], columns) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|"]
+    lines = [
+        "| " + " | ".join(h for _, h, _ in columns) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(columns))) + "|",
+    ]
     lines += ["| " + " | ".join(fmt(row.get(k)) for k, _, fmt in columns) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -215,8 +269,11 @@ def plot(t8: list[dict[str, Any]], t2: list[dict[str, Any]], path: Path) -> None
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw=dict(width_ratios=[1.25, 1.25, 1.5]))
     width = 0.38
     for ax, (ours_key, paper_key, title) in zip(
-        axes[:2], [("gmacs", "paper_gflops", "Table 8 (KTH): forward GMACs at batch 64"),
-                   ("params_m", "paper_params_m", "Table 8 (KTH): parameters (M)")]
+        axes[:2],
+        [
+            ("gmacs", "paper_gflops", "Table 8 (KTH): forward GMACs at batch 64"),
+            ("params_m", "paper_params_m", "Table 8 (KTH): parameters (M)"),
+        ],
     ):
         xs = range(len(t8))
         ax.bar([x - width / 2 for x in xs], [r[ours_key] for r in t8], width, label="ours", color="#3b75af")
@@ -335,8 +392,11 @@ def write_docs(t8, t2, t1, payload, checks_: dict[str, bool], notes: dict[str, A
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--write-docs", action="store_true",
-                        help="rewrite docs/benchmarks/evdm_table.{md,png} from this run (not with --quick)")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="rewrite docs/benchmarks/evdm_table.{md,png} from this run (not with --quick)",
+    )
     parser.add_argument("--no-write", action="store_true", help=argparse.SUPPRESS)  # the old default; kept as a no-op
     args = parser.parse_args(argv)  # --device / --dtype do not apply: counting needs no device
     if args.write_docs and args.quick:
@@ -365,8 +425,13 @@ def main(argv: list[str] | None = None) -> None:
     payload = dict(
         benchmark="evdm_table",
         machine=machine_info("cpu"),
-        config=dict(quick=args.quick, batch=64, paper_batch=PAPER_BATCH, image_size=64,
-                    counting="forward MACs of one sample under FakeTensorMode, times the batch"),
+        config=dict(
+            quick=args.quick,
+            batch=64,
+            paper_batch=PAPER_BATCH,
+            image_size=64,
+            counting="forward MACs of one sample under FakeTensorMode, times the batch",
+        ),
         results=results,
         table8=t8,
         table2=t2,

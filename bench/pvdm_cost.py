@@ -78,15 +78,29 @@ def build(kind: str, *, size: int, frames: int, patch: int, base: int, channels:
         return TriplaneUNet(cfg).eval(), (torch.zeros(1, cfg.latent_channels, n), torch.zeros(1, dtype=torch.long))
     if kind == "baseline":
         extra = int(math.log2(patch))
-        model = VideoUNet3D(channels, base, channel_mult=(1, 2, 4) + (4,) * extra, num_res_blocks=2,
-                            attn_resolutions=tuple(patch * 2**i for i in range(3)), heads=4 if quick else 8)
+        model = VideoUNet3D(
+            channels,
+            base,
+            channel_mult=(1, 2, 4) + (4,) * extra,
+            num_res_blocks=2,
+            attn_resolutions=tuple(patch * 2**i for i in range(3)),
+            heads=4 if quick else 8,
+        )
         return model.eval(), (torch.zeros(1, channels, frames, size, size), torch.zeros(1, dtype=torch.long))
     if kind == "decoder":
-        cfg = get_autoencoder_config("tiny" if quick else "paper", channels=channels, frames=frames, height=size,
-                                     width=size, patch_size=(1, patch, patch))
+        cfg = get_autoencoder_config(
+            "tiny" if quick else "paper",
+            channels=channels,
+            frames=frames,
+            height=size,
+            width=size,
+            patch_size=(1, patch, patch),
+        )
         ae = PVDMAutoencoder(cfg).eval()
-        z = [torch.zeros(1, cfg.latent_channels, *s) for s in ((grid[1], grid[2]), (grid[0], grid[2]),
-                                                               (grid[0], grid[1]))]
+        z = [
+            torch.zeros(1, cfg.latent_channels, *s)
+            for s in ((grid[1], grid[2]), (grid[0], grid[2]), (grid[0], grid[1]))
+        ]
         return ae, tuple(z)
     raise ValueError(kind)
 
@@ -142,7 +156,7 @@ def main() -> None:
         model = model.to(device, dtype)
         inputs = tuple(x.to(device, dtype) if x.is_floating_point() else x.to(device) for x in inputs)
         fn = model.decode if kind == "decoder" else model
-        timed[kind] = (lambda fn=fn, inputs=inputs: fn(*inputs))
+        timed[kind] = lambda fn=fn, inputs=inputs: fn(*inputs)
     with torch.no_grad():
         seconds = time_calls(timed, warmup=1, repeat=args.repeat, min_time=0.0, sync=synchronizer(device))
     machine["load_average_1min_end"] = load_average()
@@ -178,9 +192,18 @@ def main() -> None:
     payload = {
         "benchmark": "pvdm_cost",
         "machine": machine,
-        "config": {"size": args.size, "frames": args.frames, "patch": args.patch, "base_channels": args.base_channels,
-                   "channels": args.channels, "sample_steps": steps, "repeat": args.repeat,
-                   "threads": torch.get_num_threads(), "dtype": args.dtype, "quick": args.quick},
+        "config": {
+            "size": args.size,
+            "frames": args.frames,
+            "patch": args.patch,
+            "base_channels": args.base_channels,
+            "channels": args.channels,
+            "sample_steps": steps,
+            "repeat": args.repeat,
+            "threads": torch.get_num_threads(),
+            "dtype": args.dtype,
+            "quick": args.quick,
+        },
         "results": results,
         "paper": {"sampling_speedup": PAPER_SAMPLING_SPEEDUP, "seconds": PAPER_SECONDS, "latent_numbers": 8192},
     }
@@ -190,25 +213,55 @@ def main() -> None:
 
     rows = [
         {"what": "numbers per video", "pvdm": f"{latent:,}", "base": f"{pixels:,}", "ratio": f"{pixels / latent:.0f}x"},
-        {"what": f"MACs per step @{args.size}", "pvdm": g(macs["pvdm"][0]), "base": g(macs["baseline"][0]),
-         "ratio": f"{results['mac_ratio_per_step']:.1f}x"},
-        {"what": f"MACs per sample ({steps} steps, +decode)", "pvdm": g(steps * macs["pvdm"][0] + macs["decoder"][0]),
-         "base": g(steps * macs["baseline"][0]), "ratio": f"{results['mac_ratio_per_sample']:.1f}x"},
-        {"what": "parameters", "pvdm": f"{macs['pvdm'][1] / 1e6:.1f} M", "base": f"{macs['baseline'][1] / 1e6:.1f} M",
-         "ratio": ""},
-        {"what": f"s per step @{args.time_size}", "pvdm": f"{seconds['pvdm']:.4f}", "base": f"{seconds['baseline']:.4f}",
-         "ratio": f"{results['step_speedup']:.1f}x"},
-        {"what": f"s per sample @{args.time_size} ({steps} steps)", "pvdm": f"{sample_pvdm:.2f}",
-         "base": f"{sample_base:.2f}", "ratio": f"{results['sampling_speedup']:.1f}x"},
-        {"what": "paper: s per 16x256x256 sample (GPU)", "pvdm": f"{PAPER_SECONDS['pvdm_s']}",
-         "base": f">{PAPER_SECONDS['vdm']:.0f} (VDM)", "ratio": f"{PAPER_SAMPLING_SPEEDUP}x"},
+        {
+            "what": f"MACs per step @{args.size}",
+            "pvdm": g(macs["pvdm"][0]),
+            "base": g(macs["baseline"][0]),
+            "ratio": f"{results['mac_ratio_per_step']:.1f}x",
+        },
+        {
+            "what": f"MACs per sample ({steps} steps, +decode)",
+            "pvdm": g(steps * macs["pvdm"][0] + macs["decoder"][0]),
+            "base": g(steps * macs["baseline"][0]),
+            "ratio": f"{results['mac_ratio_per_sample']:.1f}x",
+        },
+        {
+            "what": "parameters",
+            "pvdm": f"{macs['pvdm'][1] / 1e6:.1f} M",
+            "base": f"{macs['baseline'][1] / 1e6:.1f} M",
+            "ratio": "",
+        },
+        {
+            "what": f"s per step @{args.time_size}",
+            "pvdm": f"{seconds['pvdm']:.4f}",
+            "base": f"{seconds['baseline']:.4f}",
+            "ratio": f"{results['step_speedup']:.1f}x",
+        },
+        {
+            "what": f"s per sample @{args.time_size} ({steps} steps)",
+            "pvdm": f"{sample_pvdm:.2f}",
+            "base": f"{sample_base:.2f}",
+            "ratio": f"{results['sampling_speedup']:.1f}x",
+        },
+        {
+            "what": "paper: s per 16x256x256 sample (GPU)",
+            "pvdm": f"{PAPER_SECONDS['pvdm_s']}",
+            "base": f">{PAPER_SECONDS['vdm']:.0f} (VDM)",
+            "ratio": f"{PAPER_SAMPLING_SPEEDUP}x",
+        },
     ]
-    columns = [("what", "", str), ("pvdm", "PVDM-S (triplane)", str), ("base", "pixel 3D U-Net", str),
-               ("ratio", "baseline / PVDM", str)]
-    header = (f"PVDM cost, {args.frames} frames of {args.size}x{args.size}, patch {args.patch} -> planes "
-              f"{grid[1]}x{grid[2]}, {grid[0]}x{grid[2]}, {grid[0]}x{grid[1]}; timings at {time_frames} x "
-              f"{args.time_size}x{args.time_size}, batch 1, {torch.get_num_threads()} thread(s), "
-              f"{machine['cpu']}; decoder {macs['decoder'][0] / 1e9:,.1f} GMACs, {seconds['decoder']:.3f} s per clip")
+    columns = [
+        ("what", "", str),
+        ("pvdm", "PVDM-S (triplane)", str),
+        ("base", "pixel 3D U-Net", str),
+        ("ratio", "baseline / PVDM", str),
+    ]
+    header = (
+        f"PVDM cost, {args.frames} frames of {args.size}x{args.size}, patch {args.patch} -> planes "
+        f"{grid[1]}x{grid[2]}, {grid[0]}x{grid[2]}, {grid[0]}x{grid[1]}; timings at {time_frames} x "
+        f"{args.time_size}x{args.time_size}, batch 1, {torch.get_num_threads()} thread(s), "
+        f"{machine['cpu']}; decoder {macs['decoder'][0] / 1e9:,.1f} GMACs, {seconds['decoder']:.3f} s per clip"
+    )
     emit(payload, args.json, header + "\n" + format_table(rows, columns))
 
 

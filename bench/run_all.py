@@ -63,9 +63,17 @@ def attention_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[l
         ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="ms per call", title=f"d = {d}")
         ax.legend(fontsize=7)
     header = ["d", "L", "softmax ms", "favor ms", "auto/faster", "calibrated/faster"]
-    table = [[r["d"], r["L"], f"{1e3 * r['time_softmax']:.3f}", f"{1e3 * r['time_favor']:.3f}",
-              f"{r['auto_slowdown']:.2f}", f"{r['calibrated_slowdown']:.2f}" if "calibrated_slowdown" in r else "-"]
-             for r in rows]
+    table = [
+        [
+            r["d"],
+            r["L"],
+            f"{1e3 * r['time_softmax']:.3f}",
+            f"{1e3 * r['time_favor']:.3f}",
+            f"{r['auto_slowdown']:.2f}",
+            f"{r['calibrated_slowdown']:.2f}" if "calibrated_slowdown" in r else "-",
+        ]
+        for r in rows
+    ]
     return header, table
 
 
@@ -83,8 +91,18 @@ def evdm_table_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     header = ["row", "params (M)", "paper (M)", "GMACs", "paper", "cut", "paper cut"]
-    table = [[r["row"], f"{r['params_m']:.2f}", r["paper_params_m"], f"{r['gmacs']:.1f}", r["paper_gflops"],
-              f"{r['cut']:.2f}", f"{r['paper_cut']:.2f}"] for r in rows]
+    table = [
+        [
+            r["row"],
+            f"{r['params_m']:.2f}",
+            r["paper_params_m"],
+            f"{r['gmacs']:.1f}",
+            r["paper_gflops"],
+            f"{r['cut']:.2f}",
+            f"{r['paper_cut']:.2f}",
+        ]
+        for r in rows
+    ]
     return header, table
 
 
@@ -103,8 +121,18 @@ def evdm_speed_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[
     ax.set_ylabel("x vs MCVD")
     ax.legend(fontsize=7)
     header = ["model", "GMACs/sample", "MAC cut", "train s", "train speedup", "sample s", "sample speedup"]
-    table = [[r["label"], f"{r['gmacs_per_sample']:.3f}", f"{r['mac_cut']:.2f}", f"{r['train_s']:.3f}",
-              f"{r['train_speedup']:.2f}", f"{r['sample_s']:.3f}", f"{r['sample_speedup']:.2f}"] for r in rows]
+    table = [
+        [
+            r["label"],
+            f"{r['gmacs_per_sample']:.3f}",
+            f"{r['mac_cut']:.2f}",
+            f"{r['train_s']:.3f}",
+            f"{r['train_speedup']:.2f}",
+            f"{r['sample_s']:.3f}",
+            f"{r['sample_speedup']:.2f}",
+        ]
+        for r in rows
+    ]
     return header, table
 
 
@@ -125,8 +153,18 @@ def etc_attention_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tup
         ax.set_xticks(list(x), labels, fontsize=7, rotation=20)
         ax.legend(fontsize=7)
     header = ["setting", "tokens", "GMACs grid", "GMACs factorised", "MAC ratio", "paper ratio", "time ratio fwd"]
-    table = [[r["setting"], r["tokens_full"], f"{r['macs_full'] / 1e9:.2f}", f"{r['macs_factorised'] / 1e9:.2f}",
-              f"{r['mac_ratio']:.2f}", f"{r['mac_ratio_paper']:.2f}", f"{r['time_ratio_fwd']:.2f}"] for r in rows]
+    table = [
+        [
+            r["setting"],
+            r["tokens_full"],
+            f"{r['macs_full'] / 1e9:.2f}",
+            f"{r['macs_factorised'] / 1e9:.2f}",
+            f"{r['mac_ratio']:.2f}",
+            f"{r['mac_ratio_paper']:.2f}",
+            f"{r['time_ratio_fwd']:.2f}",
+        ]
+        for r in rows
+    ]
     return header, table
 
 
@@ -140,19 +178,40 @@ def pvdm_cost_report(runs: list[Payload], ax_fig: Callable[..., Any]) -> tuple[l
     ax1.set(yscale="log", ylabel="GMACs per denoiser step", xlabel="video size")
     ax1.legend(fontsize=7)
     last = res[-1]
-    bars = {"numbers per video": last["latent_reduction"], "MACs per step": last["mac_ratio_per_step"],
-            f"time per step @{last['time_size']}px": last["step_speedup"],
-            f"time per sample @{last['time_size']}px": last["sampling_speedup"]}
+    bars = {
+        "numbers per video": last["latent_reduction"],
+        "MACs per step": last["mac_ratio_per_step"],
+        f"time per step @{last['time_size']}px": last["step_speedup"],
+        f"time per sample @{last['time_size']}px": last["sampling_speedup"],
+    }
     ax2.bar(list(bars), list(bars.values()))
     ax2.axhline(17.6, color="gray", linestyle=":", label="paper: 17.6x faster sampling than VDM")
     ax2.set(yscale="log", ylabel="pixel baseline / PVDM")
     ax2.set_xticks(range(len(bars)), list(bars), fontsize=7, rotation=15)
     ax2.legend(fontsize=7)
-    header = ["video", "latent numbers", "pixel numbers", "GMACs/step PVDM", "GMACs/step 3D U-Net", "MAC ratio",
-              "time ratio/step", "time ratio/sample"]
-    table = [[lab, r["latent_numbers"], r["pixel_numbers"], f"{r['pvdm_macs_per_step'] / 1e9:.2f}",
-              f"{r['baseline_macs_per_step'] / 1e9:.1f}", f"{r['mac_ratio_per_step']:.1f}",
-              f"{r['step_speedup']:.1f}", f"{r['sampling_speedup']:.1f}"] for lab, r in zip(labels, res)]
+    header = [
+        "video",
+        "latent numbers",
+        "pixel numbers",
+        "GMACs/step PVDM",
+        "GMACs/step 3D U-Net",
+        "MAC ratio",
+        "time ratio/step",
+        "time ratio/sample",
+    ]
+    table = [
+        [
+            lab,
+            r["latent_numbers"],
+            r["pixel_numbers"],
+            f"{r['pvdm_macs_per_step'] / 1e9:.2f}",
+            f"{r['baseline_macs_per_step'] / 1e9:.1f}",
+            f"{r['mac_ratio_per_step']:.1f}",
+            f"{r['step_speedup']:.1f}",
+            f"{r['sampling_speedup']:.1f}",
+        ]
+        for lab, r in zip(labels, res)
+    ]
     return header, table
 
 
@@ -187,20 +246,51 @@ class Benchmark:
 
 
 BENCHMARKS: tuple[Benchmark, ...] = (
-    Benchmark("attention", "Attention: exact softmax vs FAVOR+ vs EVDM's rule vs the calibrated choice",
-              "attention.py", attention_report, page="benchmarks/attention.md"),
-    Benchmark("evdm_table", "EVDM Table 8: parameters and MACs against the MCVD baseline", "evdm_table.py",
-              evdm_table_report, page="benchmarks/evdm_table.md", writes_docs=True),
-    Benchmark("evdm_speed", "EVDM: training- and sampling-step time against MCVD", "evdm_speed.py",
-              evdm_speed_report, page="benchmarks/evdm_speed.md"),
-    Benchmark("etc_attention", "ETC: one attention over the frame grid vs factorised attention",
-              "etc_attention.py", etc_attention_report, page="benchmarks/etc_attention.md"),
-    Benchmark("pvdm_cost", "PVDM: triplane latent denoiser vs a pixel-space 3D U-Net", "pvdm_cost.py",
-              pvdm_cost_report, page="benchmarks/pvdm_cost.md",
-              full_runs=tuple(("--size", str(s), "--time-size", "32", "--sample-steps", "20") for s in (64, 128, 256)),
-              quick_runs=(("--quick",), ("--quick", "--size", "64"))),
-    Benchmark("cmd_cost", "CMD: content frame + motion latents vs denoising the whole video volume",
-              "cmd_cost.py", cmd_cost_report, page="benchmarks/cmd_cost.md"),
+    Benchmark(
+        "attention",
+        "Attention: exact softmax vs FAVOR+ vs EVDM's rule vs the calibrated choice",
+        "attention.py",
+        attention_report,
+        page="benchmarks/attention.md",
+    ),
+    Benchmark(
+        "evdm_table",
+        "EVDM Table 8: parameters and MACs against the MCVD baseline",
+        "evdm_table.py",
+        evdm_table_report,
+        page="benchmarks/evdm_table.md",
+        writes_docs=True,
+    ),
+    Benchmark(
+        "evdm_speed",
+        "EVDM: training- and sampling-step time against MCVD",
+        "evdm_speed.py",
+        evdm_speed_report,
+        page="benchmarks/evdm_speed.md",
+    ),
+    Benchmark(
+        "etc_attention",
+        "ETC: one attention over the frame grid vs factorised attention",
+        "etc_attention.py",
+        etc_attention_report,
+        page="benchmarks/etc_attention.md",
+    ),
+    Benchmark(
+        "pvdm_cost",
+        "PVDM: triplane latent denoiser vs a pixel-space 3D U-Net",
+        "pvdm_cost.py",
+        pvdm_cost_report,
+        page="benchmarks/pvdm_cost.md",
+        full_runs=tuple(("--size", str(s), "--time-size", "32", "--sample-steps", "20") for s in (64, 128, 256)),
+        quick_runs=(("--quick",), ("--quick", "--size", "64")),
+    ),
+    Benchmark(
+        "cmd_cost",
+        "CMD: content frame + motion latents vs denoising the whole video volume",
+        "cmd_cost.py",
+        cmd_cost_report,
+        page="benchmarks/cmd_cost.md",
+    ),
 )
 
 
@@ -214,7 +304,9 @@ def run_one(bench: Benchmark, quick: bool, timeout: float, write_docs: bool = Fa
         proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"{bench.script} {' '.join(extra)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{bench.script} {' '.join(extra)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+            )
         payloads.append(json.loads(lines[-1]))
     return payloads
 
@@ -281,10 +373,16 @@ def write_report(
 def main(argv: list[str] | None = None) -> Payload:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); write with --out")
-    parser.add_argument("--write-docs", action="store_true",
-                        help="rebuild the report in docs/ (or --out) and let benchmarks rewrite their own pages")
-    parser.add_argument("--out", default=None,
-                        help="directory for benchmarks.md (default: docs/ with --write-docs, else nothing is written)")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="rebuild the report in docs/ (or --out) and let benchmarks rewrite their own pages",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="directory for benchmarks.md (default: docs/ with --write-docs, else nothing is written)",
+    )
     parser.add_argument("--only", default="", help="comma list of benchmarks (default: all)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -323,10 +421,14 @@ def main(argv: list[str] | None = None) -> Payload:
     else:
         print(report)
         print("nothing written (--write-docs rebuilds docs/benchmarks.md, --out DIR writes the report to DIR)")
-    summary = {"benchmark": "run_all", "report": str(report) if isinstance(report, Path) else None,
-               "ran": sorted(seconds.keys() - errors.keys()),
-               "failed": errors,
-               "seconds": seconds, "machine": next(iter(results.values()))[0]["machine"] if results else {}}
+    summary = {
+        "benchmark": "run_all",
+        "report": str(report) if isinstance(report, Path) else None,
+        "ran": sorted(seconds.keys() - errors.keys()),
+        "failed": errors,
+        "seconds": seconds,
+        "machine": next(iter(results.values()))[0]["machine"] if results else {},
+    }
     if args.json:
         print(json.dumps(summary))
     if errors:

@@ -54,26 +54,50 @@ def cases() -> list[Case]:
     timestep = TimestepEmbedding(1280, frequency_dim=320)
     msa = MixedSelfAttention(288, heads=3, dim_head=96)
     return [
-        Case("BottleneckResidualPathway", "EVDM eqs. 8-10",
-             BottleneckResidualPathway(192, 192, emb_dim=384, bottleneck_ratio=4),
-             lambda: (randn(2, 192, 32, 32), randn(2, 384))),
-        Case("ChannelSplit", "EVDM sec. 3.4",
-             ChannelSplit(96, 192, emb_dim=384, bottleneck_ratio=8),
-             lambda: (randn(2, 96, 32, 32), randn(2, 384))),
-        Case("MixedSelfAttention", "EVDM eq. 14",
-             msa, lambda: (randn(2, 288, 16, 16),),
-             note=f"L=256 > 2*96 -> {msa.select_algorithm(256)}"),
-        Case("TriplaneProjector", "PVDM sec. 3.2",
-             TriplaneProjector(128, latent_channels=4, depth=2, heads=4),
-             lambda: (randn(1, 128, 8, 16, 16),)),
-        Case("ContentFrameHead", "CMD eq. 3",
-             ContentFrameHead(384, channels=3, patch_size=4),
-             lambda: (randn(2, 3, 16, 64, 64), randn(2, 384, 16, 16, 16))),
-        Case("SpatialTemporalMixedEmbedding", "ETC eqs. 1-4",
-             _GridEmbed(SpatialTemporalMixedEmbedding(4), grid=(4, 4)),
-             lambda: (randn(2, 4, 16, 32, 32),), note="video -> 4x4 grid + ME"),
-        Case("FPSEmbedding", "ETC sec. 4.2",
-             FPSEmbedding(1280, timestep), lambda: (torch.tensor([0.0, 8.0, 30.0, 120.0]),)),
+        Case(
+            "BottleneckResidualPathway",
+            "EVDM eqs. 8-10",
+            BottleneckResidualPathway(192, 192, emb_dim=384, bottleneck_ratio=4),
+            lambda: (randn(2, 192, 32, 32), randn(2, 384)),
+        ),
+        Case(
+            "ChannelSplit",
+            "EVDM sec. 3.4",
+            ChannelSplit(96, 192, emb_dim=384, bottleneck_ratio=8),
+            lambda: (randn(2, 96, 32, 32), randn(2, 384)),
+        ),
+        Case(
+            "MixedSelfAttention",
+            "EVDM eq. 14",
+            msa,
+            lambda: (randn(2, 288, 16, 16),),
+            note=f"L=256 > 2*96 -> {msa.select_algorithm(256)}",
+        ),
+        Case(
+            "TriplaneProjector",
+            "PVDM sec. 3.2",
+            TriplaneProjector(128, latent_channels=4, depth=2, heads=4),
+            lambda: (randn(1, 128, 8, 16, 16),),
+        ),
+        Case(
+            "ContentFrameHead",
+            "CMD eq. 3",
+            ContentFrameHead(384, channels=3, patch_size=4),
+            lambda: (randn(2, 3, 16, 64, 64), randn(2, 384, 16, 16, 16)),
+        ),
+        Case(
+            "SpatialTemporalMixedEmbedding",
+            "ETC eqs. 1-4",
+            _GridEmbed(SpatialTemporalMixedEmbedding(4), grid=(4, 4)),
+            lambda: (randn(2, 4, 16, 32, 32),),
+            note="video -> 4x4 grid + ME",
+        ),
+        Case(
+            "FPSEmbedding",
+            "ETC sec. 4.2",
+            FPSEmbedding(1280, timestep),
+            lambda: (torch.tensor([0.0, 8.0, 30.0, 120.0]),),
+        ),
     ]
 
 
@@ -135,8 +159,17 @@ def main() -> None:
     rows = [run_case(case, args.repeat) for case in cases()]
     header = ["block", "paper", "input", "output", "params", "fwd MACs", "fwd+bwd ms", "grads", "note"]
     body = [
-        [r["block"], r["paper"], r["input"], r["output"], f"{r['params'] / 1e6:.3f} M",
-         f"{r['macs'] / 1e9:.3f} G", f"{r['ms']:.1f}", r["grads"], r["note"]]
+        [
+            r["block"],
+            r["paper"],
+            r["input"],
+            r["output"],
+            f"{r['params'] / 1e6:.3f} M",
+            f"{r['macs'] / 1e9:.3f} G",
+            f"{r['ms']:.1f}",
+            r["grads"],
+            r["note"],
+        ]
         for r in rows
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
@@ -144,8 +177,10 @@ def main() -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; "
-          "MACs are forward multiply-accumulates counted by vdblocks.flops")
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; "
+        "MACs are forward multiply-accumulates counted by vdblocks.flops"
+    )
 
 
 if __name__ == "__main__":

@@ -94,13 +94,13 @@ from vdblocks import (
     group_norm,
     triplane_expand,
 )
-from vdblocks.validation import check_tensor
 from vdblocks.diffusion import (
     NoiseSchedule,
     check_prediction_type,
     diffusion_loss,
     sample_ddim,
 )
+from vdblocks.validation import check_tensor
 
 __all__ = [
     "ContentMotionAutoencoder",
@@ -168,9 +168,25 @@ class CustomConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config_ints(self, ("channels", "frames", "size", "patch", "ae_dim", "ae_depth", "ae_heads",
-                                 "motion_channels", "projector_depth", "model_channels", "bottleneck_ratio",
-                                 "head_channels", "emb_dim", "num_train_steps"))
+        check_config_ints(
+            self,
+            (
+                "channels",
+                "frames",
+                "size",
+                "patch",
+                "ae_dim",
+                "ae_depth",
+                "ae_heads",
+                "motion_channels",
+                "projector_depth",
+                "model_channels",
+                "bottleneck_ratio",
+                "head_channels",
+                "emb_dim",
+                "num_train_steps",
+            ),
+        )
         check_channel_mult(self.channel_mult)
         check_noise_schedule(self)
         check_prediction_type(self.prediction_type)
@@ -237,8 +253,9 @@ class ContentMotionAutoencoder(nn.Module):
         self.channels, self.motion_channels, self.patch = channels, motion_channels, patch
         dim_head = dim // heads
         patch3d = (1, patch, patch)
-        self.f_B = nn.Sequential(VideoPatchEmbed(channels, dim, patch3d),
-                                 VideoTransformer(dim, depth, heads=heads, dim_head=dim_head))
+        self.f_B = nn.Sequential(
+            VideoPatchEmbed(channels, dim, patch3d), VideoTransformer(dim, depth, heads=heads, dim_head=dim_head)
+        )
         self.f_I = ContentFrameHead(dim, channels, patch_size=patch)
         self.f_h = AxisProjector(dim, motion_channels, depth=projector_depth, heads=heads, dim_head=dim_head)
         self.f_w = AxisProjector(dim, motion_channels, depth=projector_depth, heads=heads, dim_head=dim_head)
@@ -259,8 +276,9 @@ class ContentMotionAutoencoder(nn.Module):
         v = triplane_expand(self.g_I(content), self.g_h(z_h), self.g_w(z_w), combine="sum")  # b d t h w, eq. 6
         return self.to_pixels(self.g_B(rearrange(v, "b d t h w -> b t h w d")))  # b c t H W
 
-    def forward(self, x: torch.Tensor, latent_noise: float = 0.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, latent_noise: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The reconstruction; ``latent_noise > 0`` decodes ``latent + latent_noise * N(0, 1)``
         instead (training only), so the decoder learns to absorb the small errors a diffusion
         sample's latents carry rather than turn them into speckle and flicker (a cheap stand-in
@@ -291,11 +309,15 @@ class LatentLayout:
     ``unpack`` undoes it. ``standardized=True`` skips that step (the denoiser works in those units).
     """
 
-    def __init__(self, cfg: CustomConfig, shift: Sequence[float] = (0.0,) * 3,
-                 scale: Sequence[float] = (1.0,) * 3) -> None:
+    def __init__(
+        self, cfg: CustomConfig, shift: Sequence[float] = (0.0,) * 3, scale: Sequence[float] = (1.0,) * 3
+    ) -> None:
         h = cfg.latent_size
-        self.shapes = [(cfg.channels, cfg.size, cfg.size), (cfg.motion_channels, cfg.frames, h),
-                       (cfg.motion_channels, cfg.frames, h)]
+        self.shapes = [
+            (cfg.channels, cfg.size, cfg.size),
+            (cfg.motion_channels, cfg.frames, h),
+            (cfg.motion_channels, cfg.frames, h),
+        ]
         self.shift = tuple(float(s) for s in shift)
         self.scale = tuple(float(s) for s in scale)
         self.numel = sum(math.prod(s) for s in self.shapes)
@@ -324,8 +346,16 @@ def _joint_attention(channels: int, head_channels: int, threshold: float) -> Joi
 
 def _brp(c_in: int, c_out: int, emb_dim: int, bottleneck_ratio: int) -> BottleneckResidualPathway:
     """EVDM-L's block (Table 1): channel split, grouped shortcut + channel shuffle, temporal enhancement."""
-    return BottleneckResidualPathway(c_in, c_out, emb_dim, bottleneck_ratio=bottleneck_ratio, channel_split=True,
-                                     shortcut="group_shuffle", shortcut_groups=4, project_shortcut=c_in != c_out)
+    return BottleneckResidualPathway(
+        c_in,
+        c_out,
+        emb_dim,
+        bottleneck_ratio=bottleneck_ratio,
+        channel_split=True,
+        shortcut="group_shuffle",
+        shortcut_groups=4,
+        project_shortcut=c_in != c_out,
+    )
 
 
 def _by_size(fn, xs: Sequence[torch.Tensor], *per_plane: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -391,24 +421,34 @@ class PlaneDenoiser(nn.Module):
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         c_prev = widths[0]
         for level, width in enumerate(widths):
-            self.down.append(nn.ModuleDict({
-                "block": _brp(c_prev, width, emb_dim, bottleneck_ratio),
-                "attn": _joint_attention(width, head_channels, threshold),
-                **({"down": nn.Conv2d(width, width, 3, stride=2, padding=1)} if level < last else {}),
-            }))
+            self.down.append(
+                nn.ModuleDict(
+                    {
+                        "block": _brp(c_prev, width, emb_dim, bottleneck_ratio),
+                        "attn": _joint_attention(width, head_channels, threshold),
+                        **({"down": nn.Conv2d(width, width, 3, stride=2, padding=1)} if level < last else {}),
+                    }
+                )
+            )
             c_prev = width
-        self.mid = nn.ModuleDict({
-            "block1": _brp(widths[-1], widths[-1], emb_dim, bottleneck_ratio),
-            "attn": _joint_attention(widths[-1], head_channels, threshold),
-            "block2": _brp(widths[-1], widths[-1], emb_dim, bottleneck_ratio),
-        })
+        self.mid = nn.ModuleDict(
+            {
+                "block1": _brp(widths[-1], widths[-1], emb_dim, bottleneck_ratio),
+                "attn": _joint_attention(widths[-1], head_channels, threshold),
+                "block2": _brp(widths[-1], widths[-1], emb_dim, bottleneck_ratio),
+            }
+        )
         for level in reversed(range(len(widths))):
             width = widths[level]
-            self.up.append(nn.ModuleDict({
-                "block": _brp(c_prev + width, width, emb_dim, bottleneck_ratio),
-                "attn": _joint_attention(width, head_channels, threshold),
-                **({"up": nn.Conv2d(width, widths[level - 1], 3, padding=1)} if level > 0 else {}),
-            }))
+            self.up.append(
+                nn.ModuleDict(
+                    {
+                        "block": _brp(c_prev + width, width, emb_dim, bottleneck_ratio),
+                        "attn": _joint_attention(width, head_channels, threshold),
+                        **({"up": nn.Conv2d(width, widths[level - 1], 3, padding=1)} if level > 0 else {}),
+                    }
+                )
+            )
             c_prev = widths[level - 1] if level > 0 else width
         self.init_weights()
 
@@ -491,8 +531,9 @@ class LatentClips(Dataset):
 
 
 @torch.no_grad()
-def encode_dataset(ae: ContentMotionAutoencoder, videos: Sequence[dict], cfg: CustomConfig,
-                   batch_size: int = 64) -> tuple[LatentClips, LatentLayout]:
+def encode_dataset(
+    ae: ContentMotionAutoencoder, videos: Sequence[dict], cfg: CustomConfig, batch_size: int = 64
+) -> tuple[LatentClips, LatentLayout]:
     """Encode every clip, measure each plane's mean and standard deviation (the layout's ``shift``
     and ``scale``) and return the standardised, packed latents with their frame rates."""
     ae.eval()
@@ -510,9 +551,18 @@ def encode_dataset(ae: ContentMotionAutoencoder, videos: Sequence[dict], cfg: Cu
 
 
 @torch.no_grad()
-def sample_clips(denoiser: nn.Module, ae: ContentMotionAutoencoder, layout: LatentLayout, schedule: NoiseSchedule,
-                 cfg: CustomConfig, *, rate: float, num: int, steps: int, seed: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_clips(
+    denoiser: nn.Module,
+    ae: ContentMotionAutoencoder,
+    layout: LatentLayout,
+    schedule: NoiseSchedule,
+    cfg: CustomConfig,
+    *,
+    rate: float,
+    num: int,
+    steps: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``num`` clips at ``rate`` frames per second: DDIM over the packed latents from noise drawn
     with ``seed`` (a CPU generator: the same starting noise on any device), then the decoder.
     Returns ``(videos (b, c, t, H, W), content (b, c, H, W))`` on the denoiser's device, in [-1, 1]."""
@@ -524,15 +574,31 @@ def sample_clips(denoiser: nn.Module, ae: ContentMotionAutoencoder, layout: Late
         return layout.pack(denoiser(layout.unpack(z_t, standardized=True), t, fps), standardized=True)
 
     generator = torch.Generator().manual_seed(seed)
-    z = sample_ddim(model_fn, (num, layout.numel), schedule, steps=steps, generator=generator,
-                    device=device, prediction_type=cfg.prediction_type)  # b N
+    z = sample_ddim(
+        model_fn,
+        (num, layout.numel),
+        schedule,
+        steps=steps,
+        generator=generator,
+        device=device,
+        prediction_type=cfg.prediction_type,
+    )  # b N
     content, z_h, z_w = layout.unpack(z)
     videos = ae.decode(content, z_h, z_w).clamp(-1, 1)  # b c t H W
     return videos, content.clamp(-1, 1)
 
 
-def make_sample_fn(ae: ContentMotionAutoencoder, layout: LatentLayout, schedule: NoiseSchedule,
-                   cfg: CustomConfig, *, rates: Sequence[float], num_samples: int, steps: int, seed: int):
+def make_sample_fn(
+    ae: ContentMotionAutoencoder,
+    layout: LatentLayout,
+    schedule: NoiseSchedule,
+    cfg: CustomConfig,
+    *,
+    rates: Sequence[float],
+    num_samples: int,
+    steps: int,
+    seed: int,
+):
     """``sample_fn(ema_denoiser, step, out_dir)``: DDIM at each of ``rates``
     (:func:`sample_clips`), written as ``fps<F>_<i>.mp4`` and ``fps<F>_grid.png`` (and the sampled
     content frames as ``fps<F>_content.png``)."""
@@ -540,11 +606,13 @@ def make_sample_fn(ae: ContentMotionAutoencoder, layout: LatentLayout, schedule:
     def sample_fn(denoiser: nn.Module, step: int, out_dir: Path) -> list[Path]:
         paths: list[Path] = []
         for rate in rates:
-            videos, content = sample_clips(denoiser, ae, layout, schedule, cfg, rate=rate, num=num_samples,
-                                           steps=steps, seed=seed)
+            videos, content = sample_clips(
+                denoiser, ae, layout, schedule, cfg, rate=rate, num=num_samples, steps=steps, seed=seed
+            )
             paths += write_samples(videos.cpu(), out_dir, stem=f"fps{rate:g}", fps=rate)
-            paths.append(save_frame_grid(out_dir / f"fps{rate:g}_content.png",
-                                         rearrange(content.cpu(), "b c h w -> b c 1 h w")))
+            paths.append(
+                save_frame_grid(out_dir / f"fps{rate:g}_content.png", rearrange(content.cpu(), "b c h w -> b c 1 h w"))
+            )
         return paths
 
     return sample_fn
@@ -559,9 +627,20 @@ def probe_rate(cfg: CustomConfig) -> float:
     return min(cfg.fps_choices, key=lambda r: (abs(r - PROBE_FPS), r))
 
 
-def probe_samples(denoiser: nn.Module, ae: ContentMotionAutoencoder, layout: LatentLayout, schedule: NoiseSchedule,
-                  cfg: CustomConfig, data: MovingShapes, out: Path, *, clips: int, steps: int, seed: int,
-                  started: float) -> dict:
+def probe_samples(
+    denoiser: nn.Module,
+    ae: ContentMotionAutoencoder,
+    layout: LatentLayout,
+    schedule: NoiseSchedule,
+    cfg: CustomConfig,
+    data: MovingShapes,
+    out: Path,
+    *,
+    clips: int,
+    steps: int,
+    seed: int,
+    started: float,
+) -> dict:
     """Sample ``clips`` clips at :func:`probe_rate` with :func:`sample_clips` and score them with the
     :class:`~reference_models.common.probe.ShapesProbe` of the training data ``data`` at that rate.
 
@@ -578,23 +657,39 @@ def probe_samples(denoiser: nn.Module, ae: ContentMotionAutoencoder, layout: Lat
     result = probe.evaluate(videos, [None] * clips, fps=rate)
     read = [p["kind"] for p in result.predictions]
     kinds = tuple(data.kinds)
-    distribution = {"kinds": list(kinds),
-                    "fraction": {k: read.count(k) / len(read) for k in kinds},  # what the probe reads
-                    "data_share": {k: 1.0 / len(kinds) for k in kinds}}  # label_by="shape": kinds in turn
-    grid = save_frame_grid(out / "probe_grid.png",
-                           einops.repeat(videos[:16], "b c t h w -> b c t (h u) (w v)", u=4, v=4))
-    report = {"probe": result.to_dict(), "fps": rate,
-              "sampler": {"name": "ddim", "steps": steps, "eta": 0.0, "seed": seed, "clips": clips,
-                          "prediction_type": cfg.prediction_type},
-              "run": {"seconds_to_here": round(time.perf_counter() - started, 1),
-                      "probe_seconds": round(time.perf_counter() - probe_start, 1)},
-              "kind_distribution": distribution}
+    distribution = {
+        "kinds": list(kinds),
+        "fraction": {k: read.count(k) / len(read) for k in kinds},  # what the probe reads
+        "data_share": {k: 1.0 / len(kinds) for k in kinds},
+    }  # label_by="shape": kinds in turn
+    grid = save_frame_grid(
+        out / "probe_grid.png", einops.repeat(videos[:16], "b c t h w -> b c t (h u) (w v)", u=4, v=4)
+    )
+    report = {
+        "probe": result.to_dict(),
+        "fps": rate,
+        "sampler": {
+            "name": "ddim",
+            "steps": steps,
+            "eta": 0.0,
+            "seed": seed,
+            "clips": clips,
+            "prediction_type": cfg.prediction_type,
+        },
+        "run": {
+            "seconds_to_here": round(time.perf_counter() - started, 1),
+            "probe_seconds": round(time.perf_counter() - probe_start, 1),
+        },
+        "kind_distribution": distribution,
+    }
     path = out / "probe.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(result.format())
-    print(f"shape kinds the probe reads in the {clips} clips (data: every kind equally often; "
-          "meaningful on one-object clips):")
+    print(
+        f"shape kinds the probe reads in the {clips} clips (data: every kind equally often; "
+        "meaningful on one-object clips):"
+    )
     for k in kinds:
         print(f"  {k:<10}{distribution['fraction'][k]:>7.1%}   (data {distribution['data_share'][k]:.1%})")
     print(f"probe: {path}, first {min(clips, 16)} clips in {grid}")
@@ -607,8 +702,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a CMD + PVDM + EVDM + ETC video diffusion model on moving shapes and sample videos.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a CustomConfig field, e.g. --set size=32 --set channel_mult=[1,2,2]")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a CustomConfig field, e.g. --set size=32 --set channel_mult=[1,2,2]",
+    )
     p.add_argument("--ae-steps", type=int, default=400, help="stage 1: autoencoder steps")
     p.add_argument("--steps", type=int, default=1400, help="stage 2: denoiser steps")
     p.add_argument("--batch-size", type=int, default=16)
@@ -617,9 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, nargs="+", default=[4.0, 16.0], help="frame rates to sample at")
     p.add_argument("--num-samples", type=int, default=6, help="videos per frame rate")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--probe-clips", type=_non_negative_int, default=32,
-                   help="clips sampled at 8 fps (or the training rate nearest it) and scored by the shapes probe "
-                        "(0: skip)")
+    p.add_argument(
+        "--probe-clips",
+        type=_non_negative_int,
+        default=32,
+        help="clips sampled at 8 fps (or the training rate nearest it) and scored by the shapes probe (0: skip)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/custom", help="output directory")
@@ -638,10 +742,20 @@ def _non_negative_int(text: str) -> int:
 
 
 def _train_config(args: argparse.Namespace, steps: int, out: Path, ema_decay: float) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(50, steps // 10),
-                       cosine=True, ema_decay=ema_decay, log_every=max(1, min(50, steps // 10)),
-                       ckpt_every=0, out_dir=out, seed=args.seed, device=args.device,
-                       progress=not args.no_progress)
+    return TrainConfig(
+        steps=steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=min(50, steps // 10),
+        cosine=True,
+        ema_decay=ema_decay,
+        log_every=max(1, min(50, steps // 10)),
+        ckpt_every=0,
+        out_dir=out,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -655,60 +769,96 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = CustomConfig().replace(**dict(parse_override(o) for o in args.overrides))
     out = Path(args.out)
     device = resolve_device(args.device)
-    shapes = MovingShapes(args.num_videos, frames=cfg.frames, height=cfg.size, width=cfg.size,
-                          fps=cfg.fps_choices, channels=cfg.channels, max_shapes=1, size_range=(0.15, 0.3),
-                          seed=args.seed)
+    shapes = MovingShapes(
+        args.num_videos,
+        frames=cfg.frames,
+        height=cfg.size,
+        width=cfg.size,
+        fps=cfg.fps_choices,
+        channels=cfg.channels,
+        max_shapes=1,
+        size_range=(0.15, 0.3),
+        seed=args.seed,
+    )
     videos = [shapes[i] for i in range(len(shapes))]  # rendered once: both stages read every clip
 
     # Stage 1: the autoencoder, on a plain reconstruction loss (CMD: "a simple l2 objective").
     torch.manual_seed(args.seed)
-    ae = ContentMotionAutoencoder(cfg.channels, cfg.ae_dim, cfg.motion_channels, cfg.patch, cfg.ae_depth,
-                                  cfg.ae_heads, cfg.projector_depth)
-    print(f"stage 1: autoencoder, {_millions(ae)} M parameters; {len(videos)} clips of {cfg.frames} frames "
-          f"{cfg.size}x{cfg.size} at {list(cfg.fps_choices)} fps -> content frame {cfg.channels}x{cfg.size}x"
-          f"{cfg.size} + motion planes 2 x {cfg.motion_channels}x{cfg.frames}x{cfg.latent_size}")
+    ae = ContentMotionAutoencoder(
+        cfg.channels, cfg.ae_dim, cfg.motion_channels, cfg.patch, cfg.ae_depth, cfg.ae_heads, cfg.projector_depth
+    )
+    print(
+        f"stage 1: autoencoder, {_millions(ae)} M parameters; {len(videos)} clips of {cfg.frames} frames "
+        f"{cfg.size}x{cfg.size} at {list(cfg.fps_choices)} fps -> content frame {cfg.channels}x{cfg.size}x"
+        f"{cfg.size} + motion planes 2 x {cfg.motion_channels}x{cfg.frames}x{cfg.latent_size}"
+    )
 
     def reconstruction_loss(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         return F.mse_loss(model(batch["video"], cfg.latent_noise, generator), batch["video"])
 
     # ema_decay=0: the autoencoder is used as trained (its EMA would lag a 400-step run).
-    ae_state = train(_train_config(args, args.ae_steps, out / "autoencoder", ema_decay=0.0), ae,
-                     reconstruction_loss, videos, config_dict={"custom": cfg.to_dict()})
+    ae_state = train(
+        _train_config(args, args.ae_steps, out / "autoencoder", ema_decay=0.0),
+        ae,
+        reconstruction_loss,
+        videos,
+        config_dict={"custom": cfg.to_dict()},
+    )
     ae = ae_state.model.eval().requires_grad_(False)
     recon_grid = _save_reconstructions(ae, videos, out / "autoencoder" / "reconstruction.png", device)
 
     # Stage 2: encode once, then the shared plane U-Net on the standardised latents.
     latents, layout = encode_dataset(ae, videos, cfg)
     torch.manual_seed(args.seed)
-    denoiser = PlaneDenoiser(cfg.channels, cfg.motion_channels, cfg.patch, cfg.model_channels, cfg.channel_mult,
-                             cfg.bottleneck_ratio, cfg.head_channels, cfg.emb_dim, cfg.attention_threshold,
-                             cfg.max_fps)
+    denoiser = PlaneDenoiser(
+        cfg.channels,
+        cfg.motion_channels,
+        cfg.patch,
+        cfg.model_channels,
+        cfg.channel_mult,
+        cfg.bottleneck_ratio,
+        cfg.head_channels,
+        cfg.emb_dim,
+        cfg.attention_threshold,
+        cfg.max_fps,
+    )
     schedule = NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)
-    plan = ", ".join(f"{n} tokens: {algo}" for n, algo in denoiser.attention_plan(cfg.frames, cfg.latent_size,
-                                                                                   cfg.latent_size))
-    print(f"stage 2: plane denoiser, {_millions(denoiser)} M parameters; latent {layout.numel} numbers per clip "
-          f"({cfg.channels * cfg.frames * cfg.size ** 2} in the video), plane mean/std "
-          f"{', '.join(f'{m:.2f}/{s:.2f}' for m, s in zip(layout.shift, layout.scale))}; joint attention {plan}")
+    plan = ", ".join(
+        f"{n} tokens: {algo}" for n, algo in denoiser.attention_plan(cfg.frames, cfg.latent_size, cfg.latent_size)
+    )
+    print(
+        f"stage 2: plane denoiser, {_millions(denoiser)} M parameters; latent {layout.numel} numbers per clip "
+        f"({cfg.channels * cfg.frames * cfg.size**2} in the video), plane mean/std "
+        f"{', '.join(f'{m:.2f}/{s:.2f}' for m, s in zip(layout.shift, layout.scale))}; joint attention {plan}"
+    )
 
     def denoising_loss(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         def model_fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return layout.pack(model(layout.unpack(z_t, standardized=True), t, batch["fps"]), standardized=True)
 
-        return diffusion_loss(model_fn, batch["latent"], schedule, generator=generator,
-                              prediction_type=cfg.prediction_type)
+        return diffusion_loss(
+            model_fn, batch["latent"], schedule, generator=generator, prediction_type=cfg.prediction_type
+        )
 
-    sample_fn = make_sample_fn(ae, layout, schedule, cfg, rates=args.fps, num_samples=args.num_samples,
-                               steps=args.sample_steps, seed=args.seed)
+    sample_fn = make_sample_fn(
+        ae, layout, schedule, cfg, rates=args.fps, num_samples=args.num_samples, steps=args.sample_steps, seed=args.seed
+    )
     tcfg = _train_config(args, args.steps, out / "denoiser", ema_decay=min(0.999, max(0.0, 1 - 10 / args.steps)))
-    den_state = train(dataclasses.replace(tcfg, sample_every=args.steps), denoiser, denoising_loss, latents,
-                      sample_fn=sample_fn,
-                      config_dict={"custom": cfg.to_dict(),
-                                   "latent": {"shift": list(layout.shift), "scale": list(layout.scale)}})
+    den_state = train(
+        dataclasses.replace(tcfg, sample_every=args.steps),
+        denoiser,
+        denoising_loss,
+        latents,
+        sample_fn=sample_fn,
+        config_dict={"custom": cfg.to_dict(), "latent": {"shift": list(layout.shift), "scale": list(layout.scale)}},
+    )
 
     for name, state in (("autoencoder", ae_state), ("denoiser", den_state)):
         losses = [row["loss"] for row in state.history if "loss" in row]
-        print(f"{name}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {state.step} steps; "
-              f"checkpoint {state.last_checkpoint}")
+        print(
+            f"{name}: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {state.step} steps; "
+            f"checkpoint {state.last_checkpoint}"
+        )
     samples = sorted((out / "denoiser" / "samples").glob("fps*"))
     print(f"samples ({time.perf_counter() - start:.0f} s in all):")
     for path in samples:
@@ -718,8 +868,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report = None
     if args.probe_clips > 0:
         # The EMA weights, as the samples above; another seed, so not the same noise.
-        report = probe_samples(den_state.ema.module, ae, layout, schedule, cfg, shapes, out, clips=args.probe_clips,
-                               steps=args.sample_steps, seed=args.seed + 1, started=start)
+        report = probe_samples(
+            den_state.ema.module,
+            ae,
+            layout,
+            schedule,
+            cfg,
+            shapes,
+            out,
+            clips=args.probe_clips,
+            steps=args.sample_steps,
+            seed=args.seed + 1,
+            started=start,
+        )
     return {"autoencoder": ae_state, "denoiser": den_state, "samples": samples, "probe": report}
 
 

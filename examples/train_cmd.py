@@ -59,40 +59,104 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--samples-per-class", type=int, default=2)
     p.add_argument("--probe-per-class", type=int, default=8, help="videos per class scored by the probe (0: skip)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a CMDConfig field of the tiny preset")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a CMDConfig field of the tiny preset",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     out = Path(args.out)
     start = time.perf_counter()
     for stage in train_mod.STAGES:
         steps = max(1, round(STEPS[stage] * args.scale))
-        flags = ["--stage", stage, "--preset", "tiny", "--out", str(out / stage), "--steps", str(steps),
-                 "--batch-size", str(args.batch_size), "--lr", str(LR[stage]), "--device", args.device,
-                 "--log-every", "100", "--num-videos", "2048", "--no-progress", "--resume",
-                 "--sample-steps", "25", "--guidance", str(args.guidance)]
+        flags = [
+            "--stage",
+            stage,
+            "--preset",
+            "tiny",
+            "--out",
+            str(out / stage),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            str(LR[stage]),
+            "--device",
+            args.device,
+            "--log-every",
+            "100",
+            "--num-videos",
+            "2048",
+            "--no-progress",
+            "--resume",
+            "--sample-steps",
+            "25",
+            "--guidance",
+            str(args.guidance),
+        ]
         flags += [f"--set={o}" for o in args.overrides] if stage == "ae" else []
         flags += ["--ae", str(out / "ae")] if stage != "ae" else []
         print(f"== stage {stage}: {steps} steps ({time.perf_counter() - start:.0f} s so far)", flush=True)
         train_mod.main(flags)
 
     labels = ",".join(str(k) for k in range(5))
-    paths = sample_mod.main([
-        "--ae", str(out / "ae"), "--content", str(out / "content"), "--motion", str(out / "motion"),
-        "--labels", labels, "--num-samples", str(args.samples_per_class), "--guidance", str(args.guidance),
-        "--content-steps", str(args.content_steps), "--motion-steps", str(args.motion_steps),
-        "--device", args.device, "--out", str(out / "samples"),
-    ])
+    paths = sample_mod.main(
+        [
+            "--ae",
+            str(out / "ae"),
+            "--content",
+            str(out / "content"),
+            "--motion",
+            str(out / "motion"),
+            "--labels",
+            labels,
+            "--num-samples",
+            str(args.samples_per_class),
+            "--guidance",
+            str(args.guidance),
+            "--content-steps",
+            str(args.content_steps),
+            "--motion-steps",
+            str(args.motion_steps),
+            "--device",
+            args.device,
+            "--out",
+            str(out / "samples"),
+        ]
+    )
     if args.probe_per_class > 0:
-        probe_classes(out, per_class=args.probe_per_class, guidance=args.guidance, content_steps=args.content_steps,
-                      motion_steps=args.motion_steps, device=args.device, started=start)
-    print(f"done in {time.perf_counter() - start:.0f} s; videos per class (0 square, 1 circle, 2 triangle, "
-          f"3 diamond, 4 cross) in {out / 'samples'}, frame grid {out / 'samples' / 'cmd_grid.png'}")
+        probe_classes(
+            out,
+            per_class=args.probe_per_class,
+            guidance=args.guidance,
+            content_steps=args.content_steps,
+            motion_steps=args.motion_steps,
+            device=args.device,
+            started=start,
+        )
+    print(
+        f"done in {time.perf_counter() - start:.0f} s; videos per class (0 square, 1 circle, 2 triangle, "
+        f"3 diamond, 4 cross) in {out / 'samples'}, frame grid {out / 'samples' / 'cmd_grid.png'}"
+    )
     return paths
 
 
-def probe_classes(out: Path, *, per_class: int, guidance: float, content_steps: int, motion_steps: int,
-                  device: str, started: float, seed: int = 1) -> dict:
+def probe_classes(
+    out: Path,
+    *,
+    per_class: int,
+    guidance: float,
+    content_steps: int,
+    motion_steps: int,
+    device: str,
+    started: float,
+    seed: int = 1,
+) -> dict:
     """Sample ``per_class`` videos of every class and let the shapes probe read their shape kind."""
     probe_start = time.perf_counter()
     autoencoder, _ = sample_mod.load_autoencoder(out / "ae", device=device)
@@ -100,22 +164,41 @@ def probe_classes(out: Path, *, per_class: int, guidance: float, content_steps: 
     motion_model, _ = sample_mod.load_motion_model(out / "motion", device=device)
     cfg = motion_model.cfg
     # The training data's distribution (train.py's built-in moving shapes), for the probe's geometry.
-    data = MovingShapes(64, frames=cfg.frames, height=cfg.height, width=cfg.width, channels=cfg.channels,
-                        **train_mod.SHAPES)
+    data = MovingShapes(
+        64, frames=cfg.frames, height=cfg.height, width=cfg.width, channels=cfg.channels, **train_mod.SHAPES
+    )
     probe = ShapesProbe.for_dataset(data)
     labels = torch.arange(data.num_classes).repeat_interleave(per_class)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        videos = sample_mod.sample_videos(autoencoder, content_model, motion_model, labels=labels,
-                                          content_steps=content_steps, motion_steps=motion_steps, guidance=guidance,
-                                          generator=generator).video.float().cpu().clamp(-1, 1)
+        videos = (
+            sample_mod.sample_videos(
+                autoencoder,
+                content_model,
+                motion_model,
+                labels=labels,
+                content_steps=content_steps,
+                motion_steps=motion_steps,
+                guidance=guidance,
+                generator=generator,
+            )
+            .video.float()
+            .cpu()
+            .clamp(-1, 1)
+        )
     result = probe.evaluate(videos, [{"kind": data.class_names[int(y)]} for y in labels], fps=data.fps_choices[0])
     first = videos[::per_class]  # the first clip of each class
     save_frame_grid(out / "probe_grid.png", einops.repeat(first, "b c t h w -> b c t (h u) (w v)", u=2, v=2))
-    report = {"probe": result.to_dict(), "classes": data.class_names, "per_class": per_class,
-              "sampler": {"content_steps": content_steps, "motion_steps": motion_steps, "guidance_scale": guidance},
-              "run": {"seconds_to_here": round(time.perf_counter() - started, 1),
-                      "probe_seconds": round(time.perf_counter() - probe_start, 1)}}
+    report = {
+        "probe": result.to_dict(),
+        "classes": data.class_names,
+        "per_class": per_class,
+        "sampler": {"content_steps": content_steps, "motion_steps": motion_steps, "guidance_scale": guidance},
+        "run": {
+            "seconds_to_here": round(time.perf_counter() - started, 1),
+            "probe_seconds": round(time.perf_counter() - probe_start, 1),
+        },
+    }
     (out / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
     print(result.format())
     print(f"probe: {out / 'probe.json'}, one clip per class in {out / 'probe_grid.png'}")

@@ -56,54 +56,140 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     out = Path(args.out)
-    common = ["--device", args.device, "--no-progress", "--log-every", "50", "--num-videos", str(args.num_videos),
-              "--max-shapes", str(args.max_shapes)]
+    common = [
+        "--device",
+        args.device,
+        "--no-progress",
+        "--log-every",
+        "50",
+        "--num-videos",
+        str(args.num_videos),
+        "--max-shapes",
+        str(args.max_shapes),
+    ]
     start = time.perf_counter()
 
     print("== stage 1: triplane autoencoder")
-    pvdm_train.main(["--stage", "ae", "--preset", "tiny", "--out", str(out / "ae"), "--steps", str(args.ae_steps),
-                     "--batch-size", "8", "--lr", "3e-3", *common])
+    pvdm_train.main(
+        [
+            "--stage",
+            "ae",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out / "ae"),
+            "--steps",
+            str(args.ae_steps),
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+            *common,
+        ]
+    )
     print(f"   reconstructions: {out / 'ae' / 'samples'}  ({time.perf_counter() - start:.0f} s so far)")
 
     print("== stage 2: latent diffusion on cached latents")
-    pvdm_train.main(["--stage", "diffusion", "--preset", "tiny", "--autoencoder", str(out / "ae"),
-                     "--out", str(out / "diffusion"), "--steps", str(args.diffusion_steps), "--batch-size", "16",
-                     "--lr", "2e-3", "--sample-every", "0", *common])
+    pvdm_train.main(
+        [
+            "--stage",
+            "diffusion",
+            "--preset",
+            "tiny",
+            "--autoencoder",
+            str(out / "ae"),
+            "--out",
+            str(out / "diffusion"),
+            "--steps",
+            str(args.diffusion_steps),
+            "--batch-size",
+            "16",
+            "--lr",
+            "2e-3",
+            "--sample-every",
+            "0",
+            *common,
+        ]
+    )
     print(f"   ({time.perf_counter() - start:.0f} s so far)")
 
     print(f"== long video: {args.clips} clips, {args.first_steps}/{args.next_steps}-step DDIM")
-    pvdm_sample.main(["--checkpoint", str(out / "diffusion"), "--clips", str(args.clips), "--first-steps",
-                      str(args.first_steps), "--next-steps", str(args.next_steps), "--num-samples", "4",
-                      "--device", args.device, "--out", str(out / "long")])
+    pvdm_sample.main(
+        [
+            "--checkpoint",
+            str(out / "diffusion"),
+            "--clips",
+            str(args.clips),
+            "--first-steps",
+            str(args.first_steps),
+            "--next-steps",
+            str(args.next_steps),
+            "--num-samples",
+            "4",
+            "--device",
+            args.device,
+            "--out",
+            str(out / "long"),
+        ]
+    )
     if args.probe_videos > 0:
-        probe_long_videos(out, videos=args.probe_videos, clips=args.clips, first_steps=args.first_steps,
-                          next_steps=args.next_steps, started=start)
-    print(f"done in {time.perf_counter() - start:.0f} s; resume a stage with --resume, e.g.\n"
-          f"  python -m reference_models.pvdm.train --stage diffusion --preset tiny --autoencoder {out / 'ae'} "
-          f"--out {out / 'diffusion'} --steps 3000 --resume")
+        probe_long_videos(
+            out,
+            videos=args.probe_videos,
+            clips=args.clips,
+            first_steps=args.first_steps,
+            next_steps=args.next_steps,
+            started=start,
+        )
+    print(
+        f"done in {time.perf_counter() - start:.0f} s; resume a stage with --resume, e.g.\n"
+        f"  python -m reference_models.pvdm.train --stage diffusion --preset tiny --autoencoder {out / 'ae'} "
+        f"--out {out / 'diffusion'} --steps 3000 --resume"
+    )
 
 
-def probe_long_videos(out: Path, *, videos: int, clips: int, first_steps: int, next_steps: int, started: float,
-                      seed: int = 1) -> dict:
+def probe_long_videos(
+    out: Path, *, videos: int, clips: int, first_steps: int, next_steps: int, started: float, seed: int = 1
+) -> dict:
     """Sample ``videos`` long videos, cut them into clips and score the clips with the shapes probe."""
     probe_start = time.perf_counter()
     model, _ = load_diffusion(out / "diffusion")
     autoencoder, _ = load_autoencoder(out / "ae")
     record = (read_checkpoint_config(out / "ae")[1].get("model") or {}).get("data") or {}
     cfg = autoencoder.cfg
-    probe = ShapesProbe.for_geometry(cfg.channels, cfg.frames, cfg.height, cfg.width, fps=float(record["fps"]),
-                                     size_range=tuple(record["size_range"]), speed_range=tuple(record["speed_range"]))
+    probe = ShapesProbe.for_geometry(
+        cfg.channels,
+        cfg.frames,
+        cfg.height,
+        cfg.width,
+        fps=float(record["fps"]),
+        size_range=tuple(record["size_range"]),
+        speed_range=tuple(record["speed_range"]),
+    )
     generator = torch.Generator().manual_seed(seed)
-    long = generate_long_video(model, autoencoder, videos, clips, first_steps=first_steps, next_steps=next_steps,
-                               generator=generator).float().cpu().clamp(-1, 1)  # b c (L T) h w
+    long = (
+        generate_long_video(
+            model, autoencoder, videos, clips, first_steps=first_steps, next_steps=next_steps, generator=generator
+        )
+        .float()
+        .cpu()
+        .clamp(-1, 1)
+    )  # b c (L T) h w
     cut = einops.rearrange(long, "b c (l t) h w -> (b l) c t h w", l=clips)
     result = probe.evaluate(cut, [None] * cut.shape[0], fps=float(record["fps"]))
     read = [(p.get("color"), p.get("kind")) for p in result.predictions]
-    kept = sum(len(set(read[i * clips:(i + 1) * clips])) == 1 for i in range(videos)) / videos
-    report = {"probe": result.to_dict(), "long_videos": videos, "clips_per_video": clips,
-              "keeps_its_object": kept, "sampler": {"first_steps": first_steps, "next_steps": next_steps},
-              "run": {"seconds_to_here": round(time.perf_counter() - started, 1),
-                      "probe_seconds": round(time.perf_counter() - probe_start, 1)}}
+    kept = sum(len(set(read[i * clips : (i + 1) * clips])) == 1 for i in range(videos)) / videos
+    report = {
+        "probe": result.to_dict(),
+        "long_videos": videos,
+        "clips_per_video": clips,
+        "keeps_its_object": kept,
+        "sampler": {"first_steps": first_steps, "next_steps": next_steps},
+        "run": {
+            "seconds_to_here": round(time.perf_counter() - started, 1),
+            "probe_seconds": round(time.perf_counter() - probe_start, 1),
+        },
+    }
     recon = sorted((out / "ae" / "samples").glob("step*_recon_metrics.json"))  # zero-padded steps: last = latest
     if recon:  # the ae stage scores its held-out reconstructions when it samples (at its end by default)
         report["reconstruction"] = json.loads(recon[-1].read_text(encoding="utf-8"))  # {"psnr", "step"}

@@ -9,7 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_json_run_ends_with_one_parsable_object():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "attention.py"), "--quick", "--json", "--repeat", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -32,5 +35,11 @@ def test_quick_json_run_ends_with_one_parsable_object():
         assert row["faster"] in ("softmax", "favor")
     assert set(payload["summary"]) == {str(d) for d in payload["config"]["head_dims"]}
     for entry in payload["summary"].values():
-        assert {"rule_switches_above_L", "measured_crossover_L", "macs_crossover_L", "mispicked_L",
-                "calibrated_switches_above_L", "worst_calibrated_slowdown"} <= entry.keys()
+        assert {
+            "rule_switches_above_L",
+            "measured_crossover_L",
+            "macs_crossover_L",
+            "mispicked_L",
+            "calibrated_switches_above_L",
+            "worst_calibrated_slowdown",
+        } <= entry.keys()

@@ -9,7 +9,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_json_run_reports_consistent_costs_and_ratios():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "cmd_cost.py"), "--quick", "--json", "--threads", "1"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=180,
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -21,7 +25,9 @@ def test_quick_json_run_reports_consistent_costs_and_ratios():
     passes, macs = payload["config"]["passes"], payload["per_pass_macs"]
     # CMD's cost is its three parts, each per-pass count times its number of passes.
     parts = ("content", "motion", "decoder")
-    assert abs(rows["cmd"]["tmacs"] * 1e12 - sum(macs[k] * passes[k] for k in parts)) <= 1e-6 * rows["cmd"]["tmacs"] * 1e12
+    assert (
+        abs(rows["cmd"]["tmacs"] * 1e12 - sum(macs[k] * passes[k] for k in parts)) <= 1e-6 * rows["cmd"]["tmacs"] * 1e12
+    )
     for row in rows.values():
         assert row["tmacs"] > 0 and row["time_s"] > 0 and row["tflops"] == 2 * row["tmacs"]
     for base in ("video_dit_full", "video_dit_divided"):

@@ -43,8 +43,9 @@ def load_bench():
 
 
 def test_quick_json_run_reports_macs_times_and_memory():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     payload = json.loads(lines[-1])
@@ -85,8 +86,17 @@ def test_quick_json_run_reports_macs_times_and_memory():
 def test_fake_tensor_counts_match_a_real_run_and_the_formula(t, side, heads):
     bench = load_bench()
     c = 4 * heads
-    case = {"setting": "x", "frames": t, "pixels": 8 * side, "latent": side, "grid": list(bench.exact_grid(t)),
-            "channels": c, "heads": heads, "dim_head": 4, "batch": 1}
+    case = {
+        "setting": "x",
+        "frames": t,
+        "pixels": 8 * side,
+        "latent": side,
+        "grid": list(bench.exact_grid(t)),
+        "channels": c,
+        "heads": heads,
+        "dim_head": 4,
+        "batch": 1,
+    }
     for variant, expected in zip(("full", "factorised"), formula(1, t, side, side, c)):
         fake = bench.count_case(variant, case)
         module = bench.build(variant, case)

@@ -6,27 +6,43 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "bench"))  # bench scripts import their helpers as top-level modules
 
-from evdm_speed import CATEGORIES, op_category
+from evdm_speed import CATEGORIES, op_category  # noqa: E402
 
 
 def test_quick_json_run_ends_with_one_parsable_object():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "evdm_speed.py"), "--quick", "--json", "--threads", "1", "--blocks"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=180,
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     payload = json.loads(lines[-1])
     assert len(lines) > 1  # the readable table comes first
     assert {"benchmark", "machine", "config", "results", "summary"} <= payload.keys()
-    assert {"cpu", "cores", "torch", "device", "load_average_1min", "load_average_1min_end"} <= payload["machine"].keys()
+    assert {"cpu", "cores", "torch", "device", "load_average_1min", "load_average_1min_end"} <= payload[
+        "machine"
+    ].keys()
     assert payload["config"]["threads"] == 1
     assert payload["config"]["batch"] == 2
     rows = {row["model"]: row for row in payload["results"]}
     assert set(rows) == {"mcvd", "evdm", "evdm_l"}
     for row in rows.values():
-        for key in ("train_s", "sample_s", "train_speedup", "sample_speedup", "mac_cut", "macs_per_sample",
-                    "train_mac_share", "sample_mac_share", "sample_gmacs_per_s", "params"):
+        for key in (
+            "train_s",
+            "sample_s",
+            "train_speedup",
+            "sample_speedup",
+            "mac_cut",
+            "macs_per_sample",
+            "train_mac_share",
+            "sample_mac_share",
+            "sample_gmacs_per_s",
+            "params",
+        ):
             assert row[key] > 0, key
         # The ratios are what they say they are, from the same run's times and counts.
         assert abs(row["train_speedup"] - rows["mcvd"]["train_s"] / row["train_s"]) < 1e-9 * row["train_speedup"]

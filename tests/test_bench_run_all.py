@@ -19,9 +19,21 @@ def test_every_benchmark_script_is_in_the_report():
 
 def test_quick_report_writes_tables_plots_and_raw_results(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick", "--only", "attention", "--out", str(tmp_path),
-         "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run_all.py"),
+            "--quick",
+            "--only",
+            "attention",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -83,6 +95,7 @@ def test_run_all_writes_docs_and_passes_write_docs_on_only_when_asked(monkeypatc
 
 
 def test_the_scripts_that_take_write_docs_are_the_ones_run_all_passes_it_to():
-    takes = {p.name for p in (ROOT / "bench").glob("*.py")
-             if p.name != "run_all.py" and '"--write-docs"' in p.read_text()}
+    takes = {
+        p.name for p in (ROOT / "bench").glob("*.py") if p.name != "run_all.py" and '"--write-docs"' in p.read_text()
+    }
     assert takes == {b.script for b in BENCHMARKS if b.writes_docs} == {"evdm_table.py"}

@@ -19,8 +19,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def tiny(**kw) -> VideoUNet3D:
     torch.manual_seed(0)
-    return VideoUNet3D(**{"in_channels": 2, "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
-                          "attn_resolutions": (1, 2), "heads": 2, **kw})
+    return VideoUNet3D(
+        **{
+            "in_channels": 2,
+            "base_channels": 8,
+            "channel_mult": (1, 2),
+            "num_res_blocks": 1,
+            "attn_resolutions": (1, 2),
+            "heads": 2,
+            **kw,
+        }
+    )
 
 
 @given(b=st.integers(1, 2), t=st.integers(1, 3), h=st.integers(1, 5), w=st.integers(1, 5))

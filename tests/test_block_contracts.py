@@ -143,7 +143,9 @@ def _planes_fn(block: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, ...]
 
 def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
     def brp(**kw):
-        return lambda: Grad(_mod(BottleneckResidualPathway(4, 8, 6, bottleneck_ratio=2, **kw)), (f64(2, 4, 3, 3), f64(2, 6)), True)
+        return lambda: Grad(
+            _mod(BottleneckResidualPathway(4, 8, 6, bottleneck_ratio=2, **kw)), (f64(2, 4, 3, 3), f64(2, 6)), True
+        )
 
     def mixed(algorithm, four_d=False):
         def make():
@@ -152,6 +154,7 @@ def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
             make_x = f64_small if favor else f64
             x = make_x(2, 8, 2, 3) if four_d else make_x(2, 5, 8)
             return Grad(m, (x,), atol=FAVOR_GRAD_ATOL if favor else 1e-5)
+
         return make
 
     def fps():
@@ -160,8 +163,11 @@ def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
 
     def favor_attention():
         proj = torch.randn(6, 4, dtype=torch.float64)
-        return Grad(lambda q, k, v: attention(q, k, v, backend="favor", projection_matrix=proj),
-                    (f64_small(1, 2, 3, 4), f64_small(1, 2, 5, 4), f64(1, 2, 5, 4)), atol=FAVOR_GRAD_ATOL)
+        return Grad(
+            lambda q, k, v: attention(q, k, v, backend="favor", projection_matrix=proj),
+            (f64_small(1, 2, 3, 4), f64_small(1, 2, 5, 4), f64(1, 2, 5, 4)),
+            atol=FAVOR_GRAD_ATOL,
+        )
 
     return {
         "Attention": [
@@ -190,10 +196,14 @@ def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
         "FPSEmbedding": [fps],
         "FeedForward": [lambda: Grad(_mod(FeedForward(8, mult=2)), (f64(2, 3, 8),))],
         "JointPlaneAttention": [
-            lambda: Grad(_planes_fn(_mod(JointPlaneAttention(8, 2, max_groups=4, positions="triplane"))),
-                         (f64(2, 8, 2, 3), f64(2, 8, 1, 3), f64(2, 8, 1, 2))),
-            lambda: Grad(_planes_fn(_mod(JointPlaneAttention(8, 2, attention="mixed", threshold=1e6, max_groups=4))),
-                         (f64(1, 8, 2, 2), f64(1, 8, 3, 1))),
+            lambda: Grad(
+                _planes_fn(_mod(JointPlaneAttention(8, 2, max_groups=4, positions="triplane"))),
+                (f64(2, 8, 2, 3), f64(2, 8, 1, 3), f64(2, 8, 1, 2)),
+            ),
+            lambda: Grad(
+                _planes_fn(_mod(JointPlaneAttention(8, 2, attention="mixed", threshold=1e6, max_groups=4))),
+                (f64(1, 8, 2, 2), f64(1, 8, 3, 1)),
+            ),
         ],
         "MixedSelfAttention": [mixed("softmax"), mixed("favor"), mixed("auto", four_d=True)],
         "MotionLatentHead": [
@@ -203,12 +213,23 @@ def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
         "PatchEmbed2d": [lambda: Grad(_mod(PatchEmbed2d(3, 8, 2)), (f64(2, 3, 4, 4),))],
         "PointwiseConv2d": [lambda: Grad(_mod(PointwiseConv2d(4, 6, groups=2)), (f64(2, 4, 3, 3),))],
         "ResBlock2d": [
-            lambda: Grad(_mod(ResBlock2d(4, 6, emb_dim=5, emb_mode="bias", norm_groups=2)),
-                         (f64(2, 4, 3, 3), f64(2, 5)), True),
-            lambda: Grad(_mod(ResBlock2d(4, 4, emb_dim=5, emb_mode="scale_shift", resample="up", norm_groups=2)),
-                         (f64(2, 4, 2, 3), f64(2, 5)), True),
-            lambda: Grad(_mod(ResBlock2d(4, 6, emb_dim=5, emb_mode="scale_shift_both", resample="down",
-                                         skip_rescale=True, norm_groups=2)), (f64(2, 4, 4, 5), f64(2, 5)), True),
+            lambda: Grad(
+                _mod(ResBlock2d(4, 6, emb_dim=5, emb_mode="bias", norm_groups=2)), (f64(2, 4, 3, 3), f64(2, 5)), True
+            ),
+            lambda: Grad(
+                _mod(ResBlock2d(4, 4, emb_dim=5, emb_mode="scale_shift", resample="up", norm_groups=2)),
+                (f64(2, 4, 2, 3), f64(2, 5)),
+                True,
+            ),
+            lambda: Grad(
+                _mod(
+                    ResBlock2d(
+                        4, 6, emb_dim=5, emb_mode="scale_shift_both", resample="down", skip_rescale=True, norm_groups=2
+                    )
+                ),
+                (f64(2, 4, 4, 5), f64(2, 5)),
+                True,
+            ),
         ],
         "Resample2d": [
             lambda: Grad(Resample2d("up").double(), (f64(2, 3, 3, 4),)),
@@ -216,40 +237,55 @@ def _grad_cases() -> dict[str, list[Callable[[], Grad]]]:
             lambda: Grad(Resample2d("up", fir=False).double(), (f64(2, 3, 3, 4),)),
             lambda: Grad(Resample2d("down", fir=False).double(), (f64(2, 3, 4, 4),)),
         ],
-        "ScaleShiftGroupNorm": [lambda: Grad(_mod(ScaleShiftGroupNorm(4, 5, max_groups=2)), (f64(2, 4, 3, 3), f64(2, 5)))],
+        "ScaleShiftGroupNorm": [
+            lambda: Grad(_mod(ScaleShiftGroupNorm(4, 5, max_groups=2)), (f64(2, 4, 3, 3), f64(2, 5)))
+        ],
         "SinusoidalEmbedding": [lambda: Grad(SinusoidalEmbedding(6), (f64(3, low=1.0),))],
         "SpatialTemporalMixedEmbedding": [
             lambda: Grad(lambda x: SpatialTemporalMixedEmbedding(4)(x, (2, 3)), (f64(2, 4, 4, 6),))
         ],
         "TimestepEmbedding": [lambda: Grad(_mod(TimestepEmbedding(8)), (f64(2, low=1.0),))],
         "TransformerBlock": [
-            lambda: Grad(_mod(TransformerBlock(8, heads=2, dim_head=4, context_dim=6)), (f64(2, 3, 8), f64(2, 4, 6)), True)
+            lambda: Grad(
+                _mod(TransformerBlock(8, heads=2, dim_head=4, context_dim=6)), (f64(2, 3, 8), f64(2, 4, 6)), True
+            )
         ],
-        "TriplaneProjector": [lambda: Grad(_mod(TriplaneProjector(8, 2, depth=1, heads=2)), (f64(1, 8, 2, 2, 3),), True)],
+        "TriplaneProjector": [
+            lambda: Grad(_mod(TriplaneProjector(8, 2, depth=1, heads=2)), (f64(1, 8, 2, 2, 3),), True)
+        ],
         "VideoPatchEmbed": [lambda: Grad(_mod(VideoPatchEmbed(3, 8, (1, 2, 2))), (f64(1, 3, 2, 4, 4),))],
         "VideoPatchUnembed": [lambda: Grad(_mod(VideoPatchUnembed(8, 3, (1, 2, 2))), (f64(1, 2, 2, 2, 8),))],
         "VideoTransformer": [
             lambda: Grad(_mod(VideoTransformer(8, depth=1, heads=2, dim_head=4)), (f64(1, 2, 2, 2, 8),), True)
         ],
-        "add_channel_shuffled": [lambda: Grad(lambda x, y: add_channel_shuffled(x, y, 2, 0.5), (f64(2, 4, 3), f64(2, 4, 3)))],
+        "add_channel_shuffled": [
+            lambda: Grad(lambda x, y: add_channel_shuffled(x, y, 2, 0.5), (f64(2, 4, 3), f64(2, 4, 3)))
+        ],
         "channel_shuffle": [lambda: Grad(lambda x: channel_shuffle(x, 2), (f64(2, 6, 2, 2),))],
         "grid_to_video": [lambda: Grad(lambda x: grid_to_video(x, (2, 3), 5), (f64(2, 3, 4, 6),))],
         "group_norm": [lambda: Grad(_mod(group_norm(4, 2)), (f64(2, 4, 3),))],
         "modulate": [lambda: Grad(modulate, (f64(2, 3, 4, 5), f64(2, 3), f64(2, 3)))],
-        "pointwise_conv2d": [lambda: Grad(lambda x, w, b: pointwise_conv2d(x, w, b, groups=2),
-                                          (f64(2, 4, 3, 3), f64(6, 2, 1, 1), f64(6)))],
+        "pointwise_conv2d": [
+            lambda: Grad(
+                lambda x, w, b: pointwise_conv2d(x, w, b, groups=2), (f64(2, 4, 3, 3), f64(6, 2, 1, 1), f64(6))
+            )
+        ],
         "sincos_1d": [lambda: Grad(lambda p: sincos_1d(6, p), (f64(4),))],
         "sinusoidal_embedding": [lambda: Grad(lambda v: sinusoidal_embedding(v, 7), (f64(3, low=0.5),))],
         "triplane_expand": [
             lambda: Grad(triplane_expand, (f64(2, 3, 4, 5), f64(2, 3, 2, 5), f64(2, 3, 2, 4))),
-            lambda: Grad(lambda a, b, c: triplane_expand(a, b, c, combine="sum"),
-                         (f64(2, 3, 4, 5), f64(2, 3, 2, 5), f64(2, 3, 2, 4))),
+            lambda: Grad(
+                lambda a, b, c: triplane_expand(a, b, c, combine="sum"),
+                (f64(2, 3, 4, 5), f64(2, 3, 2, 5), f64(2, 3, 2, 4)),
+            ),
         ],
         "video_to_grid": [lambda: Grad(lambda v: video_to_grid(v, (2, 3)), (f64(2, 3, 5, 2, 2),))],
         "attention": [
             lambda: Grad(attention, (f64(1, 2, 3, 4), f64(1, 2, 5, 4), f64(1, 2, 5, 4))),
-            lambda: Grad(lambda q, k, v: attention(q, k, v, scale=0.3, backend="math"),
-                         (f64(1, 2, 3, 4), f64(1, 2, 5, 4), f64(1, 2, 5, 4))),
+            lambda: Grad(
+                lambda q, k, v: attention(q, k, v, scale=0.3, backend="math"),
+                (f64(1, 2, 3, 4), f64(1, 2, 5, 4), f64(1, 2, 5, 4)),
+            ),
             favor_attention,
         ],
     }
@@ -315,8 +351,14 @@ def _ranks(layout: str) -> tuple[int, ...]:
     return (n - 1, n + 1)
 
 
-def _arg(name: str, value: torch.Tensor, layout: str, kinds: tuple[str, ...], sizes: dict[int, tuple[int, ...]] | None = None,
-         bad_ranks: tuple[int, ...] | None = None) -> Arg:
+def _arg(
+    name: str,
+    value: torch.Tensor,
+    layout: str,
+    kinds: tuple[str, ...],
+    sizes: dict[int, tuple[int, ...]] | None = None,
+    bad_ranks: tuple[int, ...] | None = None,
+) -> Arg:
     kinds = tuple(k for k in kinds if k != "size" or sizes)
     return Arg(name, value, layout, kinds, _ranks(layout) if bad_ranks is None else bad_ranks, sizes or {})
 
@@ -327,44 +369,73 @@ def _error_cases() -> dict[str, Callable[[], Case | list[Case]]]:
 
     def brp():
         m = BottleneckResidualPathway(4, 8, 6, bottleneck_ratio=2)
-        return Case(m, [_arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (3, 5)}),
-                        _arg("emb", r(2, 6), "(b, e)", DATA, {1: (5, 7)})])
+        return Case(
+            m,
+            [
+                _arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (3, 5)}),
+                _arg("emb", r(2, 6), "(b, e)", DATA, {1: (5, 7)}),
+            ],
+        )
 
     def channel_split():
         m = ChannelSplit(4, 6, emb_dim=5, bottleneck_ratio=2)
-        return Case(m, [_arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (3, 5)}),
-                        _arg("emb", r(2, 5), "(b, e)", DATA, {1: (4, 6)})])
+        return Case(
+            m,
+            [
+                _arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (3, 5)}),
+                _arg("emb", r(2, 5), "(b, e)", DATA, {1: (4, 6)}),
+            ],
+        )
 
     def content():
         m = ContentFrameHead(4, 2)
-        return Case(m, [_arg("x", r(2, 2, 3, 4, 4), "(b, c, t, H, W)", DATA, {1: (1, 3), 2: (2, 4), 3: (5, 6)}),
-                        _arg("u", r(2, 4, 3, 2, 2), "(b, dim, t, h, w)", DATA, {1: (3, 5), 2: (2, 4), 4: (3,)})])
+        return Case(
+            m,
+            [
+                _arg("x", r(2, 2, 3, 4, 4), "(b, c, t, H, W)", DATA, {1: (1, 3), 2: (2, 4), 3: (5, 6)}),
+                _arg("u", r(2, 4, 3, 2, 2), "(b, dim, t, h, w)", DATA, {1: (3, 5), 2: (2, 4), 4: (3,)}),
+            ],
+        )
 
     def dit(cls, *a, **kw):
         def make():
             m = cls(*a, **kw)
-            return Case(m, [_arg("x", r(2, 3, 8), "(b, n, dim)", DATA, {2: (6, 9)}),
-                            _arg("c", r(2, 8), "(b, cond_dim)", DATA, {1: (7, 9)})])
+            return Case(
+                m,
+                [
+                    _arg("x", r(2, 3, 8), "(b, n, dim)", DATA, {2: (6, 9)}),
+                    _arg("c", r(2, 8), "(b, cond_dim)", DATA, {1: (7, 9)}),
+                ],
+            )
+
         return make
 
     def mixed():
         m = MixedSelfAttention(8, heads=2, dim_head=4, algorithm="auto", threshold=0.5)  # 5 > 2: FAVOR+
-        return Case(m, [_arg("x", r(2, 5, 8), "(b, n, dim)", DATA, {2: (6, 9)}, bad_ranks=(2, 5))],
-                    layouts=("(b, dim, h, w)",))
+        return Case(
+            m, [_arg("x", r(2, 5, 8), "(b, n, dim)", DATA, {2: (6, 9)}, bad_ranks=(2, 5))], layouts=("(b, dim, h, w)",)
+        )
 
     def mixed_maps():
         m = MixedSelfAttention(8, heads=2, dim_head=4, algorithm="softmax")
-        return Case(m, [_arg("x", r(2, 8, 2, 3), "(b, dim, h, w)", DATA, {1: (6, 9)}, bad_ranks=(2, 5))],
-                    layouts=("(b, n, dim)",))
+        return Case(
+            m,
+            [_arg("x", r(2, 8, 2, 3), "(b, dim, h, w)", DATA, {1: (6, 9)}, bad_ranks=(2, 5))],
+            layouts=("(b, n, dim)",),
+        )
 
     def joint_planes():
         m = JointPlaneAttention(8, 2, max_groups=4, positions="triplane")
         plane = "(b, c, h_i, w_i)"
         other = {0: (1, 3), 1: (6, 9)}  # every plane shares b and c with planes[0]
-        return Case(lambda *planes: m(list(planes)), [
-            _arg("planes[0]", r(2, 8, 2, 3), plane, DATA, {1: (6, 9)}),
-            _arg("planes[1]", r(2, 8, 1, 3), plane, DATA, other),
-            _arg("planes[2]", r(2, 8, 1, 2), plane, DATA, other)])
+        return Case(
+            lambda *planes: m(list(planes)),
+            [
+                _arg("planes[0]", r(2, 8, 2, 3), plane, DATA, {1: (6, 9)}),
+                _arg("planes[1]", r(2, 8, 1, 3), plane, DATA, other),
+                _arg("planes[2]", r(2, 8, 1, 2), plane, DATA, other),
+            ],
+        )
 
     def fps():
         m = FPSEmbedding(8, TimestepEmbedding(8))
@@ -383,86 +454,155 @@ def _error_cases() -> dict[str, Callable[[], Case | list[Case]]]:
     def qkv(fn):
         def make():
             q, k = r(1, 2, 3, 4), r(1, 2, 5, 4)
-            return Case(fn, [_arg("q", q, "(b, k, n, d)", DATA, {3: (3, 5)}),
-                             _arg("k", k, "(b, k, m, d)", DATA, {0: (2,), 1: (1, 3), 3: (3, 5)}),
-                             _arg("v", r(1, 2, 5, 4), "(b, k, m, d)", DATA, {0: (2,), 1: (1, 3), 2: (4, 6)})])
+            return Case(
+                fn,
+                [
+                    _arg("q", q, "(b, k, n, d)", DATA, {3: (3, 5)}),
+                    _arg("k", k, "(b, k, m, d)", DATA, {0: (2,), 1: (1, 3), 3: (3, 5)}),
+                    _arg("v", r(1, 2, 5, 4), "(b, k, m, d)", DATA, {0: (2,), 1: (1, 3), 2: (4, 6)}),
+                ],
+            )
+
         return make
 
     return {
-        "Attention": lambda: Case(Attention(8, heads=2, dim_head=4, context_dim=6), [
-            _arg("x", r(2, 3, 8), "(b, n, dim)", DATA, {2: (6, 9)}),
-            _arg("context", r(2, 4, 6), "(b, m, context_dim)", DATA, {2: (5, 8)})]),
-        "AxisProjector": lambda: Case(AxisProjector(8, 3, depth=1, heads=2), [
-            _arg("seq", r(2, 3, 8), "(n, l, dim)", DATA, {2: (6, 9)})]),
+        "Attention": lambda: Case(
+            Attention(8, heads=2, dim_head=4, context_dim=6),
+            [
+                _arg("x", r(2, 3, 8), "(b, n, dim)", DATA, {2: (6, 9)}),
+                _arg("context", r(2, 4, 6), "(b, m, context_dim)", DATA, {2: (5, 8)}),
+            ],
+        ),
+        "AxisProjector": lambda: Case(
+            AxisProjector(8, 3, depth=1, heads=2), [_arg("seq", r(2, 3, 8), "(n, l, dim)", DATA, {2: (6, 9)})]
+        ),
         "BottleneckResidualPathway": brp,
-        "ChannelShuffle": lambda: Case(ChannelShuffle(2), [
-            _arg("x", r(2, 4, 3), "(b, c, ...)", ANY, {1: (3, 5)}, bad_ranks=(1,))]),
+        "ChannelShuffle": lambda: Case(
+            ChannelShuffle(2), [_arg("x", r(2, 4, 3), "(b, c, ...)", ANY, {1: (3, 5)}, bad_ranks=(1,))]
+        ),
         "ChannelSplit": channel_split,
         "ContentFrameHead": content,
         "DiTBlock": dit(DiTBlock, 8, heads=2),
         "DiTFinalLayer": dit(DiTFinalLayer, 8, 4),
-        "DividedSpaceTimeBlock": lambda: Case(DividedSpaceTimeBlock(8, heads=2, dim_head=4), [
-            _arg("x", r(1, 2, 2, 3, 8), "(b, t, h, w, dim)", DATA, {4: (6, 9)})]),
+        "DividedSpaceTimeBlock": lambda: Case(
+            DividedSpaceTimeBlock(8, heads=2, dim_head=4),
+            [_arg("x", r(1, 2, 2, 3, 8), "(b, t, h, w, dim)", DATA, {4: (6, 9)})],
+        ),
         "FPSEmbedding": fps,
-        "FeedForward": lambda: Case(FeedForward(8, mult=2), [
-            _arg("x", r(2, 3, 8), "(b, ..., dim)", DATA, {2: (6, 9)}, bad_ranks=(1,))]),
+        "FeedForward": lambda: Case(
+            FeedForward(8, mult=2), [_arg("x", r(2, 3, 8), "(b, ..., dim)", DATA, {2: (6, 9)}, bad_ranks=(1,))]
+        ),
         "JointPlaneAttention": joint_planes,
         "MixedSelfAttention": lambda: [mixed(), mixed_maps()],
-        "MotionLatentHead": lambda: Case(MotionLatentHead(4, 3), [
-            _arg("u", r(2, 4, 3, 2, 2), "(b, dim, t, h, w)", DATA, {1: (3, 5)})]),
-        "PatchEmbed2d": lambda: Case(PatchEmbed2d(3, 8, 2), [
-            _arg("x", r(2, 3, 4, 6), "(b, c, h, w)", DATA, {1: (2, 4), 2: (3, 5), 3: (5, 7)})]),
-        "PointwiseConv2d": lambda: Case(PointwiseConv2d(4, 6, groups=2), [
-            _arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (2, 6)})]),
+        "MotionLatentHead": lambda: Case(
+            MotionLatentHead(4, 3), [_arg("u", r(2, 4, 3, 2, 2), "(b, dim, t, h, w)", DATA, {1: (3, 5)})]
+        ),
+        "PatchEmbed2d": lambda: Case(
+            PatchEmbed2d(3, 8, 2), [_arg("x", r(2, 3, 4, 6), "(b, c, h, w)", DATA, {1: (2, 4), 2: (3, 5), 3: (5, 7)})]
+        ),
+        "PointwiseConv2d": lambda: Case(
+            PointwiseConv2d(4, 6, groups=2), [_arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (2, 6)})]
+        ),
         "ResBlock2d": lambda: [
-            Case(ResBlock2d(4, 6, emb_dim=5, emb_mode=mode, resample="down", norm_groups=2), [
-                _arg("x", r(2, 4, 4, 4), "(b, c, h, w)", DATA, {1: (3, 5), 2: (1,), 3: (1,)}),
-                _arg("emb", r(2, 5), "(b, emb_dim)", DATA, {0: (1, 3), 1: (4, 6)})])
-            for mode in ("bias", "scale_shift", "scale_shift_both")],
-        "Resample2d": lambda: Case(Resample2d("down"), [
-            _arg("x", r(2, 3, 4, 4), "(b, c, h, w)", ("rank", "size", "int", "complex", "meta", "empty"),
-                 {2: (1,), 3: (1,)})]),
-        "ScaleShiftGroupNorm": lambda: Case(ScaleShiftGroupNorm(4, 5, max_groups=2), [
-            _arg("x", r(2, 4, 3, 3), "(b, c, *spatial)", DATA, {1: (3, 5)}, bad_ranks=(1, 2)),
-            _arg("emb", r(2, 5), "(b, e)", DATA, {1: (4, 6)})]),
+            Case(
+                ResBlock2d(4, 6, emb_dim=5, emb_mode=mode, resample="down", norm_groups=2),
+                [
+                    _arg("x", r(2, 4, 4, 4), "(b, c, h, w)", DATA, {1: (3, 5), 2: (1,), 3: (1,)}),
+                    _arg("emb", r(2, 5), "(b, emb_dim)", DATA, {0: (1, 3), 1: (4, 6)}),
+                ],
+            )
+            for mode in ("bias", "scale_shift", "scale_shift_both")
+        ],
+        "Resample2d": lambda: Case(
+            Resample2d("down"),
+            [
+                _arg(
+                    "x",
+                    r(2, 3, 4, 4),
+                    "(b, c, h, w)",
+                    ("rank", "size", "int", "complex", "meta", "empty"),
+                    {2: (1,), 3: (1,)},
+                )
+            ],
+        ),
+        "ScaleShiftGroupNorm": lambda: Case(
+            ScaleShiftGroupNorm(4, 5, max_groups=2),
+            [
+                _arg("x", r(2, 4, 3, 3), "(b, c, *spatial)", DATA, {1: (3, 5)}, bad_ranks=(1, 2)),
+                _arg("emb", r(2, 5), "(b, e)", DATA, {1: (4, 6)}),
+            ],
+        ),
         "SinusoidalEmbedding": sinusoid_module,
-        "SpatialTemporalMixedEmbedding": lambda: Case(lambda x: SpatialTemporalMixedEmbedding(4)(x, (2, 3)), [
-            _arg("x", r(2, 4, 4, 6), "(b, c, rows*h, cols*w)", FREE, {1: (3, 5), 2: (3, 5), 3: (4, 7)})]),
+        "SpatialTemporalMixedEmbedding": lambda: Case(
+            lambda x: SpatialTemporalMixedEmbedding(4)(x, (2, 3)),
+            [_arg("x", r(2, 4, 4, 6), "(b, c, rows*h, cols*w)", FREE, {1: (3, 5), 2: (3, 5), 3: (4, 7)})],
+        ),
         "TimestepEmbedding": timestep,
-        "TransformerBlock": lambda: Case(TransformerBlock(8, heads=2, dim_head=4, context_dim=6), [
-            _arg("x", r(2, 3, 8), "(b, n, dim)", DATA, {2: (6, 9)}),
-            _arg("context", r(2, 4, 6), "(b, m, context_dim)", DATA, {2: (5, 8)})]),
-        "TriplaneProjector": lambda: Case(TriplaneProjector(8, 2, depth=1, heads=2), [
-            _arg("u", r(1, 8, 2, 2, 3), "(b, dim, t, h, w)", DATA, {1: (6, 9)})]),
-        "VideoPatchEmbed": lambda: Case(VideoPatchEmbed(3, 8, (1, 2, 2)), [
-            _arg("x", r(1, 3, 2, 4, 4), "(b, c, t, h, w)", DATA, {1: (2, 4), 3: (3, 5), 4: (5,)})]),
-        "VideoPatchUnembed": lambda: Case(VideoPatchUnembed(8, 3, (1, 2, 2)), [
-            _arg("x", r(1, 2, 2, 2, 8), "(b, t, h, w, dim)", DATA, {4: (6, 9)})]),
-        "VideoTransformer": lambda: Case(VideoTransformer(8, depth=1, heads=2, dim_head=4), [
-            _arg("x", r(1, 2, 2, 2, 8), "(b, t, h, w, dim)", DATA, {4: (6, 9)})]),
-        "add_channel_shuffled": lambda: Case(lambda x, y: add_channel_shuffled(x, y, 2, 0.5), [
-            _arg("x", r(2, 4, 3), "(b, c, ...)", DATA, {1: (3, 5), 2: (2, 4)}, bad_ranks=(1,)),
-            _arg("y", r(2, 4, 3), "(b, c, ...)", DATA, {1: (3, 5), 2: (2, 4)}, bad_ranks=(1, 4))]),
-        "channel_shuffle": lambda: Case(lambda x: channel_shuffle(x, 2), [
-            _arg("x", r(2, 4, 3), "(b, c, ...)", ANY, {1: (3, 5)}, bad_ranks=(1,))]),
-        "grid_to_video": lambda: Case(lambda x: grid_to_video(x, (2, 3), 5), [
-            _arg("image", r(2, 3, 4, 6), "(b, c, rows*h, cols*w)", ANY, {2: (3, 5), 3: (4, 7)})]),
-        "modulate": lambda: Case(modulate, [
-            _arg("x", r(2, 3, 4, 5), "(b, c, *spatial)", DATA, {0: (3,), 1: (2, 4)}, bad_ranks=(1,)),
-            _arg("shift", r(2, 3), "(b, c, *spatial)", DATA, {0: (3,), 1: (2, 4)}, bad_ranks=(1, 5)),
-            _arg("scale", r(2, 3), "(b, c, *spatial)", DATA, {0: (3,), 1: (2, 4)}, bad_ranks=(1, 5))]),
-        "pointwise_conv2d": lambda: Case(lambda x: pointwise_conv2d(x, torch.randn(6, 2, 1, 1), torch.randn(6), groups=2), [
-            _arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (2, 6)})]),
+        "TransformerBlock": lambda: Case(
+            TransformerBlock(8, heads=2, dim_head=4, context_dim=6),
+            [
+                _arg("x", r(2, 3, 8), "(b, n, dim)", DATA, {2: (6, 9)}),
+                _arg("context", r(2, 4, 6), "(b, m, context_dim)", DATA, {2: (5, 8)}),
+            ],
+        ),
+        "TriplaneProjector": lambda: Case(
+            TriplaneProjector(8, 2, depth=1, heads=2),
+            [_arg("u", r(1, 8, 2, 2, 3), "(b, dim, t, h, w)", DATA, {1: (6, 9)})],
+        ),
+        "VideoPatchEmbed": lambda: Case(
+            VideoPatchEmbed(3, 8, (1, 2, 2)),
+            [_arg("x", r(1, 3, 2, 4, 4), "(b, c, t, h, w)", DATA, {1: (2, 4), 3: (3, 5), 4: (5,)})],
+        ),
+        "VideoPatchUnembed": lambda: Case(
+            VideoPatchUnembed(8, 3, (1, 2, 2)), [_arg("x", r(1, 2, 2, 2, 8), "(b, t, h, w, dim)", DATA, {4: (6, 9)})]
+        ),
+        "VideoTransformer": lambda: Case(
+            VideoTransformer(8, depth=1, heads=2, dim_head=4),
+            [_arg("x", r(1, 2, 2, 2, 8), "(b, t, h, w, dim)", DATA, {4: (6, 9)})],
+        ),
+        "add_channel_shuffled": lambda: Case(
+            lambda x, y: add_channel_shuffled(x, y, 2, 0.5),
+            [
+                _arg("x", r(2, 4, 3), "(b, c, ...)", DATA, {1: (3, 5), 2: (2, 4)}, bad_ranks=(1,)),
+                _arg("y", r(2, 4, 3), "(b, c, ...)", DATA, {1: (3, 5), 2: (2, 4)}, bad_ranks=(1, 4)),
+            ],
+        ),
+        "channel_shuffle": lambda: Case(
+            lambda x: channel_shuffle(x, 2), [_arg("x", r(2, 4, 3), "(b, c, ...)", ANY, {1: (3, 5)}, bad_ranks=(1,))]
+        ),
+        "grid_to_video": lambda: Case(
+            lambda x: grid_to_video(x, (2, 3), 5),
+            [_arg("image", r(2, 3, 4, 6), "(b, c, rows*h, cols*w)", ANY, {2: (3, 5), 3: (4, 7)})],
+        ),
+        "modulate": lambda: Case(
+            modulate,
+            [
+                _arg("x", r(2, 3, 4, 5), "(b, c, *spatial)", DATA, {0: (3,), 1: (2, 4)}, bad_ranks=(1,)),
+                _arg("shift", r(2, 3), "(b, c, *spatial)", DATA, {0: (3,), 1: (2, 4)}, bad_ranks=(1, 5)),
+                _arg("scale", r(2, 3), "(b, c, *spatial)", DATA, {0: (3,), 1: (2, 4)}, bad_ranks=(1, 5)),
+            ],
+        ),
+        "pointwise_conv2d": lambda: Case(
+            lambda x: pointwise_conv2d(x, torch.randn(6, 2, 1, 1), torch.randn(6), groups=2),
+            [_arg("x", r(2, 4, 3, 3), "(b, c, h, w)", DATA, {1: (2, 6)})],
+        ),
         "select_backend": qkv(select_backend),
-        "sincos_1d": lambda: Case(lambda p: sincos_1d(6, p), [
-            _arg("positions", torch.arange(5), "(n,)", ("rank", "complex", "bool", "empty"))]),
+        "sincos_1d": lambda: Case(
+            lambda p: sincos_1d(6, p),
+            [_arg("positions", torch.arange(5), "(n,)", ("rank", "complex", "bool", "empty"))],
+        ),
         "sinusoidal_embedding": sinusoid_fn,
-        "triplane_expand": lambda: Case(triplane_expand, [
-            _arg("z_s", r(2, 3, 4, 5), "(b, c, h, w)", DATA),
-            _arg("z_h", r(2, 3, 2, 5), "(b, c, t, w)", DATA, {0: (1, 3), 1: (2, 4), 3: (4, 6)}),
-            _arg("z_w", r(2, 3, 2, 4), "(b, c, t, h)", DATA, {0: (1, 3), 1: (2, 4), 2: (1, 3), 3: (3, 5)})]),
-        "video_to_grid": lambda: Case(lambda v: video_to_grid(v, (2, 3)), [
-            _arg("video", r(2, 3, 5, 2, 2), "(b, c, t, h, w)", ANY, {2: (7, 9)})]),
+        "triplane_expand": lambda: Case(
+            triplane_expand,
+            [
+                _arg("z_s", r(2, 3, 4, 5), "(b, c, h, w)", DATA),
+                _arg("z_h", r(2, 3, 2, 5), "(b, c, t, w)", DATA, {0: (1, 3), 1: (2, 4), 3: (4, 6)}),
+                _arg("z_w", r(2, 3, 2, 4), "(b, c, t, h)", DATA, {0: (1, 3), 1: (2, 4), 2: (1, 3), 3: (3, 5)}),
+            ],
+        ),
+        "video_to_grid": lambda: Case(
+            lambda v: video_to_grid(v, (2, 3)), [_arg("video", r(2, 3, 5, 2, 2), "(b, c, t, h, w)", ANY, {2: (7, 9)})]
+        ),
         "attention": qkv(attention),
     }
 
@@ -507,7 +647,12 @@ def _corrupt(arg: Arg, kind: str, data: st.DataObject) -> torch.Tensor:
         return x.to("meta")
     bad = x.double().clone()
     i = data.draw(st.integers(0, x.numel() - 1), label="index")
-    bad[i] = {"nan": math.nan, "inf": data.draw(st.sampled_from([math.inf, -math.inf])), "negative": -0.5, "above": 121.0}[kind]
+    bad[i] = {
+        "nan": math.nan,
+        "inf": data.draw(st.sampled_from([math.inf, -math.inf])),
+        "negative": -0.5,
+        "above": 121.0,
+    }[kind]
     return bad
 
 
@@ -547,14 +692,22 @@ def test_every_public_name_is_covered():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: MixedSelfAttention(8, heads=2, dim_head=4)(torch.randn(2, 5, 8).half()),
-         r"expected x of shape \(b, n, dim\) with dtype torch.float32 on cpu \(the module's parameters\), got torch.float16 on cpu"),
-        (lambda: MixedSelfAttention(8, heads=2, dim_head=4)(torch.randn(2, 5, 8).double()),
-         r"expected x of shape \(b, n, dim\) with dtype torch.float32 on cpu .* got torch.float64 on cpu"),
-        (lambda: ContentFrameHead(4, 2)(torch.randn(1, 2, 3, 4, 4), torch.randn(1, 4, 3, 2, 2).half()),
-         r"expected u of shape \(b, dim, t, h, w\) with dtype torch.float32 on cpu .* got torch.float16"),
-        (lambda: BottleneckResidualPathway(4, 8, 6)(torch.randn(2, 4, 3, 3), torch.randn(2, 6).double()),
-         r"expected emb of shape \(b, e\) with dtype torch.float32 on cpu .* got torch.float64"),
+        (
+            lambda: MixedSelfAttention(8, heads=2, dim_head=4)(torch.randn(2, 5, 8).half()),
+            r"expected x of shape \(b, n, dim\) with dtype torch.float32 on cpu \(the module's parameters\), got torch.float16 on cpu",
+        ),
+        (
+            lambda: MixedSelfAttention(8, heads=2, dim_head=4)(torch.randn(2, 5, 8).double()),
+            r"expected x of shape \(b, n, dim\) with dtype torch.float32 on cpu .* got torch.float64 on cpu",
+        ),
+        (
+            lambda: ContentFrameHead(4, 2)(torch.randn(1, 2, 3, 4, 4), torch.randn(1, 4, 3, 2, 2).half()),
+            r"expected u of shape \(b, dim, t, h, w\) with dtype torch.float32 on cpu .* got torch.float16",
+        ),
+        (
+            lambda: BottleneckResidualPathway(4, 8, 6)(torch.randn(2, 4, 3, 3), torch.randn(2, 6).double()),
+            r"expected emb of shape \(b, e\) with dtype torch.float32 on cpu .* got torch.float64",
+        ),
     ],
 )
 def test_dtype_mismatch_is_a_type_error_naming_layout_and_module_dtype(call, message):
@@ -563,7 +716,9 @@ def test_dtype_mismatch_is_a_type_error_naming_layout_and_module_dtype(call, mes
 
 
 def test_meta_input_into_a_cpu_module_is_a_value_error():
-    with pytest.raises(ValueError, match=r"expected x of shape \(b, c, h, w\) with dtype torch.float32 on cpu .*on meta"):
+    with pytest.raises(
+        ValueError, match=r"expected x of shape \(b, c, h, w\) with dtype torch.float32 on cpu .*on meta"
+    ):
         BottleneckResidualPathway(4, 8, 6)(torch.randn(2, 4, 3, 3, device="meta"), torch.randn(2, 6))
     with pytest.raises(ValueError, match=r"expected t of shape \(b,\) on cpu"):
         TimestepEmbedding(8)(torch.tensor([1, 2], device="meta"))
@@ -583,7 +738,11 @@ def test_meta_modules_take_meta_inputs():
 def test_bf16_autocast_inputs_are_accepted():
     """Under torch.autocast, activations come in bf16 into fp32 modules: that is not an error."""
     torch.manual_seed(0)
-    brp, mixed, head = BottleneckResidualPathway(4, 8, 6), MixedSelfAttention(8, heads=2, dim_head=4), ContentFrameHead(4, 2)
+    brp, mixed, head = (
+        BottleneckResidualPathway(4, 8, 6),
+        MixedSelfAttention(8, heads=2, dim_head=4),
+        ContentFrameHead(4, 2),
+    )
     dit = DiTBlock(8, heads=2, zero_init=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert brp(torch.randn(2, 4, 3, 3).bfloat16(), torch.randn(2, 6)).shape == (2, 8, 3, 3)

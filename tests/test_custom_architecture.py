@@ -32,8 +32,16 @@ def _load_example():
 ca = _load_example()
 
 # Small enough for seconds on one thread; every size the default config divides still divides.
-TINY = {"frames": 4, "size": 8, "ae_dim": 16, "ae_heads": 2, "motion_channels": 2, "model_channels": 8,
-        "head_channels": 8, "emb_dim": 16}
+TINY = {
+    "frames": 4,
+    "size": 8,
+    "ae_dim": 16,
+    "ae_heads": 2,
+    "motion_channels": 2,
+    "model_channels": 8,
+    "head_channels": 8,
+    "emb_dim": 16,
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -53,8 +61,11 @@ def _denoiser(channels=3, motion_channels=2, perturb=True, seed=0):
 
 def _planes(b, c, C, t, h, w, p=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, c, h * p, w * p, generator=g), torch.randn(b, C, t, w, generator=g),
-            torch.randn(b, C, t, h, generator=g)]
+    return [
+        torch.randn(b, c, h * p, w * p, generator=g),
+        torch.randn(b, C, t, w, generator=g),
+        torch.randn(b, C, t, h, generator=g),
+    ]
 
 
 # ---------------------------------------------------------------------------------- autoencoder
@@ -106,8 +117,11 @@ def test_autoencoder_rejects_malformed_video():
 # ------------------------------------------------------------------------------- latent layout
 
 
-@given(shift=st.lists(st.floats(-2, 2), min_size=3, max_size=3), scale=st.lists(st.floats(0.1, 3), min_size=3, max_size=3),
-       b=st.integers(1, 3))
+@given(
+    shift=st.lists(st.floats(-2, 2), min_size=3, max_size=3),
+    scale=st.lists(st.floats(0.1, 3), min_size=3, max_size=3),
+    b=st.integers(1, 3),
+)
 def test_latent_layout_round_trip_and_standardisation(shift, scale, b):
     cfg = ca.CustomConfig(**TINY)
     layout = ca.LatentLayout(cfg, shift=shift, scale=scale)
@@ -227,8 +241,9 @@ def cheap_probe(tmp_path, monkeypatch):
     """The example's probe with the cheap recipe, cached under ``tmp_path`` (never the user's cache)."""
     monkeypatch.setenv("VDBLOCKS_CACHE", str(tmp_path / "cache"))
     built = ShapesProbe.for_dataset
-    monkeypatch.setattr(ca.ShapesProbe, "for_dataset",
-                        staticmethod(lambda data, **kwargs: built(data, recipe=CHEAP_PROBE, **kwargs)))
+    monkeypatch.setattr(
+        ca.ShapesProbe, "for_dataset", staticmethod(lambda data, **kwargs: built(data, recipe=CHEAP_PROBE, **kwargs))
+    )
 
 
 def test_probe_rate_is_8_fps_or_the_training_rate_nearest_it():
@@ -249,9 +264,35 @@ def test_probe_clips_must_be_a_non_negative_int(value, capsys):
 def test_main_trains_both_stages_and_writes_decodable_videos(tmp_path, capsys, cheap_probe):
     sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
     run = tmp_path / "run"
-    result = ca.main([*sets, "--ae-steps", "40", "--steps", "30", "--batch-size", "8", "--num-videos", "32",
-                      "--fps", "4", "16", "--num-samples", "2", "--sample-steps", "3", "--out", str(run),
-                      "--device", "cpu", "--seed", "3", "--no-progress", "--probe-clips", "4"])
+    result = ca.main(
+        [
+            *sets,
+            "--ae-steps",
+            "40",
+            "--steps",
+            "30",
+            "--batch-size",
+            "8",
+            "--num-videos",
+            "32",
+            "--fps",
+            "4",
+            "16",
+            "--num-samples",
+            "2",
+            "--sample-steps",
+            "3",
+            "--out",
+            str(run),
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--no-progress",
+            "--probe-clips",
+            "4",
+        ]
+    )
     ae_losses = [row["loss"] for row in result["autoencoder"].history if "loss" in row]
     den_losses = [row["loss"] for row in result["denoiser"].history if "loss" in row]
     assert ae_losses[-1] < ae_losses[0]

@@ -106,7 +106,7 @@ def test_every_public_module_is_rendered() -> None:
 def nav_pages() -> list[str]:
     """The page paths of mkdocs.yml's nav (entries ``- Title: path.md``), in order."""
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    nav = config[config.index("\nnav:"):]
+    nav = config[config.index("\nnav:") :]
     nav = nav[: re.search(r"\n\S", nav[1:]).start() + 1]  # up to the next top-level key
     return re.findall(r"^\s*- [^\n]*?:\s*(\S+\.md)\s*$", nav, re.M)
 
@@ -121,13 +121,18 @@ def test_nav_lists_every_page_and_only_existing_ones() -> None:
 
 
 @pytest.mark.skipif(
-    not all(importlib.util.find_spec(m) for m in ("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python", "material")),
+    not all(
+        importlib.util.find_spec(m) for m in ("mkdocs", "mkdocstrings", "mkdocstrings_handlers.python", "material")
+    ),
     reason="mkdocs, mkdocstrings[python] and mkdocs-material are not installed (the docs extra)",
 )
 def test_site_builds_strict_without_warnings(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     log = proc.stdout + proc.stderr
@@ -159,8 +164,15 @@ def _probe_run_block(page: Path) -> str:
     return text.split("<!-- probe-run:start -->\n", 1)[1].split("\n<!-- probe-run:end -->", 1)[0]
 
 
-@pytest.mark.parametrize("system, source", [("etc", "etc_probe/probe.json"), ("cmd", "cmd_probe/probe.json"),
-                                            ("pvdm", "pvdm_probe/probe.json"), ("evdm", "evdm_probe/*_metrics.json")])
+@pytest.mark.parametrize(
+    "system, source",
+    [
+        ("etc", "etc_probe/probe.json"),
+        ("cmd", "cmd_probe/probe.json"),
+        ("pvdm", "pvdm_probe/probe.json"),
+        ("evdm", "evdm_probe/*_metrics.json"),
+    ],
+)
 def test_system_pages_have_one_probe_run_block_and_say_how_it_is_rendered(system, source):
     page = (SYSTEMS_DOCS / f"{system}.md").read_text(encoding="utf-8")
     assert page.count("<!-- probe-run:start -->") == 1 and page.count("<!-- probe-run:end -->") == 1

@@ -23,8 +23,24 @@ def _example(name: str):
 def test_cmd_example_writes_per_class_probe_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("VDBLOCKS_CACHE", str(tmp_path / "cache"))
     example = _example("train_cmd")
-    example.main(["--out", str(tmp_path / "run"), "--scale", "0.004", "--batch-size", "4", "--samples-per-class", "1",
-                  "--probe-per-class", "2", "--content-steps", "2", "--motion-steps", "2"])
+    example.main(
+        [
+            "--out",
+            str(tmp_path / "run"),
+            "--scale",
+            "0.004",
+            "--batch-size",
+            "4",
+            "--samples-per-class",
+            "1",
+            "--probe-per-class",
+            "2",
+            "--content-steps",
+            "2",
+            "--motion-steps",
+            "2",
+        ]
+    )
     report = json.loads((tmp_path / "run" / "probe.json").read_text())
     assert report["classes"] == ["square", "circle", "triangle", "diamond", "cross"]
     probe = report["probe"]
@@ -38,8 +54,28 @@ def test_cmd_example_writes_per_class_probe_figures(tmp_path, monkeypatch):
 def test_pvdm_example_scores_the_clips_of_its_long_videos(tmp_path, monkeypatch):
     monkeypatch.setenv("VDBLOCKS_CACHE", str(tmp_path / "cache"))
     example = _example("train_pvdm")
-    example.main(["--out", str(tmp_path / "run"), "--ae-steps", "1", "--diffusion-steps", "1", "--num-videos", "16",
-                  "--clips", "2", "--first-steps", "2", "--next-steps", "2", "--probe-videos", "3", "--device", "cpu"])
+    example.main(
+        [
+            "--out",
+            str(tmp_path / "run"),
+            "--ae-steps",
+            "1",
+            "--diffusion-steps",
+            "1",
+            "--num-videos",
+            "16",
+            "--clips",
+            "2",
+            "--first-steps",
+            "2",
+            "--next-steps",
+            "2",
+            "--probe-videos",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     report = json.loads((tmp_path / "run" / "probe.json").read_text())
     assert report["long_videos"] == 3 and report["clips_per_video"] == 2
     assert report["probe"]["num_clips"] == 6 and len(report["probe"]["predictions"]) == 6

@@ -22,8 +22,9 @@ from vdblocks.flops import (
 
 CPU_SDPA = "aten._scaled_dot_product_flash_attention_for_cpu"
 
-sizes = dict(b=st.integers(1, 2), heads=st.integers(1, 3), n=st.integers(1, 12), m=st.integers(1, 12),
-             d=st.integers(1, 9))
+sizes = dict(
+    b=st.integers(1, 2), heads=st.integers(1, 3), n=st.integers(1, 12), m=st.integers(1, 12), d=st.integers(1, 9)
+)
 
 
 def qkv(b, heads, n, m, d, requires_grad=False):
@@ -90,8 +91,14 @@ def test_registration_is_idempotent_and_covers_the_cpu_ops():
 
 # torch.einsum turns a contraction over an axis of length 1 into an uncounted element-wise product,
 # so the key length, head dim and feature count start at 2 here (see favor_attention_macs).
-@given(b=st.integers(1, 2), heads=st.integers(1, 3), n=st.integers(1, 12), m=st.integers(2, 12),
-       d=st.integers(2, 9), features=st.integers(2, 10))
+@given(
+    b=st.integers(1, 2),
+    heads=st.integers(1, 3),
+    n=st.integers(1, 12),
+    m=st.integers(2, 12),
+    d=st.integers(2, 9),
+    features=st.integers(2, 10),
+)
 def test_favor_counted_by_its_real_operations(b, heads, n, m, d, features):
     q, k, v = qkv(b, heads, n, m, d)
     proj = torch.randn(features, d)
@@ -105,9 +112,16 @@ def test_favor_is_linear_and_softmax_quadratic_in_length():
     assert softmax_attention_macs(1, 1, 64, 64, 8) == 4 * softmax_attention_macs(1, 1, 32, 32, 8)
 
 
-@given(b=st.integers(1, 2), heads=st.integers(1, 3), dim_head=st.sampled_from([4, 8]),
-       dim=st.sampled_from([4, 8, 12]), h=st.integers(1, 5), w=st.integers(2, 5),
-       algorithm=st.sampled_from(["auto", "softmax", "favor"]), image=st.booleans())
+@given(
+    b=st.integers(1, 2),
+    heads=st.integers(1, 3),
+    dim_head=st.sampled_from([4, 8]),
+    dim=st.sampled_from([4, 8, 12]),
+    h=st.integers(1, 5),
+    w=st.integers(2, 5),
+    algorithm=st.sampled_from(["auto", "softmax", "favor"]),
+    image=st.booleans(),
+)
 def test_mixed_self_attention_total_and_breakdown(b, heads, dim_head, dim, h, w, algorithm, image):
     block = MixedSelfAttention(dim, heads=heads, dim_head=dim_head, algorithm=algorithm)
     x = torch.randn(b, dim, h, w) if image else torch.randn(b, h * w, dim)
@@ -129,21 +143,30 @@ def test_mixed_self_attention_total_and_breakdown(b, heads, dim_head, dim, h, w,
     assert report.by_module[name].macs - children == kernel
 
 
-@given(b=st.integers(1, 2), groups=st.sampled_from([1, 2, 4]), per_group_in=st.integers(1, 3),
-       per_group_out=st.integers(1, 3), kernel=st.integers(1, 3), stride=st.integers(1, 3),
-       padding=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(),
-       h=st.integers(5, 9), w=st.integers(5, 9))
+@given(
+    b=st.integers(1, 2),
+    groups=st.sampled_from([1, 2, 4]),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    bias=st.booleans(),
+    h=st.integers(5, 9),
+    w=st.integers(5, 9),
+)
 def test_conv2d(b, groups, per_group_in, per_group_out, kernel, stride, padding, dilation, bias, h, w):
     c_in, c_out = groups * per_group_in, groups * per_group_out
-    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation,
-                     groups=groups, bias=bias)
+    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
     x = torch.randn(b, c_in, h, w)
     out = conv(x)
     report = count_flops(conv, x)
     # Independent: each output element is one dot product over (c_in / groups) * k * k inputs.
     assert report.macs == out.numel() * per_group_in * kernel * kernel
-    assert report.macs == conv2d_macs(b, c_in, c_out, h, w, kernel, stride=stride, padding=padding,
-                                      dilation=dilation, groups=groups)
+    assert report.macs == conv2d_macs(
+        b, c_in, c_out, h, w, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups
+    )
     assert set(report.by_module) == {"Conv2d"}
 
 
@@ -156,8 +179,12 @@ def test_bias_is_not_counted():
     assert linear.flops == count_flops(nn.Linear(3, 4, bias=False), tokens).flops
 
 
-@given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=3), fan_in=st.integers(1, 9),
-       fan_out=st.integers(1, 9), bias=st.booleans())
+@given(
+    lead=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    fan_in=st.integers(1, 9),
+    fan_out=st.integers(1, 9),
+    bias=st.booleans(),
+)
 def test_linear(lead, fan_in, fan_out, bias):
     layer = nn.Linear(fan_in, fan_out, bias=bias)
     report = count_flops(layer, torch.randn(*lead, fan_in))

@@ -32,7 +32,22 @@ def test_seven_blocks_at_top_level():
     assert set(SEVEN) <= set(vdblocks.__all__)
 
 
-@pytest.mark.parametrize("module", ["vdblocks", "vdblocks.layers", "vdblocks.attention", "vdblocks.diffusion", "reference_models.common", "reference_models.common.data", "reference_models.common.probe", "reference_models.etc", "reference_models.evdm", "reference_models.cmd", "reference_models.pvdm"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "vdblocks",
+        "vdblocks.layers",
+        "vdblocks.attention",
+        "vdblocks.diffusion",
+        "reference_models.common",
+        "reference_models.common.data",
+        "reference_models.common.probe",
+        "reference_models.etc",
+        "reference_models.evdm",
+        "reference_models.cmd",
+        "reference_models.pvdm",
+    ],
+)
 def test_all_names_resolve(module):
     module = importlib.import_module(module)
     assert inspect.ismodule(module)
@@ -57,8 +72,18 @@ def test_vdblocks_never_imports_reference_models():
 
 @pytest.mark.parametrize(
     "package",
-    ["vdblocks", "vdblocks.layers", "vdblocks.attention", "vdblocks.diffusion", "reference_models.common",
-     "reference_models.common.probe", "reference_models.etc", "reference_models.evdm", "reference_models.cmd", "reference_models.pvdm"],
+    [
+        "vdblocks",
+        "vdblocks.layers",
+        "vdblocks.attention",
+        "vdblocks.diffusion",
+        "reference_models.common",
+        "reference_models.common.probe",
+        "reference_models.etc",
+        "reference_models.evdm",
+        "reference_models.cmd",
+        "reference_models.pvdm",
+    ],
 )
 def test_re_exports_do_not_shadow_submodules(package):
     import pkgutil

@@ -22,8 +22,21 @@ from reference_models.evdm import train as evdm_train
 from reference_models.pvdm import train as pvdm_train
 
 RATES = {"pal": 25, "ntsc": Fraction(30000, 1001)}
-COMMON = ["--steps", "2", "--batch-size", "2", "--num-workers", "2", "--log-every", "1",
-          "--warmup-steps", "1", "--device", "cpu", "--no-progress"]
+COMMON = [
+    "--steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--num-workers",
+    "2",
+    "--log-every",
+    "1",
+    "--warmup-steps",
+    "1",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def _sets(overrides: dict) -> list[str]:
@@ -68,33 +81,133 @@ def _check(state, steps: int = 2) -> None:
 
 @pytest.mark.timeout(180)
 def test_etc_trains_on_videos_with_worker_processes(video_root, tmp_path):
-    sets = {"model_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_head_channels": 8,
-            "norm_groups": 4, "context_dim": 8, "text_heads": 2, "text_vocab_size": 64, "text_max_len": 6,
-            "frames": 4, "height": 16, "width": 16}
-    _check(etc_train.main([*_sets(sets), "--data-videos", str(video_root), "--out", str(tmp_path), *COMMON,
-                           "--sample-steps", "1", "--num-prompts", "1"]))
+    sets = {
+        "model_channels": 8,
+        "channel_mult": [1, 2],
+        "attention_levels": [1],
+        "num_head_channels": 8,
+        "norm_groups": 4,
+        "context_dim": 8,
+        "text_heads": 2,
+        "text_vocab_size": 64,
+        "text_max_len": 6,
+        "frames": 4,
+        "height": 16,
+        "width": 16,
+    }
+    _check(
+        etc_train.main(
+            [
+                *_sets(sets),
+                "--data-videos",
+                str(video_root),
+                "--out",
+                str(tmp_path),
+                *COMMON,
+                "--sample-steps",
+                "1",
+                "--num-prompts",
+                "1",
+            ]
+        )
+    )
 
 
 @pytest.mark.timeout(180)
 def test_evdm_trains_on_videos_with_worker_processes(video_root, tmp_path):
-    sets = {"base_channels": 8, "head_channels": 8, "channel_mult": [1, 2], "attn_levels": [1],
-            "num_res_blocks": 1, "image_size": 16}
-    _check(evdm_train.main([*_sets(sets), "--data", str(video_root), "--fps", "10", "--out", str(tmp_path),
-                            *COMMON, "--sampler", "ddim", "--sample-steps", "1", "--num-samples", "1"]))
+    sets = {
+        "base_channels": 8,
+        "head_channels": 8,
+        "channel_mult": [1, 2],
+        "attn_levels": [1],
+        "num_res_blocks": 1,
+        "image_size": 16,
+    }
+    _check(
+        evdm_train.main(
+            [
+                *_sets(sets),
+                "--data",
+                str(video_root),
+                "--fps",
+                "10",
+                "--out",
+                str(tmp_path),
+                *COMMON,
+                "--sampler",
+                "ddim",
+                "--sample-steps",
+                "1",
+                "--num-samples",
+                "1",
+            ]
+        )
+    )
 
 
 @pytest.mark.timeout(180)
 def test_pvdm_autoencoder_trains_on_videos_with_worker_processes(video_root, tmp_path):
-    sets = {"frames": 2, "height": 8, "width": 12, "patch_size": [1, 4, 4], "dim": 8, "encoder_depth": 1,
-            "decoder_depth": 1, "heads": 1, "dim_head": 8, "proj_depth": 1, "proj_heads": 1, "proj_mlp_dim": 8,
-            "latent_channels": 2}
-    _check(pvdm_train.main(["--stage", "ae", *_sets(sets), "--data", str(video_root), "--out", str(tmp_path),
-                            *COMMON, "--num-samples", "1"]))
+    sets = {
+        "frames": 2,
+        "height": 8,
+        "width": 12,
+        "patch_size": [1, 4, 4],
+        "dim": 8,
+        "encoder_depth": 1,
+        "decoder_depth": 1,
+        "heads": 1,
+        "dim_head": 8,
+        "proj_depth": 1,
+        "proj_heads": 1,
+        "proj_mlp_dim": 8,
+        "latent_channels": 2,
+    }
+    _check(
+        pvdm_train.main(
+            [
+                "--stage",
+                "ae",
+                *_sets(sets),
+                "--data",
+                str(video_root),
+                "--out",
+                str(tmp_path),
+                *COMMON,
+                "--num-samples",
+                "1",
+            ]
+        )
+    )
 
 
 @pytest.mark.timeout(180)
 def test_cmd_autoencoder_trains_on_videos_with_worker_processes(video_root, tmp_path):
-    sets = {"frames": 4, "height": 16, "width": 24, "ae_patch": 4, "ae_dim": 16, "ae_depth": 1, "ae_heads": 2,
-            "ae_dim_head": 8, "motion_channels": 2}
-    _check(cmd_train.main(["--stage", "ae", *_sets(sets), "--data", str(video_root), "--out", str(tmp_path),
-                           *COMMON, "--sample-steps", "1", "--num-samples", "1"]))
+    sets = {
+        "frames": 4,
+        "height": 16,
+        "width": 24,
+        "ae_patch": 4,
+        "ae_dim": 16,
+        "ae_depth": 1,
+        "ae_heads": 2,
+        "ae_dim_head": 8,
+        "motion_channels": 2,
+    }
+    _check(
+        cmd_train.main(
+            [
+                "--stage",
+                "ae",
+                *_sets(sets),
+                "--data",
+                str(video_root),
+                "--out",
+                str(tmp_path),
+                *COMMON,
+                "--sample-steps",
+                "1",
+                "--num-samples",
+                "1",
+            ]
+        )
+    )

@@ -293,15 +293,10 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
 
 
 def _subtract(total: Mapping[str, Mapping[Any, int]], part: Mapping[str, Mapping[Any, int]]):
-    return {
-        scope: {op: v - part.get(scope, {}).get(op, 0) for op, v in ops.items()}
-        for scope, ops in total.items()
-    }
+    return {scope: {op: v - part.get(scope, {}).get(op, 0) for op, v in ops.items()} for scope, ops in total.items()}
 
 
-def count_flops(
-    module_or_fn: Callable[..., Any], *args: Any, backward: bool = False, **kwargs: Any
-) -> FlopReport:
+def count_flops(module_or_fn: Callable[..., Any], *args: Any, backward: bool = False, **kwargs: Any) -> FlopReport:
     """Run ``module_or_fn(*args, **kwargs)`` once and count its MACs and FLOPs.
 
     Args:
@@ -397,13 +392,17 @@ def conv2d_macs(
     channels times the kernel window: ``b out h' w' (in / groups) kh kw``, with
     ``h' = floor((h + 2 p - dil (kh - 1) - 1) / s) + 1`` (likewise ``w'``).
     """
-    for name, value in (("b", b), ("in_channels", in_channels), ("out_channels", out_channels),
-                        ("h", h), ("w", w), ("groups", groups)):
+    for name, value in (
+        ("b", b),
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("h", h),
+        ("w", w),
+        ("groups", groups),
+    ):
         check_positive_int(value, name)
     if in_channels % groups or out_channels % groups:
-        raise ValueError(
-            f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
-        )
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
     (kh, kw), (sh, sw) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
     (ph, pw), (dh, dw) = _pair(padding, "padding"), _pair(dilation, "dilation")
     out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1

@@ -164,9 +164,7 @@ def check_tensor(
             if shape[axis] != size:
                 raise ValueError(f"expected {name} of shape {layout}{_pinned(sizes)}, got {tuple(shape)}")
     if floating and not x.is_floating_point():
-        raise TypeError(
-            f"expected {name} of shape {layout} to have a floating-point dtype, got {x.dtype}"
-        )
+        raise TypeError(f"expected {name} of shape {layout} to have a floating-point dtype, got {x.dtype}")
     if numeric and (x.dtype == torch.bool or x.is_complex()):
         raise TypeError(
             f"expected {name} of shape {layout} to have an integer or real floating-point dtype, got {x.dtype}"
@@ -268,7 +266,4 @@ def check_positive_int(value: object, name: str) -> int:
 def check_same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
     """Check that two tensors share their first (batch) axis."""
     if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"expected {a_name} and {b_name} to share the batch size b, "
-            f"got {a.shape[0]} and {b.shape[0]}"
-        )
+        raise ValueError(f"expected {a_name} and {b_name} to share the batch size b, got {a.shape[0]} and {b.shape[0]}")

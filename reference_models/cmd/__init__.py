@@ -16,10 +16,21 @@ from .diffusers_adapter import DiffusersContentModel, from_diffusers
 from .motion_model import MotionDiT, motion_sequence_length
 
 # sample.py is also a CLI (python -m reference_models.cmd.sample): import it on first use only
-__getattr__ = lazy_exports(__name__, dict.fromkeys((
-    "CMDSample", "load_autoencoder", "load_content_model", "load_motion_model", "sample_content", "sample_motion",
-    "sample_videos",
-), "sample"))
+__getattr__ = lazy_exports(
+    __name__,
+    dict.fromkeys(
+        (
+            "CMDSample",
+            "load_autoencoder",
+            "load_content_model",
+            "load_motion_model",
+            "sample_content",
+            "sample_motion",
+            "sample_videos",
+        ),
+        "sample",
+    ),
+)
 
 __all__ = [
     "DIT_SIZES",

@@ -40,13 +40,13 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.content_frame import ContentFrameHead, MotionLatentHead
 from vdblocks.layers.video_transformer import (
     VideoPatchEmbed,
     VideoPatchUnembed,
     VideoTransformer,
 )
+from vdblocks.validation import check_positive_int, check_tensor
 
 from ..common.pretrained import PretrainedMixin
 from .config import CMDConfig

@@ -130,11 +130,31 @@ class CMDConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config_ints(self, (
-            "channels", "frames", "height", "width", "ae_patch", "ae_dim", "ae_depth", "ae_heads", "ae_dim_head",
-            "motion_channels", "content_dit_patch", "content_dit_dim", "content_dit_depth", "content_dit_heads",
-            "motion_patch", "content_patch", "motion_dim", "motion_depth", "motion_heads", "num_train_steps",
-        ))
+        check_config_ints(
+            self,
+            (
+                "channels",
+                "frames",
+                "height",
+                "width",
+                "ae_patch",
+                "ae_dim",
+                "ae_depth",
+                "ae_heads",
+                "ae_dim_head",
+                "motion_channels",
+                "content_dit_patch",
+                "content_dit_dim",
+                "content_dit_depth",
+                "content_dit_heads",
+                "motion_patch",
+                "content_patch",
+                "motion_dim",
+                "motion_depth",
+                "motion_heads",
+                "num_train_steps",
+            ),
+        )
         check_config_ints(self, ("num_classes", "text_dim"), optional=True)
         if self.content_model not in ("dit", "unet"):
             raise ValueError(f"expected content_model 'dit' or 'unet', got {self.content_model!r}")
@@ -173,9 +193,16 @@ class CMDConfig(ConfigBase):
         and ``(L, W')`` planes).
         """
         rules = [
-            ("height", height, self.ae_patch, "ae_patch"), ("width", width, self.ae_patch, "ae_patch"),
-            *([("height", height, self.content_dit_patch, "content_dit_patch"),
-               ("width", width, self.content_dit_patch, "content_dit_patch")] if self.content_model == "dit" else []),
+            ("height", height, self.ae_patch, "ae_patch"),
+            ("width", width, self.ae_patch, "ae_patch"),
+            *(
+                [
+                    ("height", height, self.content_dit_patch, "content_dit_patch"),
+                    ("width", width, self.content_dit_patch, "content_dit_patch"),
+                ]
+                if self.content_model == "dit"
+                else []
+            ),
             ("height", height, self.content_patch, "content_patch"),
             ("width", width, self.content_patch, "content_patch"),
             ("frames", frames, self.motion_patch, "motion_patch"),
@@ -211,8 +238,9 @@ class CMDConfig(ConfigBase):
         return (self.motion_channels, self.frames, self.latent_height + self.latent_width)
 
 
-def with_dit(cfg: CMDConfig, motion: str | None = None, content: str | None = None,
-             content_patch: int | None = None) -> CMDConfig:
+def with_dit(
+    cfg: CMDConfig, motion: str | None = None, content: str | None = None, content_patch: int | None = None
+) -> CMDConfig:
     """``cfg`` with DiT-``S``/``B``/``L``/``XL`` widths for the motion and/or content model.
 
     Naming a content size also makes the content model a DiT (``content_model="dit"``).
@@ -235,23 +263,58 @@ def with_dit(cfg: CMDConfig, motion: str | None = None, content: str | None = No
 
 
 def _paper(**kw: Any) -> CMDConfig:
-    base = dict(channels=4, frames=16, height=32, width=32, ae_patch=2, ae_dim=384, ae_depth=12, ae_heads=8,
-                ae_dim_head=64, motion_channels=8, content_dit_patch=2, motion_patch=2, cond_dropout=0.1)
+    base = dict(
+        channels=4,
+        frames=16,
+        height=32,
+        width=32,
+        ae_patch=2,
+        ae_dim=384,
+        ae_depth=12,
+        ae_heads=8,
+        ae_dim_head=64,
+        motion_channels=8,
+        content_dit_patch=2,
+        motion_patch=2,
+        cond_dropout=0.1,
+    )
     base.update(kw)
     return CMDConfig(**base)
 
 
 PRESETS: dict[str, CMDConfig] = {
-    "tiny": CMDConfig(prediction_type="v_prediction", ae_pixel_weights=False, content_model="unet",
-                      content_unet_channels=32, content_unet_mult=(1, 2, 2), content_unet_blocks=1),
-    "small": CMDConfig(frames=16, height=64, width=64, ae_patch=4, ae_dim=256, ae_depth=4, ae_heads=4,
-                       ae_dim_head=64, motion_channels=8, content_dit_patch=2, content_dit_dim=384,
-                       content_dit_depth=12, content_dit_heads=6, content_patch=4, motion_dim=384,
-                       motion_depth=12, motion_heads=6),
+    "tiny": CMDConfig(
+        prediction_type="v_prediction",
+        ae_pixel_weights=False,
+        content_model="unet",
+        content_unet_channels=32,
+        content_unet_mult=(1, 2, 2),
+        content_unet_blocks=1,
+    ),
+    "small": CMDConfig(
+        frames=16,
+        height=64,
+        width=64,
+        ae_patch=4,
+        ae_dim=256,
+        ae_depth=4,
+        ae_heads=4,
+        ae_dim_head=64,
+        motion_channels=8,
+        content_dit_patch=2,
+        content_dit_dim=384,
+        content_dit_depth=12,
+        content_dit_heads=6,
+        content_patch=4,
+        motion_dim=384,
+        motion_depth=12,
+        motion_heads=6,
+    ),
     "ucf101": with_dit(_paper(num_classes=101), motion="L", content="XL", content_patch=4),
     "webvid_sd15": with_dit(_paper(num_classes=None, text_dim=1024), motion="XL", content="XL", content_patch=4),
-    "webvid_sd21": with_dit(_paper(num_classes=None, text_dim=1024, width=64), motion="XL", content="XL",
-                            content_patch=8),
+    "webvid_sd21": with_dit(
+        _paper(num_classes=None, text_dim=1024, width=64), motion="XL", content="XL", content_patch=8
+    ),
 }
 
 

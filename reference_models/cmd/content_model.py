@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.dit import (
     DiTBlock,
     DiTFinalLayer,
@@ -32,6 +31,7 @@ from vdblocks.layers.dit import (
 from vdblocks.layers.embeddings import TimestepEmbedding
 from vdblocks.layers.norm import group_norm
 from vdblocks.layers.resblock import ResBlock2d
+from vdblocks.validation import check_positive_int, check_tensor
 
 from ..common.pretrained import PretrainedMixin
 from ..common.unet_blocks import SelfAttention2d, adm_res_block, small_map_groups
@@ -78,8 +78,9 @@ def check_condition_inputs(
             raise TypeError(f"expected drop of shape (b,) to be a bool tensor, got {drop.dtype}")
 
 
-def draw_drop(batch: int, probability: float, generator: torch.Generator | None = None,
-              device: torch.device | str | None = None) -> torch.Tensor | None:
+def draw_drop(
+    batch: int, probability: float, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor | None:
     """Condition-dropout mask ``(b,)`` bool, True with ``probability`` (None when it is 0).
 
     Uniforms come from ``generator`` on its own device and are moved to ``device``.
@@ -145,8 +146,9 @@ class ConditionEmbedding(nn.Module):
     or ``text=None`` use the nulls; ``drop[i]=True`` uses both nulls for sample ``i``.
     """
 
-    def __init__(self, dim: int, num_classes: int | None = None, text_dim: int | None = None,
-                 frequency_dim: int = 256) -> None:
+    def __init__(
+        self, dim: int, num_classes: int | None = None, text_dim: int | None = None, frequency_dim: int = 256
+    ) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
@@ -158,8 +160,13 @@ class ConditionEmbedding(nn.Module):
         if self.labels is not None:
             nn.init.normal_(self.labels.weight, std=0.02)
 
-    def forward(self, t: torch.Tensor, labels: torch.Tensor | None = None, text: torch.Tensor | None = None,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         check_tensor(t, "t", "(b,)", floating=False)
         b = t.shape[0]
         check_condition_inputs(b, labels, text, drop, self.num_classes, self.text_dim)
@@ -239,8 +246,14 @@ class ContentDiT(nn.Module, PretrainedMixin):
         MLP normal(0.02); adaLN modulations and the output layer stay zero (adaLN-Zero)."""
         init_dit_weights(self, [self.embed])
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
-                text: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         check_tensor(x, "x", "(b, C, H, W)", sizes={"C": self.in_channels})
         gh, gw = self.embed.grid_size(*x.shape[-2:])
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
@@ -296,7 +309,7 @@ class ContentUNet(nn.Module, PretrainedMixin):
         self.conv_in = nn.Conv2d(cfg.channels, c0, 3, padding=1)
 
         def attn(ch: int, level: int) -> SelfAttention2d | None:
-            return SelfAttention2d(ch, cfg.content_unet_heads) if 2 ** level in cfg.content_unet_attention else None
+            return SelfAttention2d(ch, cfg.content_unet_heads) if 2**level in cfg.content_unet_attention else None
 
         ch, skips = c0, [c0]
         self.down = nn.ModuleList()
@@ -311,8 +324,9 @@ class ContentUNet(nn.Module, PretrainedMixin):
             self.down.append(_Level(blocks, attns, None if last else nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
             if not last:
                 skips.append(ch)
-        self.mid = nn.ModuleList([adm_res_block(ch, ch, emb), SelfAttention2d(ch, cfg.content_unet_heads),
-                                  adm_res_block(ch, ch, emb)])
+        self.mid = nn.ModuleList(
+            [adm_res_block(ch, ch, emb), SelfAttention2d(ch, cfg.content_unet_heads), adm_res_block(ch, ch, emb)]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(mults))):
             blocks, attns = [], []
@@ -340,8 +354,14 @@ class ContentUNet(nn.Module, PretrainedMixin):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
-                text: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         check_tensor(x, "x", "(b, C, H, W)", sizes={"C": self.in_channels})
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"expected t of shape (b,) with b={x.shape[0]}, got {tuple(t.shape)}")

@@ -113,9 +113,13 @@ class DiffusersContentModel(nn.Module):
 
     def config_record(self) -> dict:
         """What :func:`build_from_record` needs to rebuild this adapter (stored in checkpoints)."""
-        return {"kind": "diffusers", "class": self.kind, "config": dict(self.model.config),
-                "num_classes": self.num_classes,
-                "fixed_null_text": list(self.null_text.shape) if "null_text" in dict(self.named_buffers()) else None}
+        return {
+            "kind": "diffusers",
+            "class": self.kind,
+            "config": dict(self.model.config),
+            "num_classes": self.num_classes,
+            "fixed_null_text": list(self.null_text.shape) if "null_text" in dict(self.named_buffers()) else None,
+        }
 
     def _text(self, text: torch.Tensor | None, drop: torch.Tensor | None, b: int) -> torch.Tensor:
         null = self.null_text
@@ -131,8 +135,14 @@ class DiffusersContentModel(nn.Module):
             )
         return torch.where(drop[:, None, None], null.to(tokens.dtype).expand_as(tokens), tokens)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
-                text: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         check_tensor(x, "x", "(b, C, H, W)", sizes={"C": self.in_channels})
         b = x.shape[0]
         check_tensor(t, "t", "(b,)", sizes={"b": b}, floating=False)
@@ -155,8 +165,9 @@ class DiffusersContentModel(nn.Module):
         return out[:, : self.in_channels]  # b C H W: eps (a learned variance is dropped)
 
 
-def from_diffusers(model: nn.Module, num_classes: int | None = None,
-                   null_text: torch.Tensor | None = None) -> DiffusersContentModel:
+def from_diffusers(
+    model: nn.Module, num_classes: int | None = None, null_text: torch.Tensor | None = None
+) -> DiffusersContentModel:
     """Wrap a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` / ``DiTTransformer2DModel``.
 
     Example (weights on disk)::

@@ -30,7 +30,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vdblocks.validation import check_tensor
 from vdblocks.layers.dit import (
     DiTBlock,
     DiTFinalLayer,
@@ -38,6 +37,7 @@ from vdblocks.layers.dit import (
     dit_positions,
     unpatchify,
 )
+from vdblocks.validation import check_tensor
 
 from ..common.pretrained import PretrainedMixin
 from .autoencoder import unpack_motion
@@ -47,8 +47,9 @@ from .content_model import ConditionEmbedding, DataNormalizer, init_dit_weights
 __all__ = ["MotionDiT", "motion_sequence_length"]
 
 
-def motion_sequence_length(cfg: CMDConfig, frames: int | None = None, height: int | None = None,
-                           width: int | None = None) -> tuple[int, int]:
+def motion_sequence_length(
+    cfg: CMDConfig, frames: int | None = None, height: int | None = None, width: int | None = None
+) -> tuple[int, int]:
     """``(motion tokens, content tokens)`` of the motion DiT for a ``frames x height x width`` input.
 
     ``(L/p) (H'/p) + (L/p) (W'/p)`` and ``(H/q) (W/q)`` (config sizes by default).
@@ -96,8 +97,15 @@ class MotionDiT(nn.Module, PretrainedMixin):
         """``(motion tokens, content tokens)`` for this input size (:func:`motion_sequence_length`)."""
         return motion_sequence_length(self.cfg, frames, height, width)
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, content: torch.Tensor, labels: torch.Tensor | None = None,
-                text: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        content: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         cfg = self.cfg
         check_tensor(content, "content", "(b, C, H, W)", sizes={"C": cfg.channels})
         b, _, height, width = content.shape
@@ -119,7 +127,8 @@ class MotionDiT(nn.Module, PretrainedMixin):
         parts = [
             self.motion_embed(z_x) + dit_positions(dim, lt, h // p, like=z) + self.type_embed[0],  # b n_x dim
             self.motion_embed(z_y) + dit_positions(dim, lt, w // p, like=z) + self.type_embed[1],  # b n_y dim
-            self.content_embed(content.to(z.dtype)) + dit_positions(dim, height // q, width // q, like=z)
+            self.content_embed(content.to(z.dtype))
+            + dit_positions(dim, height // q, width // q, like=z)
             + self.type_embed[2],  # b n_c dim
         ]
         n_x, n_y = parts[0].shape[1], parts[1].shape[1]

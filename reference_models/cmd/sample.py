@@ -114,6 +114,7 @@ def conditional_model_fn(
         return model(x, t, **kw) if content is None else model(x, t, content, **kw)
 
     if (labels is None and text is None) or guidance == 1.0:
+
         def plain(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             kw = {**_conditions(x.shape[0], labels, text, x.device), **extra}
             return call(x, t, **kw)
@@ -190,9 +191,18 @@ def sample_content(
     clip, clip_range = _clip(normalizer, cfg.channels in (1, 3) if clip_sample is None else clip_sample)
     with _in_eval(model):
         fn = conditional_model_fn(model, labels=labels, text=text, guidance=guidance)
-        x = sample_ddim(fn, shape, schedule_from_config(cfg), steps, generator=generator, device=device,
-                        clip_sample=clip, clip_range=clip_range, progress=progress,
-                        prediction_type=cfg.prediction_type)
+        x = sample_ddim(
+            fn,
+            shape,
+            schedule_from_config(cfg),
+            steps,
+            generator=generator,
+            device=device,
+            clip_sample=clip,
+            clip_range=clip_range,
+            progress=progress,
+            prediction_type=cfg.prediction_type,
+        )
     return x if normalizer is None else normalizer.denormalize(x)  # b C H W
 
 
@@ -225,11 +235,21 @@ def sample_motion(
     device = next(model.parameters()).device
     clip, clip_range = _clip(model.normalizer, True)
     with _in_eval(model):
-        fn = conditional_model_fn(model, labels=labels, text=text, guidance=guidance,
-                                  extra={"content": content.to(device)})
-        z = sample_ddim(fn, shape, schedule_from_config(cfg), steps, generator=generator, device=device,
-                        clip_sample=clip, clip_range=clip_range, progress=progress,
-                        prediction_type=cfg.prediction_type)
+        fn = conditional_model_fn(
+            model, labels=labels, text=text, guidance=guidance, extra={"content": content.to(device)}
+        )
+        z = sample_ddim(
+            fn,
+            shape,
+            schedule_from_config(cfg),
+            steps,
+            generator=generator,
+            device=device,
+            clip_sample=clip,
+            clip_range=clip_range,
+            progress=progress,
+            prediction_type=cfg.prediction_type,
+        )
     return model.normalizer.denormalize(z)  # b D L (h + w)
 
 
@@ -262,10 +282,28 @@ def sample_videos(
     """The full CMD sampler: content frame, then motion given it, then decode (section 3.2)."""
     cfg = motion_model.cfg
     check_compatible(autoencoder.cfg, cfg, "autoencoder", "motion model")
-    content = sample_content(content_model, cfg, labels=labels, text=text, batch=batch, steps=content_steps,
-                             guidance=guidance, generator=generator, progress=progress)  # b C H W
-    z = sample_motion(motion_model, content, labels=labels, text=text, frames=frames, steps=motion_steps,
-                      guidance=motion_guidance, generator=generator, progress=progress)  # b D L (h + w)
+    content = sample_content(
+        content_model,
+        cfg,
+        labels=labels,
+        text=text,
+        batch=batch,
+        steps=content_steps,
+        guidance=guidance,
+        generator=generator,
+        progress=progress,
+    )  # b C H W
+    z = sample_motion(
+        motion_model,
+        content,
+        labels=labels,
+        text=text,
+        frames=frames,
+        steps=motion_steps,
+        guidance=motion_guidance,
+        generator=generator,
+        progress=progress,
+    )  # b D L (h + w)
     with _in_eval(autoencoder):
         ae_device = next(autoencoder.parameters()).device
         z_x, z_y = unpack_motion(z.to(ae_device), cfg.height // cfg.ae_patch)
@@ -295,16 +333,22 @@ def load_image_codec(path: str | None, device: str | torch.device = "cpu") -> Im
     return ImageLatentCodec(AutoencoderKL.from_pretrained(str(root), **kwargs)).to(device)
 
 
-def load_autoencoder(checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True,
-                     with_codec: bool = True) -> tuple[CMDAutoencoder, Checkpoint]:
+def load_autoencoder(
+    checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True, with_codec: bool = True
+) -> tuple[CMDAutoencoder, Checkpoint]:
     """The autoencoder a ``--stage ae`` run saved (with its image codec when it used one).
 
     ``checkpoint``: the run (only the model or EMA tensors are read) or a ``save_pretrained``
     directory of a :class:`CMDAutoencoder` (whose exported run record names the codec, if any).
     """
     model, ckpt = load_model_from_checkpoint(
-        checkpoint, "cmd_ae", lambda d: CMDAutoencoder(CMDConfig.from_dict(d)), device=device, use_ema=use_ema,
-        pretrained=CMDAutoencoder)
+        checkpoint,
+        "cmd_ae",
+        lambda d: CMDAutoencoder(CMDConfig.from_dict(d)),
+        device=device,
+        use_ema=use_ema,
+        pretrained=CMDAutoencoder,
+    )
     if with_codec:
         model.set_image_codec(load_image_codec((ckpt.config.get("model") or {}).get("image_autoencoder"), device))
     return model, ckpt
@@ -320,8 +364,9 @@ def build_content_model(cfg: CMDConfig, record: dict | None) -> nn.Module:
     return build_native_content_model(cfg)
 
 
-def load_content_model(checkpoint: str | Path, *, device: str | torch.device = "cpu",
-                       use_ema: bool = True) -> tuple[nn.Module, Checkpoint, CMDConfig]:
+def load_content_model(
+    checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
+) -> tuple[nn.Module, Checkpoint, CMDConfig]:
     """The content model a ``--stage content`` run saved, and the config it was trained with.
 
     ``checkpoint``: the run (only the model or EMA tensors are read) or a ``save_pretrained``
@@ -330,28 +375,44 @@ def load_content_model(checkpoint: str | Path, *, device: str | torch.device = "
     _, config = read_checkpoint_config(checkpoint)
     record = (config.get("model") or {}).get("content_model")
     model, ckpt = load_model_from_checkpoint(
-        checkpoint, "cmd_content", lambda d: build_content_model(CMDConfig.from_dict(d), record),
-        device=device, use_ema=use_ema, pretrained=(ContentDiT, ContentUNet))
+        checkpoint,
+        "cmd_content",
+        lambda d: build_content_model(CMDConfig.from_dict(d), record),
+        device=device,
+        use_ema=use_ema,
+        pretrained=(ContentDiT, ContentUNet),
+    )
     return model, ckpt, CMDConfig.from_dict(ckpt.config["model"]["cmd_content"])
 
 
-def load_motion_model(checkpoint: str | Path, *, device: str | torch.device = "cpu",
-                      use_ema: bool = True) -> tuple[MotionDiT, Checkpoint]:
+def load_motion_model(
+    checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
+) -> tuple[MotionDiT, Checkpoint]:
     """The motion model a ``--stage motion`` run saved (its fitted normaliser included); ``checkpoint``
     may also be a ``save_pretrained`` directory of a :class:`MotionDiT`."""
     return load_model_from_checkpoint(
-        checkpoint, "cmd_motion", lambda d: MotionDiT(CMDConfig.from_dict(d)), device=device, use_ema=use_ema,
-        pretrained=MotionDiT)
+        checkpoint,
+        "cmd_motion",
+        lambda d: MotionDiT(CMDConfig.from_dict(d)),
+        device=device,
+        use_ema=use_ema,
+        pretrained=MotionDiT,
+    )
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reference_models.cmd.sample",
-                                description="Sample videos from CMD checkpoints (content, then motion, then decode).")
-    p.add_argument("--ae", required=True,
-                   help="autoencoder run (checkpoint, checkpoint dir or output dir) or save_pretrained directory")
+    p = argparse.ArgumentParser(
+        prog="python -m reference_models.cmd.sample",
+        description="Sample videos from CMD checkpoints (content, then motion, then decode).",
+    )
+    p.add_argument(
+        "--ae",
+        required=True,
+        help="autoencoder run (checkpoint, checkpoint dir or output dir) or save_pretrained directory",
+    )
     p.add_argument("--content", required=True, help="content-frame model run or save_pretrained directory")
     p.add_argument("--motion", required=True, help="motion model run or save_pretrained directory")
     p.add_argument("--labels", default=None, help="comma-separated class labels, e.g. 0,1,2")
@@ -368,9 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Run the CLI; returns the files written."""
     args = build_parser().parse_args(argv)
-    for flag, path, key, expected in (("--ae", args.ae, "cmd_ae", "a CMD autoencoder"),
-                                      ("--content", args.content, "cmd_content", "a CMD content-model"),
-                                      ("--motion", args.motion, "cmd_motion", "a CMD motion-model")):
+    for flag, path, key, expected in (
+        ("--ae", args.ae, "cmd_ae", "a CMD autoencoder"),
+        ("--content", args.content, "cmd_content", "a CMD content-model"),
+        ("--motion", args.motion, "cmd_motion", "a CMD motion-model"),
+    ):
         try:
             check_checkpoint_kind(path, key, expected)
         except (FileNotFoundError, ValueError) as error:
@@ -382,11 +445,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         def load_ae(checkpoint: str | Path, use_ema: bool) -> tuple[CMDAutoencoder, Checkpoint]:
             return load_autoencoder(checkpoint, use_ema=use_ema, with_codec=False)  # the codec is not stored
 
-        paths = [export_pretrained(source, root / name, load, use_ema=use_ema)
-                 for source, name, load in ((args.ae, "ae", load_ae), (args.content, "content", load_content_model),
-                                            (args.motion, "motion", load_motion_model))]
-        print(f"wrote {', '.join(f'{p}/' for p in paths)}; sample with: python -m reference_models.cmd.sample "
-              f"--ae {paths[0]} --content {paths[1]} --motion {paths[2]}")
+        paths = [
+            export_pretrained(source, root / name, load, use_ema=use_ema)
+            for source, name, load in (
+                (args.ae, "ae", load_ae),
+                (args.content, "content", load_content_model),
+                (args.motion, "motion", load_motion_model),
+            )
+        ]
+        print(
+            f"wrote {', '.join(f'{p}/' for p in paths)}; sample with: python -m reference_models.cmd.sample "
+            f"--ae {paths[0]} --content {paths[1]} --motion {paths[2]}"
+        )
         return paths
     device = resolve_device(args.device)
     autoencoder, _ = load_autoencoder(args.ae, device=device, use_ema=use_ema)
@@ -401,9 +471,18 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     else:
         batch = args.num_samples
     generator = torch.Generator().manual_seed(args.seed)
-    result = sample_videos(autoencoder, content_model, motion_model, labels=labels, batch=batch,
-                           content_steps=args.content_steps, motion_steps=args.motion_steps,
-                           guidance=args.guidance, motion_guidance=args.motion_guidance, generator=generator)
+    result = sample_videos(
+        autoencoder,
+        content_model,
+        motion_model,
+        labels=labels,
+        batch=batch,
+        content_steps=args.content_steps,
+        motion_steps=args.motion_steps,
+        guidance=args.guidance,
+        motion_guidance=args.motion_guidance,
+        generator=generator,
+    )
     out = Path(args.out)
     names = [f"label {int(y)}" for y in labels] if labels is not None else [f"sample {i}" for i in range(batch)]
     paths = write_samples(result.video.float().cpu(), out, stem="cmd", fps=args.fps, captions=names)

@@ -94,18 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", required=True, choices=STAGES)
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="stage ae (the others take the AE's config)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a CMDConfig field (JSON value), e.g. --set motion_depth=6")
+    g.add_argument(
+        "--preset", default="tiny", choices=sorted(PRESETS), help="stage ae (the others take the AE's config)"
+    )
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a CMDConfig field (JSON value), e.g. --set motion_depth=6",
+    )
     g.add_argument("--motion-dit", default=None, choices=["S", "B", "L", "XL"], help="DiT size of the motion model")
     g.add_argument("--content-dit", default=None, choices=["S", "B", "L", "XL"], help="DiT size of the content model")
     g.add_argument("--content-patch", type=int, default=None, help="content-frame patch of the motion model (Table 4c)")
     g.add_argument("--ae", default=None, help="stages content/motion: the trained autoencoder (run dir or checkpoint)")
-    g.add_argument("--image-ae", default=None,
-                   help="stage ae: directory of a diffusers AutoencoderKL (e.g. SD's vae/) to work on its latents")
-    g.add_argument("--diffusers-content", default=None,
-                   help="stage content: directory of a pretrained diffusers UNet2DModel / UNet2DConditionModel / "
-                        "DiTTransformer2DModel to fine-tune as the content model")
+    g.add_argument(
+        "--image-ae",
+        default=None,
+        help="stage ae: directory of a diffusers AutoencoderKL (e.g. SD's vae/) to work on its latents",
+    )
+    g.add_argument(
+        "--diffusers-content",
+        default=None,
+        help="stage content: directory of a pretrained diffusers UNet2DModel / UNet2DConditionModel / "
+        "DiTTransformer2DModel to fine-tune as the content model",
+    )
     g = p.add_argument_group("data (default: built-in moving shapes)")
     g.add_argument("--data", default=None, help="directory of videos (class = sub-folder)")
     g.add_argument("--num-videos", type=int, default=2048, help="moving shapes: number of clips")
@@ -149,7 +163,9 @@ def codec_factor(codec: ImageLatentCodec | None, channels: int) -> int:
     device = next(codec.vae.parameters()).device
     probe = codec.encode(torch.zeros(1, 3, 1, 64, 64, device=device))
     if probe.shape[1] != channels:
-        raise ValueError(f"the image autoencoder gives {probe.shape[1]}-channel latents, the config has channels={channels}")
+        raise ValueError(
+            f"the image autoencoder gives {probe.shape[1]}-channel latents, the config has channels={channels}"
+        )
     return 64 // probe.shape[-1]
 
 
@@ -160,8 +176,9 @@ def build_dataset(args: argparse.Namespace, cfg: CMDConfig, factor: int = 1) -> 
         raise ValueError(f"config channels={cfg.channels} is a latent space: pass --image-ae to train on pixels")
     size = dict(frames=cfg.frames, height=cfg.height * factor, width=cfg.width * factor, channels=pixel_channels)
     if args.data is None:
-        return MovingShapes(args.num_videos, **size, seed=args.seed, max_shapes=args.max_shapes,
-                            size_range=SHAPES["size_range"])
+        return MovingShapes(
+            args.num_videos, **size, seed=args.seed, max_shapes=args.max_shapes, size_range=SHAPES["size_range"]
+        )
     return VideoFolder(args.data, **size, seed=args.seed)
 
 
@@ -186,8 +203,9 @@ class LatentClips(Dataset):
 
 
 @torch.no_grad()
-def encode_clips(autoencoder: CMDAutoencoder, dataset: Dataset, batch_size: int = 32,
-                 device: torch.device | str = "cpu") -> LatentClips:
+def encode_clips(
+    autoencoder: CMDAutoencoder, dataset: Dataset, batch_size: int = 32, device: torch.device | str = "cpu"
+) -> LatentClips:
     """Encode every clip of ``dataset`` once with the frozen autoencoder (through its image codec)."""
     autoencoder.eval()
     parts: dict[str, list[torch.Tensor]] = {"content": [], "z_x": [], "z_y": [], "label": []}
@@ -225,8 +243,15 @@ def ae_loss(model: nn.Module, batch: dict, *, codec: ImageLatentCodec | None = N
     return (reconstruction - x).pow(2).mean()
 
 
-def content_loss(model: nn.Module, batch: dict, generator: torch.Generator | None = None, *, cfg: CMDConfig,
-                 schedule: NoiseSchedule, autoencoder: CMDAutoencoder | None = None) -> torch.Tensor:
+def content_loss(
+    model: nn.Module,
+    batch: dict,
+    generator: torch.Generator | None = None,
+    *,
+    cfg: CMDConfig,
+    schedule: NoiseSchedule,
+    autoencoder: CMDAutoencoder | None = None,
+) -> torch.Tensor:
     """Eq. 7: ``||eps - eps_theta_I(x_bar_t, c, t)||^2`` on (normalised) content frames, with condition dropout."""
     content, _, _ = _latents(batch, autoencoder)
     labels = _labels(batch, cfg)
@@ -239,8 +264,15 @@ def content_loss(model: nn.Module, batch: dict, generator: torch.Generator | Non
     return diffusion_loss(model_fn, x0, schedule, generator=generator, prediction_type=cfg.prediction_type)
 
 
-def motion_loss(model: nn.Module, batch: dict, generator: torch.Generator | None = None, *, cfg: CMDConfig,
-                schedule: NoiseSchedule, autoencoder: CMDAutoencoder | None = None) -> torch.Tensor:
+def motion_loss(
+    model: nn.Module,
+    batch: dict,
+    generator: torch.Generator | None = None,
+    *,
+    cfg: CMDConfig,
+    schedule: NoiseSchedule,
+    autoencoder: CMDAutoencoder | None = None,
+) -> torch.Tensor:
     """Eq. 8: ``||eps - eps_theta_M(z_t, c, x_bar, t)||^2`` on normalised packed motion latents."""
     content, z_x, z_y = _latents(batch, autoencoder)
     z0 = unwrap_model(model).normalizer.normalize(pack_motion(z_x, z_y))  # b D L (h + w)
@@ -267,8 +299,15 @@ def _class_labels(cfg: CMDConfig, k: int) -> torch.Tensor | None:
     return torch.arange(cfg.num_classes if cfg.num_classes <= 10 else k)
 
 
-def make_sample_fn(stage: str, cfg: CMDConfig, dataset: Dataset, *, codec: ImageLatentCodec | None,
-                   autoencoder: CMDAutoencoder | None, args: argparse.Namespace):
+def make_sample_fn(
+    stage: str,
+    cfg: CMDConfig,
+    dataset: Dataset,
+    *,
+    codec: ImageLatentCodec | None,
+    autoencoder: CMDAutoencoder | None,
+    args: argparse.Namespace,
+):
     """``sample_fn(ema_model, step, out_dir)`` writing what the stage has learned:
     ``ae``: held-out clips over their reconstructions; ``content``: content frames per class
     (guided DDIM); ``motion``: held-out clips over the videos decoded from motion sampled for
@@ -284,12 +323,24 @@ def make_sample_fn(stage: str, cfg: CMDConfig, dataset: Dataset, *, codec: Image
             recon = model(x)[0]
             pixels = recon if codec is None else codec.decode(recon)
             both = torch.cat([clips, pixels.cpu()])
-            return write_samples(both.clamp(-1, 1), out_dir, stem=f"step{step:06d}_ae", fps=8.0,
-                                 captions=["real"] * len(clips) + ["reconstruction"] * len(clips))
+            return write_samples(
+                both.clamp(-1, 1),
+                out_dir,
+                stem=f"step{step:06d}_ae",
+                fps=8.0,
+                captions=["real"] * len(clips) + ["reconstruction"] * len(clips),
+            )
         labels = _class_labels(cfg, args.num_samples)
         if stage == "content":
-            frames = sample_content(model, cfg, labels=labels, batch=None if labels is not None else args.num_samples,
-                                    steps=args.sample_steps or 50, guidance=args.guidance, generator=generator)
+            frames = sample_content(
+                model,
+                cfg,
+                labels=labels,
+                batch=None if labels is not None else args.num_samples,
+                steps=args.sample_steps or 50,
+                guidance=args.guidance,
+                generator=generator,
+            )
             pixels = frames if codec is None else codec.decode(frames[:, :, None])[:, :, 0]
             grid = rearrange(pixels.cpu().clamp(-1, 1), "b c h w -> c b h w")
             return [save_frame_grid(out_dir / f"step{step:06d}_content_grid.png", grid)]
@@ -300,8 +351,13 @@ def make_sample_fn(stage: str, cfg: CMDConfig, dataset: Dataset, *, codec: Image
         video = autoencoder.decode_motion(latents.content, z.to(device))
         pixels = autoencoder.to_pixels(video).cpu().clamp(-1, 1)
         both = torch.cat([clips, pixels])
-        return write_samples(both, out_dir, stem=f"step{step:06d}_motion", fps=8.0,
-                             captions=["real"] * len(clips) + ["motion sampled for the real content frame"] * len(clips))
+        return write_samples(
+            both,
+            out_dir,
+            stem=f"step{step:06d}_motion",
+            fps=8.0,
+            captions=["real"] * len(clips) + ["motion sampled for the real content frame"] * len(clips),
+        )
 
     return sample_fn
 
@@ -364,8 +420,13 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
     else:
         train_data = dataset if args.no_cache else encode_clips(autoencoder, dataset, device=info.device)
         # The first clips (the same on every rank) fit the target's normaliser; a resume reloads it.
-        first = train_data if not args.no_cache else encode_clips(
-            autoencoder, torch.utils.data.Subset(dataset, range(min(512, len(dataset)))), device=info.device)
+        first = (
+            train_data
+            if not args.no_cache
+            else encode_clips(
+                autoencoder, torch.utils.data.Subset(dataset, range(min(512, len(dataset)))), device=info.device
+            )
+        )
         if stage == "content":
             model, record = _content_model(args, cfg)
             target = first.content[:512]
@@ -375,17 +436,21 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
             target = pack_motion(first.z_x[:512], first.z_y[:512])
             stage_loss = motion_loss
         norm = model.normalizer.fit(target.to(next(model.parameters()).device))
-        say(f"{stage} target normalised: shift {[round(v, 3) for v in norm.shift.tolist()]}, "
-            f"scale {float(norm.scale):.3f}, bound {float(norm.bound):.2f}")
+        say(
+            f"{stage} target normalised: shift {[round(v, 3) for v in norm.shift.tolist()]}, "
+            f"scale {float(norm.scale):.3f}, bound {float(norm.bound):.2f}"
+        )
 
         def loss_fn(m: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
             return stage_loss(m, batch, generator, cfg=cfg, schedule=schedule, autoencoder=autoencoder)
 
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"CMD stage {stage!r}: {type(model).__name__} {params / 1e6:.2f} M trainable parameters; clips of "
+    say(
+        f"CMD stage {stage!r}: {type(model).__name__} {params / 1e6:.2f} M trainable parameters; clips of "
         f"{cfg.frames} frames {cfg.channels}x{cfg.height}x{cfg.width}"
         f"{f' (image latents, 1/{factor})' if factor > 1 else ''}; {len(dataset)} clips; device {info.device}, "
-        f"{info.world_size} process(es)")
+        f"{info.world_size} process(es)"
+    )
     sample_fn = make_sample_fn(stage, cfg, dataset, codec=codec, autoencoder=autoencoder, args=args)
     config_dict = {
         f"cmd_{stage}": cfg.to_dict(),
@@ -402,16 +467,27 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
         from reference_models.common.checkpoint import read_checkpoint_config
 
         config_dict["image_autoencoder"] = (read_checkpoint_config(args.ae)[1].get("model") or {}).get(
-            "image_autoencoder")
+            "image_autoencoder"
+        )
     train_data = dataset if stage == "ae" else train_data
 
     def preflight(m: nn.Module, item: dict) -> None:
         if "video" in item:
             unwrap_model(autoencoder or m).check_input(
-                (codec.encode(item["video"][None].to(info.device)) if codec is not None else item["video"]).shape)
+                (codec.encode(item["video"][None].to(info.device)) if codec is not None else item["video"]).shape
+            )
 
-    return train(tcfg, model, loss_fn, train_data, sample_fn=sample_fn, config_dict=config_dict,
-                 resume=args.resume, dist_info=info, preflight=preflight)
+    return train(
+        tcfg,
+        model,
+        loss_fn,
+        train_data,
+        sample_fn=sample_fn,
+        config_dict=config_dict,
+        resume=args.resume,
+        dist_info=info,
+        preflight=preflight,
+    )
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:

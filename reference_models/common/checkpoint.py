@@ -165,9 +165,7 @@ def encode_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any
         items = []
         for k, v in obj.items():
             if isinstance(k, bool) or not isinstance(k, (str, int)):
-                raise CheckpointError(
-                    f"cannot store dict key {k!r} at {prefix!r} (need str or int)"
-                )
+                raise CheckpointError(f"cannot store dict key {k!r} at {prefix!r} (need str or int)")
             items.append([k, encode_state(v, f"{prefix}.{k}", tensors)])
         return {"__dict__": items}
     raise CheckpointError(
@@ -251,18 +249,14 @@ def _byte_tensor(text: str) -> torch.Tensor:
     return torch.tensor(list(_unb64(text)), dtype=torch.uint8)
 
 
-def restore_rng_state(
-    state: Mapping, generators: Mapping[str, torch.Generator] | None = None
-) -> None:
+def restore_rng_state(state: Mapping, generators: Mapping[str, torch.Generator] | None = None) -> None:
     """Set every RNG from ``capture_rng_state``'s output (and the named ``generators``)."""
     py = state["python"]
     internal = tuple(int(v) for v in np.frombuffer(_unb64(py["state"]), dtype=np.uint32))
     random.setstate((py["version"], internal, py["gauss_next"]))
     npst = state["numpy"]
     key = np.frombuffer(_unb64(npst["key"]), dtype=np.uint32).copy()
-    np.random.set_state(
-        (npst["name"], key, npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
-    )
+    np.random.set_state((npst["name"], key, npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
     torch.set_rng_state(_byte_tensor(state["torch"]))
     if state.get("cuda") and torch.cuda.is_available():
         cuda_states = [_byte_tensor(s) for s in state["cuda"]]
@@ -382,9 +376,7 @@ def verify_checkpoint(path: str | os.PathLike, *, check_hash: bool = True) -> di
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path} has format version {manifest.get('version')}, this code reads {VERSION}"
-        )
+        raise CheckpointError(f"{path} has format version {manifest.get('version')}, this code reads {VERSION}")
     missing = [k for k in ("step", "tensors_file", "tensors_sha256", "state") if k not in manifest]
     if missing:
         raise CheckpointError(f"{path} lacks the field(s) {', '.join(missing)}")
@@ -395,9 +387,7 @@ def verify_checkpoint(path: str | os.PathLike, *, check_hash: bool = True) -> di
     if not tensor_path.is_file():
         raise CheckpointError(f"{path} refers to {name}, which does not exist")
     if check_hash and _sha256(tensor_path) != manifest["tensors_sha256"]:
-        raise CheckpointError(
-            f"{tensor_path} does not match the SHA-256 recorded in {path} (truncated or corrupted)"
-        )
+        raise CheckpointError(f"{tensor_path} does not match the SHA-256 recorded in {path} (truncated or corrupted)")
     return manifest
 
 
@@ -427,12 +417,10 @@ def find_resumable_checkpoint(directory: str | os.PathLike) -> tuple[Path | None
         order.remove(directory / hint)
         order.insert(0, directory / hint)
     elif manifests and pointer.exists():
-        what = ("is empty or unreadable" if hint is None
-                else f"names {hint!r}, not a checkpoint there")
+        what = "is empty or unreadable" if hint is None else f"names {hint!r}, not a checkpoint there"
         notes.append(f"{pointer} {what}; ignoring it")
     elif manifests:
-        notes.append(f"{directory} has no '{LATEST}' pointer; taking the newest checkpoint that "
-                     "verifies")
+        notes.append(f"{directory} has no '{LATEST}' pointer; taking the newest checkpoint that verifies")
     problems: list[str] = []
     for path in order:
         try:
@@ -567,9 +555,7 @@ def save_checkpoint(
         )
     }
     if no_tensors:
-        raise CheckpointError(
-            f"data_state/rng_state/config/extra must not hold tensors, found {sorted(no_tensors)}"
-        )
+        raise CheckpointError(f"data_state/rng_state/config/extra must not hold tensors, found {sorted(no_tensors)}")
 
     tmp = directory / f".tmp-{uuid.uuid4().hex}.safetensors"
     created: Path | None = None
@@ -615,9 +601,7 @@ def _read_manifest(path: Path, verify: bool) -> tuple[dict, dict[str, torch.Tens
     try:
         tensors = safetensors.torch.load_file(str(tensor_path), device="cpu")
     except Exception as err:  # safetensors raises its own error type for a damaged file
-        raise CheckpointError(
-            f"cannot read the tensors of {path} from {tensor_path}: {err}"
-        ) from err
+        raise CheckpointError(f"cannot read the tensors of {path} from {tensor_path}: {err}") from err
     return manifest, tensors
 
 
@@ -626,8 +610,9 @@ def _shown(items: list[str], limit: int) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any], *, strict: bool = True,
-                   limit: int = 4) -> str | None:
+def state_mismatch(
+    expected: Mapping[str, Any], found: Mapping[str, Any], *, strict: bool = True, limit: int = 4
+) -> str | None:
     """A short account of why ``found`` (a checkpoint's state dict) does not fit ``expected`` (the
     model's): counts and the first ``limit`` missing, unexpected and mis-shaped entries; ``None``
     when it fits. ``strict=False`` only looks at shapes, as ``load_state_dict`` does."""
@@ -636,7 +621,9 @@ def state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any], *, str
     misshaped = [
         f"{k} {tuple(found[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
         for k, v in expected.items()
-        if k in found and isinstance(v, torch.Tensor) and isinstance(found[k], torch.Tensor)
+        if k in found
+        and isinstance(v, torch.Tensor)
+        and isinstance(found[k], torch.Tensor)
         and found[k].shape != v.shape
     ]
     parts = [
@@ -651,8 +638,7 @@ def state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any], *, str
     return "; ".join(parts) or None
 
 
-def _load_model_state(model: nn.Module, weights: Mapping[str, Any], strict: bool,
-                      source: Path) -> None:
+def _load_model_state(model: nn.Module, weights: Mapping[str, Any], strict: bool, source: Path) -> None:
     """``load_state_dict``, after checking that the weights fit (a short error, not torch's list
     of every key)."""
     target = unwrap_model(model)

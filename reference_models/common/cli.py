@@ -64,12 +64,17 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, out: str = "sampl
     """
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=device, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--no-ema", action="store_true",
-                        help="use the trained weights, not the EMA (training checkpoints only)")
+    parser.add_argument(
+        "--no-ema", action="store_true", help="use the trained weights, not the EMA (training checkpoints only)"
+    )
     parser.add_argument("--out", default=out, help="output directory")
-    parser.add_argument("--export-pretrained", metavar="DIR", default=None,
-                        help="write the model(s) as save_pretrained directories (config.json + model.safetensors, "
-                             "EMA weights unless --no-ema) under DIR and exit without sampling")
+    parser.add_argument(
+        "--export-pretrained",
+        metavar="DIR",
+        default=None,
+        help="write the model(s) as save_pretrained directories (config.json + model.safetensors, "
+        "EMA weights unless --no-ema) under DIR and exit without sampling",
+    )
 
 
 def _rate(text: str) -> float:
@@ -160,13 +165,25 @@ def train_config_from_args(args: argparse.Namespace, *, out_dir: Any = None) -> 
 
     steps = args.steps
     ema = args.ema_decay if args.ema_decay is not None else min(0.9999, max(0.0, 1.0 - 10.0 / steps))
-    optional = {name: getattr(args, name) for name in ("cosine", "grad_clip", "grad_checkpointing") if hasattr(args, name)}
+    optional = {
+        name: getattr(args, name) for name in ("cosine", "grad_clip", "grad_checkpointing") if hasattr(args, name)
+    }
     return TrainConfig(
-        steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(args.warmup_steps, steps),
-        ema_decay=ema, precision=args.precision, log_every=min(args.log_every, steps),
-        sample_every=steps if args.sample_every is None else args.sample_every, ckpt_every=args.ckpt_every,
-        out_dir=out, seed=args.seed, num_workers=args.num_workers,
-        device=args.device, progress=not args.no_progress, **optional,
+        steps=steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=min(args.warmup_steps, steps),
+        ema_decay=ema,
+        precision=args.precision,
+        log_every=min(args.log_every, steps),
+        sample_every=steps if args.sample_every is None else args.sample_every,
+        ckpt_every=args.ckpt_every,
+        out_dir=out,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.no_progress,
+        **optional,
     )
 
 
@@ -179,7 +196,8 @@ def run_summary(state: Any, seconds: float, prefix: str = "") -> list[str]:
     losses = [row["loss"] for row in state.history if "loss" in row and math.isfinite(row["loss"])]
     lines = []
     if losses:
-        lines.append(f"{prefix}loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over "
-                     f"{state.step} steps; {seconds:.0f} s")
+        lines.append(
+            f"{prefix}loss {losses[0]:.4f} (first log) -> {losses[-1]:.4f} (last log) over "
+            f"{state.step} steps; {seconds:.0f} s"
+        )
     return lines + [f"checkpoint: {state.last_checkpoint}"]
-

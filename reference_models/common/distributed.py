@@ -143,9 +143,7 @@ def wrap_model(model: nn.Module, info: DistInfo, **ddp_kwargs) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
 
 
-def make_sampler(
-    dataset: Dataset, info: DistInfo, *, seed: int, shuffle: bool = True
-) -> DistributedSampler:
+def make_sampler(dataset: Dataset, info: DistInfo, *, seed: int, shuffle: bool = True) -> DistributedSampler:
     """A ``DistributedSampler`` giving rank ``r`` the items ``perm[r::world_size]`` of one seeded
     permutation per epoch (call ``set_epoch``). Also used with one process, so the order of the
     samples in a global batch does not depend on the number of processes."""
@@ -202,10 +200,7 @@ def all_gather_strings(text: str, info: DistInfo) -> list[str]:
     padded[: data.numel()] = data
     chunks = [torch.zeros_like(padded) for _ in range(info.world_size)]
     dist.all_gather(chunks, padded)
-    return [
-        bytes(chunk[: int(n.item())].cpu().tolist()).decode("utf-8")
-        for chunk, n in zip(chunks, lengths)
-    ]
+    return [bytes(chunk[: int(n.item())].cpu().tolist()).decode("utf-8") for chunk, n in zip(chunks, lengths)]
 
 
 def cleanup() -> None:

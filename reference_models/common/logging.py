@@ -40,9 +40,7 @@ def _tensorboard_writer(log_dir: Path, required: bool) -> Any | None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:  # torch's wrapper needs the separate `tensorboard` package
         if required:
-            raise ImportError(
-                "tensorboard=True needs the `tensorboard` package (pip install tensorboard)"
-            ) from err
+            raise ImportError("tensorboard=True needs the `tensorboard` package (pip install tensorboard)") from err
         return None
     return SummaryWriter(log_dir=str(log_dir))
 

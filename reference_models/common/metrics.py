@@ -253,9 +253,7 @@ def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
     return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
 
 
-def frechet_distance(
-    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
-) -> float:
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
     """Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (FID / FVD).
 
     ``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2})`` with
@@ -374,7 +372,9 @@ def i3d_features(
             out = detector(x, **kwargs)
             if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != chunk.shape[0]:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"expected the detector to return features of shape (b, d) with b={chunk.shape[0]}, got {got}")
+                raise ValueError(
+                    f"expected the detector to return features of shape (b, d) with b={chunk.shape[0]}, got {got}"
+                )
             features.append(out.double().cpu())
     if not features:
         raise ValueError("expected at least one video to extract features from")
@@ -392,4 +392,6 @@ def fvd(
     :func:`i3d_features` of both sets (``kwargs`` go there), then :func:`frechet_distance_from_features`.
     Papers use 256 or more videos per set; the estimate is biased upward for small sets.
     """
-    return frechet_distance_from_features(i3d_features(detector, real, **kwargs), i3d_features(detector, fake, **kwargs))
+    return frechet_distance_from_features(
+        i3d_features(detector, real, **kwargs), i3d_features(detector, fake, **kwargs)
+    )

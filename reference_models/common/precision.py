@@ -41,9 +41,7 @@ def check_precision(precision: str, device: torch.device | str) -> str:
             f"{device}; use 'bf16' or 'fp32' on {device.type}"
         )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(
-            "precision 'bf16' is not supported by this GPU; use 'fp16' (with loss scaling) or 'fp32'"
-        )
+        raise ValueError("precision 'bf16' is not supported by this GPU; use 'fp16' (with loss scaling) or 'fp32'")
     return precision
 
 

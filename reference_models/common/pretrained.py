@@ -48,13 +48,12 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import safetensors
 import safetensors.torch
 import torch
 from torch import nn
-from typing_extensions import Self
 
 from .checkpoint import (
     Checkpoint,
@@ -95,6 +94,7 @@ WEIGHTS_NAME = "model.safetensors"
 _TEMP_RE = re.compile(r"^\.tmp-(config\.json|model\.safetensors)-[A-Za-z0-9_]+$")
 _REQUIRED = ("model_class", "kind", "config_class", "config", "weights_file")
 
+
 class PretrainedError(CheckpointError):
     """A pretrained directory is missing, malformed, or holds another model than the one asked for."""
 
@@ -130,8 +130,10 @@ def read_pretrained_config(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_dir():
         hint = ""
         if not path.exists() and not path.is_absolute() and len(path.parts) == 2:
-            hint = (" (a Hub repository id? download it first: "
-                    "huggingface_hub.snapshot_download(repo_id) returns a local directory)")
+            hint = (
+                " (a Hub repository id? download it first: "
+                "huggingface_hub.snapshot_download(repo_id) returns a local directory)"
+            )
         raise PretrainedError(f"pretrained directory {path} does not exist or is not a directory{hint}")
     config_path = path / CONFIG_NAME
     if not config_path.is_file():
@@ -229,8 +231,10 @@ def _declared(cls: type) -> type:
         raise TypeError(f"PretrainedMixin is for nn.Module subclasses, not {cls.__name__}")
     kind, config_class = getattr(cls, "pretrained_kind", None), getattr(cls, "config_class", None)
     if not isinstance(kind, str) or not (isinstance(config_class, type) and issubclass(config_class, ConfigBase)):
-        raise TypeError(f"{cls.__name__} must set the class attributes pretrained_kind (str) and config_class "
-                        "(a ConfigBase dataclass) to be saved and loaded as a pretrained directory")
+        raise TypeError(
+            f"{cls.__name__} must set the class attributes pretrained_kind (str) and config_class "
+            "(a ConfigBase dataclass) to be saved and loaded as a pretrained directory"
+        )
     return cls
 
 
@@ -283,9 +287,7 @@ class PretrainedMixin:
         try:
             json.dumps(info, allow_nan=False)
         except (TypeError, ValueError) as err:
-            raise TypeError(
-                f"config and metadata must be plain JSON (numbers, strings, lists, dicts): {err}"
-            ) from err
+            raise TypeError(f"config and metadata must be plain JSON (numbers, strings, lists, dicts): {err}") from err
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -388,8 +390,13 @@ class PretrainedMixin:
         repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, metadata=metadata)
-            return api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), repo_type="model", folder_path=tmp,
-                                     commit_message=commit_message, revision=revision)
+            return api.upload_folder(
+                repo_id=getattr(repo, "repo_id", repo_id),
+                repo_type="model",
+                folder_path=tmp,
+                commit_message=commit_message,
+                revision=revision,
+            )
 
 
 # --------------------------------------------------------------------------- loaders and export
@@ -440,8 +447,14 @@ def pretrained_checkpoint(
         )
     model = load_pretrained(directory, classes, device=device)
     step = (info.get("metadata") or {}).get("step", 0)
-    ckpt = Checkpoint(path=directory, step=int(step) if isinstance(step, int) else 0, data_state=None,
-                      rng_state=None, config=pretrained_run_config(info), extra=None)
+    ckpt = Checkpoint(
+        path=directory,
+        step=int(step) if isinstance(step, int) else 0,
+        data_state=None,
+        rng_state=None,
+        config=pretrained_run_config(info),
+        extra=None,
+    )
     return model, ckpt
 
 

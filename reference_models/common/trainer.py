@@ -164,17 +164,11 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"expected TrainConfig.ema_decay in [0, 1], got {self.ema_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(
-                f"expected TrainConfig.min_lr_ratio in [0, 1], got {self.min_lr_ratio}"
-            )
+            raise ValueError(f"expected TrainConfig.min_lr_ratio in [0, 1], got {self.min_lr_ratio}")
         if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"expected TrainConfig.precision in {PRECISIONS}, got {self.precision!r}"
-            )
+            raise ValueError(f"expected TrainConfig.precision in {PRECISIONS}, got {self.precision!r}")
         if self.nonfinite not in ("stop", "skip"):
-            raise ValueError(
-                f"expected TrainConfig.nonfinite to be 'stop' or 'skip', got {self.nonfinite!r}"
-            )
+            raise ValueError(f"expected TrainConfig.nonfinite to be 'stop' or 'skip', got {self.nonfinite!r}")
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"expected TrainConfig.keep_last >= 1 or None, got {self.keep_last}")
 
@@ -297,8 +291,7 @@ def enable_grad_checkpointing(model: nn.Module, enabled: bool = True) -> bool:
         model.enable_gradient_checkpointing()
         return True
     warnings.warn(
-        f"grad_checkpointing=True but {type(model).__name__} has no set_grad_checkpointing(); "
-        "training without it",
+        f"grad_checkpointing=True but {type(model).__name__} has no set_grad_checkpointing(); training without it",
         stacklevel=2,
     )
     return False
@@ -388,9 +381,7 @@ def _check_loss(loss: object) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"expected loss_fn to return a scalar tensor, got {type(loss).__name__}")
     if loss.numel() != 1:
-        raise ValueError(
-            f"expected loss_fn to return a scalar tensor, got shape {tuple(loss.shape)}"
-        )
+        raise ValueError(f"expected loss_fn to return a scalar tensor, got shape {tuple(loss.shape)}")
     if not loss.requires_grad:
         raise ValueError("the loss does not require grad: is the model's output detached?")
     return loss.reshape(())
@@ -404,18 +395,16 @@ class _StepResult:
     skipped: bool
 
 
-def _skip_or_stop(what: str, value: float, lr: float, state: TrainState, cfg: TrainConfig,
-                  logger: MetricsLogger) -> _StepResult:
+def _skip_or_stop(
+    what: str, value: float, lr: float, state: TrainState, cfg: TrainConfig, logger: MetricsLogger
+) -> _StepResult:
     """Apply ``cfg.nonfinite`` to a bad step (identically on every rank)."""
     step = state.step + 1
     if cfg.nonfinite == "stop":
         raise NonFiniteLossError(step, what, value, state.last_checkpoint)
     state.scheduler.step()
     state.skipped_steps += 1
-    logger.warning(
-        f"step {step}: non-finite {what} ({value}); update skipped "
-        f"({state.skipped_steps} skipped so far)"
-    )
+    logger.warning(f"step {step}: non-finite {what} ({value}); update skipped ({state.skipped_steps} skipped so far)")
     return _StepResult(loss=value, grad_norm=float("nan"), lr=lr, skipped=True)
 
 
@@ -533,7 +522,10 @@ def _isolated_rng(device: torch.device) -> Iterator[None]:
 
 
 def run_sampling(
-    sample_fn: SampleFn, state: TrainState, cfg: TrainConfig, info: DistInfo,
+    sample_fn: SampleFn,
+    state: TrainState,
+    cfg: TrainConfig,
+    info: DistInfo,
     logger: MetricsLogger,
 ) -> list[Path]:
     """Call ``sample_fn(ema_model, step, out_dir/samples)`` on rank 0; the others wait."""
@@ -570,8 +562,7 @@ class _Meter:
 
     def row(self, state: TrainState, info: DistInfo) -> dict[str, float]:
         totals = all_reduce_sum(
-            torch.tensor([self.loss_sum, float(self.updates)], dtype=torch.float64,
-                         device=info.device),
+            torch.tensor([self.loss_sum, float(self.updates)], dtype=torch.float64, device=info.device),
             info,
         ).tolist()
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -587,8 +578,9 @@ class _Meter:
 # --------------------------------------------------------------------------- resume
 
 
-def _restore_data_position(data_state: Mapping, cfg: TrainConfig, info: DistInfo,
-                           dataset_len: int, notes: list[str]) -> tuple[int, int]:
+def _restore_data_position(
+    data_state: Mapping, cfg: TrainConfig, info: DistInfo, dataset_len: int, notes: list[str]
+) -> tuple[int, int]:
     """Map the saved (epoch, batches consumed) onto this run's batch size and process count."""
     epoch, done = int(data_state["epoch"]), int(data_state["batches_done"])
     if data_state["dataset_len"] != dataset_len or data_state["seed"] != cfg.seed:
@@ -727,12 +719,18 @@ def resume_training(
     stored = stored.get("model") if isinstance(stored, dict) else None
     differences = (
         _config_differences(stored, config_dict)
-        if isinstance(stored, Mapping) and stored and config_dict is not None else []
+        if isinstance(stored, Mapping) and stored and config_dict is not None
+        else []
     )
     try:
         ckpt = load_checkpoint(
-            path, model=state.model, ema=state.ema, optimizer=state.optimizer,
-            scheduler=state.scheduler, scaler=state.scaler, verify=False,
+            path,
+            model=state.model,
+            ema=state.ema,
+            optimizer=state.optimizer,
+            scheduler=state.scheduler,
+            scaler=state.scaler,
+            verify=False,
         )
     except StateDictMismatchError as err:
         if differences:
@@ -744,23 +742,21 @@ def resume_training(
             ) from None
         raise StateDictMismatchError(f"cannot resume from {path}: {err}", err.summary) from None
     if differences:
-        shown = differences[:12] + ([f"... ({len(differences) - 12} more)"]
-                                    if len(differences) > 12 else [])
-        notes.append(_Warning(
-            "the config differs from the checkpoint's, but its weights fit this model; continuing "
-            "with this run's values: " + "; ".join(shown)
-        ))
+        shown = differences[:12] + ([f"... ({len(differences) - 12} more)"] if len(differences) > 12 else [])
+        notes.append(
+            _Warning(
+                "the config differs from the checkpoint's, but its weights fit this model; continuing "
+                "with this run's values: " + "; ".join(shown)
+            )
+        )
     # The schedule follows this run's config (e.g. more total steps), not the checkpoint's.
-    fresh = WarmupCosine(cfg.warmup_steps, cfg.steps, cosine=cfg.cosine,
-                         min_lr_ratio=cfg.min_lr_ratio)
+    fresh = WarmupCosine(cfg.warmup_steps, cfg.steps, cosine=cfg.cosine, min_lr_ratio=cfg.min_lr_ratio)
     for factor in state.scheduler.lr_lambdas:
         factor.__dict__.update(fresh.__dict__)
     state.step = ckpt.step
     state.last_checkpoint = ckpt.path
     state.skipped_steps = int((ckpt.extra or {}).get("skipped_steps", 0))
-    state.epoch, state.batches_done = _restore_data_position(
-        ckpt.data_state, cfg, info, dataset_len, notes
-    )
+    state.epoch, state.batches_done = _restore_data_position(ckpt.data_state, cfg, info, dataset_len, notes)
     per_rank = (ckpt.rng_state or {}).get("per_rank", [])
     if len(per_rank) == info.world_size:
         restore_rng_state(per_rank[info.rank], {"loss": generator})
@@ -835,8 +831,9 @@ def train(
         model=model,
         ema=EMA(model, cfg.ema_decay),
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.warmup_steps, cfg.steps, cosine=cfg.cosine,
-                                  min_lr_ratio=cfg.min_lr_ratio),
+        scheduler=build_scheduler(
+            optimizer, cfg.warmup_steps, cfg.steps, cosine=cfg.cosine, min_lr_ratio=cfg.min_lr_ratio
+        ),
         scaler=make_grad_scaler(cfg.precision, info.device),
     )
     notes: list[str] = []
@@ -844,27 +841,32 @@ def train(
         resume, state, cfg, info, generator, dataset_len, notes, config_dict=config_dict
     )
 
-    logger = MetricsLogger(cfg.out_dir, enabled=info.is_main,
-                           resume_step=state.step if resumed else None,
-                           tensorboard=cfg.tensorboard)
+    logger = MetricsLogger(
+        cfg.out_dir, enabled=info.is_main, resume_step=state.step if resumed else None, tensorboard=cfg.tensorboard
+    )
     for note in notes:
         (logger.warning if isinstance(note, _Warning) else logger.info)(note)
     net = wrap_model(model, info)
     call_loss = _loss_caller(loss_fn)
     sampler = make_sampler(dataset, info, seed=cfg.seed)
     steps_per_epoch = len(sampler) // cfg.batch_size
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", dynamic_ncols=True,
-               disable=True if not (info.is_main and cfg.progress) else None)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=True if not (info.is_main and cfg.progress) else None,
+    )
     meter = _Meter()
     try:
         while state.step < target:
             if state.batches_done >= steps_per_epoch:
                 state.epoch, state.batches_done = state.epoch + 1, 0
-            loader = make_loader(dataset, sampler, cfg, info, epoch=state.epoch,
-                                 batches_done=state.batches_done, collate_fn=collate_fn)
+            loader = make_loader(
+                dataset, sampler, cfg, info, epoch=state.epoch, batches_done=state.batches_done, collate_fn=collate_fn
+            )
             for batch in loader:
-                result = train_step(net, _to_device(batch, info.device), call_loss, generator,
-                                    state, cfg, info, logger)
+                result = train_step(net, _to_device(batch, info.device), call_loss, generator, state, cfg, info, logger)
                 state.step += 1
                 state.batches_done += 1
                 meter.add(result)
@@ -874,13 +876,14 @@ def train(
                     logger.log(state.step, **row)
                     bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.3g}", refresh=False)
                     meter.reset()
-                if sample_fn is not None and cfg.sample_every and (
-                    state.step % cfg.sample_every == 0 or state.step == cfg.steps
+                if (
+                    sample_fn is not None
+                    and cfg.sample_every
+                    and (state.step % cfg.sample_every == 0 or state.step == cfg.steps)
                 ):
                     run_sampling(sample_fn, state, cfg, info, logger)
                 if (cfg.ckpt_every and state.step % cfg.ckpt_every == 0) or state.step == target:
-                    write_checkpoint(state, cfg, info, generator, dataset_len=dataset_len,
-                                     config_dict=config_dict)
+                    write_checkpoint(state, cfg, info, generator, dataset_len=dataset_len, config_dict=config_dict)
                 if state.step >= target:
                     break
     finally:

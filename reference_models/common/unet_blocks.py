@@ -12,10 +12,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vdblocks.validation import check_positive_int
 from vdblocks.layers.norm import group_norm
 from vdblocks.layers.resblock import ResBlock2d
 from vdblocks.layers.transformer import Attention
+from vdblocks.validation import check_positive_int
 
 __all__ = ["SelfAttention2d", "adm_res_block", "small_map_groups"]
 
@@ -34,8 +34,15 @@ def adm_res_block(in_channels: int, out_channels: int, emb_dim: int, dropout: fl
     :class:`vdblocks.ResBlock2d` with ``emb_mode="scale_shift"``, GroupNorm eps ``1e-6`` and
     :func:`small_map_groups` groups.
     """
-    return ResBlock2d(in_channels, out_channels, emb_dim=emb_dim, emb_mode="scale_shift", dropout=dropout,
-                      norm_groups=small_map_groups, eps=1e-6)
+    return ResBlock2d(
+        in_channels,
+        out_channels,
+        emb_dim=emb_dim,
+        emb_mode="scale_shift",
+        dropout=dropout,
+        norm_groups=small_map_groups,
+        eps=1e-6,
+    )
 
 
 class SelfAttention2d(nn.Module):

@@ -47,7 +47,11 @@ from vdblocks.validation import check_tensor
 from .files import follow_umask
 
 __all__ = [
-    "write_video", "write_samples", "save_frame_grid", "read_video", "frame_to_array",
+    "write_video",
+    "write_samples",
+    "save_frame_grid",
+    "read_video",
+    "frame_to_array",
     "VIDEO_SUFFIXES",
 ]
 
@@ -112,9 +116,7 @@ def _to_uint8_rgb(video: torch.Tensor, value_range: Sequence[float]) -> np.ndarr
 def _check_video(video: object) -> torch.Tensor:
     video = check_tensor(video, "video", "(c, t, h, w)")
     if video.shape[0] not in (1, 3):
-        raise ValueError(
-            f"expected video of shape (c, t, h, w) with c in {{1, 3}}, got {tuple(video.shape)}"
-        )
+        raise ValueError(f"expected video of shape (c, t, h, w) with c in {{1, 3}}, got {tuple(video.shape)}")
     return video
 
 
@@ -144,8 +146,17 @@ def _frame_rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001 * 1000)
 
 
-def _encode(tmp: str, container_format: str, frames: list[av.VideoFrame], codec: str, pix_fmt: str,
-            rate: Fraction, width: int, height: int, options: dict[str, str]) -> None:
+def _encode(
+    tmp: str,
+    container_format: str,
+    frames: list[av.VideoFrame],
+    codec: str,
+    pix_fmt: str,
+    rate: Fraction,
+    width: int,
+    height: int,
+    options: dict[str, str],
+) -> None:
     with av.open(tmp, "w", format=container_format) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -230,8 +241,7 @@ def save_frame_grid(
     video = check_tensor(video, "video", "(b, c, t, h, w)")
     if video.shape[1] not in (1, 3):
         raise ValueError(
-            f"expected video of shape (b, c, t, h, w) or (c, t, h, w) with c in {{1, 3}}, "
-            f"got {tuple(video.shape)}"
+            f"expected video of shape (b, c, t, h, w) or (c, t, h, w) with c in {{1, 3}}, got {tuple(video.shape)}"
         )
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
         raise ValueError(f"expected pad to be a non-negative int, got {pad!r}")

@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.embeddings import sincos_1d
 from vdblocks.layers.transformer import TransformerBlock
+from vdblocks.validation import check_positive_int, check_tensor
 
 from .config import ETCConfig
 

@@ -124,9 +124,24 @@ class ETCConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config_ints(self, ("in_channels", "model_channels", "num_res_blocks", "num_head_channels",
-                                 "transformer_depth", "norm_groups", "context_dim", "text_max_len", "text_heads",
-                                 "frames", "height", "width", "num_train_steps"))
+        check_config_ints(
+            self,
+            (
+                "in_channels",
+                "model_channels",
+                "num_res_blocks",
+                "num_head_channels",
+                "transformer_depth",
+                "norm_groups",
+                "context_dim",
+                "text_max_len",
+                "text_heads",
+                "frames",
+                "height",
+                "width",
+                "num_train_steps",
+            ),
+        )
         check_config_ints(self, ("text_layers",), minimum=0)
         check_config_ints(self, ("num_classes", "text_vocab_size"), optional=True)
         if self.text_vocab_size is not None and self.text_vocab_size < 2:

@@ -224,8 +224,16 @@ class MultiRateVideoFolder(Dataset):
         self.frames = check_positive_int(frames, "frames")
         self.height, self.width, self.channels = height, width, channels
         self.fps_choices = tuple(sorted(_check_fps_choices(fps_choices)))
-        self._kwargs = dict(frames=frames, height=height, width=width, channels=channels, captions=captions,
-                            clip_start=clip_start, seed=seed, labels_from_folders=labels_from_folders)
+        self._kwargs = dict(
+            frames=frames,
+            height=height,
+            width=width,
+            channels=channels,
+            captions=captions,
+            clip_start=clip_start,
+            seed=seed,
+            labels_from_folders=labels_from_folders,
+        )
         self._folders: dict[float, VideoFolder | None] = {}
         self._index_of: dict[float, dict[str, int]] = {}
         self._source_fps: dict[int, float] = {}
@@ -288,7 +296,8 @@ class MultiRateVideoFolder(Dataset):
                     f"MultiRateVideoFolder: {short} of {len(self.base)} videos under {str(self.root)!r} are too "
                     f"short for {self.frames} frames at {fps:g} fps; they are read at the next higher rate "
                     "they honour (or skipped)",
-                    RuntimeWarning, stacklevel=3,
+                    RuntimeWarning,
+                    stacklevel=3,
                 )
             for w in caught:  # anything other than the skips just summarised
                 if not issubclass(w.category, RuntimeWarning):
@@ -342,8 +351,11 @@ class MultiRateVideoFolder(Dataset):
                 self._bad.add(j)
                 reason = f"{type(error).__name__.lstrip('_')}: {error}"
                 self._skipped.append(SkippedFile(str(self.base.files[j]), reason))
-                warnings.warn(f"MultiRateVideoFolder: skipping {str(self.base.files[j])!r} ({reason})",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"MultiRateVideoFolder: skipping {str(self.base.files[j])!r} ({reason})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         raise RuntimeError(
             f"MultiRateVideoFolder: no video under {str(self.root)!r} gives a clip of {self.frames} frames at a "
             f"rate of {self.fps_choices} that it honours; skipped {len(self._skipped)}: "
@@ -432,14 +444,14 @@ class TripleDataset(Dataset):
         groups = {lab: source.indices_for_label(lab) for lab in range(num_classes)}
         groups = {lab: indices for lab, indices in groups.items() if len(indices) > 0}
         if not groups:
-            raise ValueError(
-                "the label-image source has no labelled images (an ImageFolder needs class sub-folders)"
-            )
+            raise ValueError("the label-image source has no labelled images (an ImageFolder needs class sub-folders)")
         few = [lab for lab, indices in groups.items() if len(indices) < self.frames]
         if few:
             warnings.warn(
                 f"TripleDataset: {len(few)} of {len(groups)} labels have fewer than {self.frames} images; "
-                "their label groups repeat images", RuntimeWarning, stacklevel=3,
+                "their label groups repeat images",
+                RuntimeWarning,
+                stacklevel=3,
             )
         return groups
 
@@ -508,7 +520,8 @@ class TripleDataset(Dataset):
                 f"frames {torch.as_tensor(picks).tolist()} labelled {float(item['fps']):g} fps, above the file's "
                 "own rate), which teaches the FPS embedding that this rate means repeated frames; use "
                 "MultiRateVideoFolder (folder_triple), which serves only the rates a file honours",
-                RuntimeWarning, stacklevel=4,
+                RuntimeWarning,
+                stacklevel=4,
             )
 
     def _class_name(self, label: int) -> str:
@@ -580,12 +593,22 @@ def moving_shapes_triple(
     ``shape_kwargs`` (``max_shapes``, ``size_range``, ``kinds``, ``colors``, ``label_by``, ...) go to
     both datasets; ``speed_range`` and ``directions`` only to the videos."""
     speed = {k: shape_kwargs.pop(k) for k in ("speed_range", "directions") if k in shape_kwargs}
-    videos = MovingShapes(num_videos, frames=frames, height=height, width=width, channels=channels,
-                          seed=seed, **shape_kwargs, **speed)
-    images = MovingShapesImages(num_images, height=height, width=width, channels=channels, seed=seed + 1,
-                                **shape_kwargs)
-    return TripleDataset(videos, images, images, frames=frames, ratios=ratios, fps_choices=fps_choices,
-                         seed=seed, num_samples=num_samples)
+    videos = MovingShapes(
+        num_videos, frames=frames, height=height, width=width, channels=channels, seed=seed, **shape_kwargs, **speed
+    )
+    images = MovingShapesImages(
+        num_images, height=height, width=width, channels=channels, seed=seed + 1, **shape_kwargs
+    )
+    return TripleDataset(
+        videos,
+        images,
+        images,
+        frames=frames,
+        ratios=ratios,
+        fps_choices=fps_choices,
+        seed=seed,
+        num_samples=num_samples,
+    )
 
 
 def find_captions(directory: str | os.PathLike) -> Path | None:
@@ -627,8 +650,15 @@ def folder_triple(
     video_source = label_source = caption_source = None
     if videos is not None:
         video_captions = video_captions if video_captions is not None else find_captions(check_data_dir(videos))
-        video_source = MultiRateVideoFolder(videos, frames=frames, height=height, width=width,
-                                            fps_choices=fps_choices, channels=channels, captions=video_captions)
+        video_source = MultiRateVideoFolder(
+            videos,
+            frames=frames,
+            height=height,
+            width=width,
+            fps_choices=fps_choices,
+            channels=channels,
+            captions=video_captions,
+        )
     if images is not None:
         image_captions = image_captions if image_captions is not None else find_captions(check_data_dir(images))
         folder = ImageFolder(images, height=height, width=width, channels=channels, captions=image_captions)
@@ -648,5 +678,13 @@ def folder_triple(
     ratios = tuple(r if ok else 0.0 for r, ok in zip(_check_ratios(ratios), present))
     if sum(ratios) == 0:
         raise ValueError(f"the ratios {tuple(ratios)} give no weight to the kinds the folders hold {present}")
-    return TripleDataset(video_source, label_source, caption_source, frames=frames, ratios=ratios,
-                         fps_choices=fps_choices, seed=seed, num_samples=num_samples)
+    return TripleDataset(
+        video_source,
+        label_source,
+        caption_source,
+        frames=frames,
+        ratios=ratios,
+        fps_choices=fps_choices,
+        seed=seed,
+        num_samples=num_samples,
+    )

@@ -40,10 +40,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from vdblocks.validation import check_positive_int, check_same_batch, check_tensor
 from vdblocks.layers.embeddings import SinusoidalEmbedding
 from vdblocks.layers.fps import FPSEmbedding
 from vdblocks.layers.grid import SpatialTemporalMixedEmbedding, grid_for, grid_to_video, video_to_grid
+from vdblocks.validation import check_positive_int, check_same_batch, check_tensor
 
 __all__ = ["DiffusersTimestepSinusoid", "ETCDiffusersVideoModel", "from_diffusers"]
 

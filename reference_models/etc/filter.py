@@ -257,11 +257,18 @@ class VideoFilter:
             return torch.zeros(0, dtype=torch.float64)
 
         distinct = list(dict.fromkeys(texts))
-        text_features = torch.cat([
-            _check_features(self.text_encoder(distinct[i : i + self.batch_size]), "text_encoder",
-                            len(distinct[i : i + self.batch_size])).float().cpu()
-            for i in range(0, len(distinct), self.batch_size)
-        ])  # (distinct captions) d
+        text_features = torch.cat(
+            [
+                _check_features(
+                    self.text_encoder(distinct[i : i + self.batch_size]),
+                    "text_encoder",
+                    len(distinct[i : i + self.batch_size]),
+                )
+                .float()
+                .cpu()
+                for i in range(0, len(distinct), self.batch_size)
+            ]
+        )  # (distinct captions) d
         if text_features.shape[1] != features[0].shape[1]:
             raise ValueError(
                 "expected image and text features of the same width d, got "
@@ -427,10 +434,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="folder of videos (searched recursively)")
     p.add_argument("--keep", required=True, type=float, help="keep ratio alpha in (0, 1]")
     p.add_argument("--out", required=True, type=Path, help="kept list: relative paths, one per line")
-    p.add_argument("--captions", type=Path, default=None,
-                   help="caption sidecar (CSV file,caption or JSON); default DATA/captions.csv or .json")
-    p.add_argument("--encoder", default=None,
-                   help="module:factory returning (image_encoder, text_encoder); default: built-in colour encoders")
+    p.add_argument(
+        "--captions",
+        type=Path,
+        default=None,
+        help="caption sidecar (CSV file,caption or JSON); default DATA/captions.csv or .json",
+    )
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="module:factory returning (image_encoder, text_encoder); default: built-in colour encoders",
+    )
     p.add_argument("--scores", type=Path, default=None, help="scores CSV (default: OUT's name + _scores.csv)")
     p.add_argument("--frames", type=int, default=8, help="frames scored per video, spread over its length")
     p.add_argument("--size", type=int, default=64, help="frames are scaled and centre-cropped to SIZE x SIZE")
@@ -455,20 +469,30 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     if captions is None:
         parser.error(f"no caption file: pass --captions or put captions.csv / captions.json in {args.data}")
     if args.encoder is None:
-        print("filter: no --encoder given, using the built-in colour-histogram / colour-word encoders "
-              "(they only read colour words; pass --encoder module:factory for CLIP)", file=sys.stderr)
+        print(
+            "filter: no --encoder given, using the built-in colour-histogram / colour-word encoders "
+            "(they only read colour words; pass --encoder module:factory for CLIP)",
+            file=sys.stderr,
+        )
         image_encoder, text_encoder = builtin_encoders()
     else:
         try:
             image_encoder, text_encoder = _load_encoders(args.encoder)
         except (ImportError, AttributeError, TypeError, ValueError) as error:
             parser.error(f"--encoder {args.encoder}: {error}")
-    video_filter = VideoFilter(image_encoder, text_encoder, keep_ratio=args.keep, epsilon=args.epsilon,
-                               batch_size=args.batch_size, device=args.device)
+    video_filter = VideoFilter(
+        image_encoder,
+        text_encoder,
+        keep_ratio=args.keep,
+        epsilon=args.epsilon,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
 
     # The folder dataset gives the file list, captions and header checks; frames come from sample_frames.
-    folder = VideoFolder(args.data, frames=1, height=args.size, width=args.size, captions=captions,
-                         labels_from_folders=False)
+    folder = VideoFolder(
+        args.data, frames=1, height=args.size, width=args.size, captions=captions, labels_from_folders=False
+    )
     rel = [p.relative_to(folder.root).as_posix() for p in folder.files]
     readable: list[int] = []
 
@@ -477,8 +501,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
             try:
                 video = sample_frames(path, args.frames, args.size, args.size)
             except (av.error.FFmpegError, OSError, ValueError) as error:
-                warnings.warn(f"filter: skipping {str(path)!r} ({type(error).__name__}: {error})",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"filter: skipping {str(path)!r} ({type(error).__name__}: {error})", RuntimeWarning, stacklevel=2
+                )
                 continue
             readable.append(i)
             yield {"video": video, "caption": folder.captions[i]}
@@ -499,8 +524,10 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         for i, name in enumerate(rel):
             score = f"{score_of[i]:.6f}" if i in score_of else ""
             writer.writerow([name, folder.captions[i], score, int(i in kept)])
-    print(f"filter: scored {len(readable)} videos ({len(rel) - len(readable) + folder.num_skipped} unreadable), "
-          f"kept {len(kept)} (alpha={args.keep:g}) -> {args.out}; scores -> {scores_path}")
+    print(
+        f"filter: scored {len(readable)} videos ({len(rel) - len(readable) + folder.num_skipped} unreadable), "
+        f"kept {len(kept)} (alpha={args.keep:g}) -> {args.out}; scores -> {scores_path}"
+    )
     return [rel[i] for i in sorted(kept)]
 
 

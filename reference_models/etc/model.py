@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from vdblocks.validation import check_positive_int, check_same_batch, check_tensor
 from vdblocks.layers.embeddings import TimestepEmbedding
 from vdblocks.layers.fps import FPSEmbedding
 from vdblocks.layers.grid import SpatialTemporalMixedEmbedding, grid_for, grid_to_video, video_to_grid
 from vdblocks.layers.norm import group_norm
 from vdblocks.layers.resblock import ResBlock2d
 from vdblocks.layers.transformer import Attention
+from vdblocks.validation import check_positive_int, check_same_batch, check_tensor
 
 from ..common.pretrained import PretrainedMixin
 from .config import ETCConfig
@@ -242,14 +242,22 @@ class ETCUNet(nn.Module, PretrainedMixin):
         # tokens -> MLP -> added to the timestep embedding that every res block reads.
         self.context_embed = (
             nn.Sequential(nn.Linear(cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-            if cfg.pooled_context else None
+            if cfg.pooled_context
+            else None
         )
         self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
 
         def layer(c_in: int, c_out: int, attend: bool) -> UNetLayer:
             # SD's ResnetBlock2D: the embedding added as a bias after the first conv, eps 1e-5.
-            res = ResBlock2d(c_in, c_out, emb_dim=emb_dim, emb_mode="bias", dropout=cfg.dropout,
-                             norm_groups=cfg.norm_groups, eps=1e-5)
+            res = ResBlock2d(
+                c_in,
+                c_out,
+                emb_dim=emb_dim,
+                emb_mode="bias",
+                dropout=cfg.dropout,
+                norm_groups=cfg.norm_groups,
+                eps=1e-5,
+            )
             attn = None
             if attend:
                 attn = SpatialTransformer(

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
-from reference_models.common.pretrained import PretrainedMixin, export_pretrained
 from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, fps_condition
 from reference_models.common.distributed import resolve_device
+from reference_models.common.pretrained import PretrainedMixin, export_pretrained
 from reference_models.common.video_io import write_samples
 from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
 
@@ -129,8 +129,9 @@ def guided_model_fn(
     if guidance_scale == 1:
         return lambda x, t: model(x, t, fps, context)
 
-    return cfg_model_fn(conditional, {"context": context, "fps": fps}, {"context": null_context, "fps": fps},
-                        guidance_scale)
+    return cfg_model_fn(
+        conditional, {"context": context, "fps": fps}, {"context": null_context, "fps": fps}, guidance_scale
+    )
 
 
 def playback_fps(fps: float) -> float:
@@ -227,9 +228,18 @@ def sample(
         context = conditioner(labels=labels, captions=None if captions is None else list(captions))  # b n d
         null = conditioner.null_context(b)  # b n d
         model_fn = guided_model_fn(model, context.to(device), null.to(device), fps_t, guidance_scale)
-        return sample_ddim(model_fn, shape, schedule, steps, eta, generator=generator, device=device,
-                           clip_sample=clip_sample, prediction_type=prediction_type,
-                           progress=progress)  # b c t h w
+        return sample_ddim(
+            model_fn,
+            shape,
+            schedule,
+            steps,
+            eta,
+            generator=generator,
+            device=device,
+            clip_sample=clip_sample,
+            prediction_type=prediction_type,
+            progress=progress,
+        )  # b c t h w
     finally:
         for module, mode in modes:
             module.train(mode)
@@ -245,7 +255,11 @@ def load_system(
     model or EMA tensors are read), or a ``save_pretrained`` directory of an ``ETCSystem``.
     """
     return load_model_from_checkpoint(
-        checkpoint, "etc", lambda d: ETCSystem(ETCConfig.from_dict(d)), device=device, use_ema=use_ema,
+        checkpoint,
+        "etc",
+        lambda d: ETCSystem(ETCConfig.from_dict(d)),
+        device=device,
+        use_ema=use_ema,
         pretrained=ETCSystem,
     )
 
@@ -255,19 +269,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m reference_models.etc.sample",
         description="Sample videos from an ETC checkpoint (DDIM + classifier-free guidance).",
     )
-    p.add_argument("--checkpoint", required=True,
-                   help="manifest, checkpoint directory, training output directory or save_pretrained directory")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="manifest, checkpoint directory, training output directory or save_pretrained directory",
+    )
     p.add_argument("--caption", action="append", default=[], help="a caption (repeat for several)")
     p.add_argument("--label", action="append", type=int, default=[], help="a class label (repeat for several)")
-    p.add_argument("--fps", action="append", type=fps_condition, default=[],
-                   help="frame rate (repeat for several): 1-60 video, 0 label-image group, 120 still (default 8)")
+    p.add_argument(
+        "--fps",
+        action="append",
+        type=fps_condition,
+        default=[],
+        help="frame rate (repeat for several): 1-60 video, 0 label-image group, 120 still (default 8)",
+    )
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the training config's)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1, help="samples per caption/label")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (paper: 50)")
-    p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance scale (default: the model config's; paper: 7, tiny: 1)")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the model config's; paper: 7, tiny: 1)",
+    )
     p.add_argument("--eta", type=float, default=0.0)
     add_sampling_arguments(p)
     return p
@@ -289,8 +315,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     max_fps = float(system.cfg.max_fps)
     beyond = [f for f in args.fps if f > max_fps]
     if beyond:
-        raise SystemExit(f"--fps {beyond[0]:g}: this model takes rates in [0, {max_fps:g}] "
-                         "(0: label images, 1-60: video, 120: a still)")
+        raise SystemExit(
+            f"--fps {beyond[0]:g}: this model takes rates in [0, {max_fps:g}] "
+            "(0: label images, 1-60: video, 120: a still)"
+        )
     captions, labels = list(args.caption), list(args.label)
     if not captions and not labels:
         stored = (ckpt.config or {}).get("model", {}).get("samples", {})
@@ -309,9 +337,20 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     out = Path(args.out)
     written: list[Path] = []
     for fps in args.fps or [8.0]:
-        videos = sample(system.unet, system.conditioner, captions=text if use_text else None, labels=label_tensor,
-                        fps=fps, frames=args.frames, height=args.height, width=args.width, steps=args.steps,
-                        guidance_scale=args.guidance_scale, eta=args.eta, generator=generator)
+        videos = sample(
+            system.unet,
+            system.conditioner,
+            captions=text if use_text else None,
+            labels=label_tensor,
+            fps=fps,
+            frames=args.frames,
+            height=args.height,
+            width=args.width,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            eta=args.eta,
+            generator=generator,
+        )
         names = [c or f"label {lab}" for c, lab in prompts]
         written += write_samples(videos, out, stem=f"fps{fps:g}", fps=playback_fps(fps), captions=names)
     print(f"step {ckpt.step} of {ckpt.path}: wrote {len(written)} files to {out}/")

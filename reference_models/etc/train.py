@@ -90,8 +90,13 @@ __all__ = [
 SAMPLE_FPS: tuple[float, ...] = (8.0, 30.0, CAPTION_IMAGE_FPS)
 # Built-in data: one shape per clip, large enough to read at 16x16, so the tiny run learns it fast.
 # The tiny run learns two kinds and four axis directions (all eight colours); see docs/systems/etc.md.
-_SHAPES = {"max_shapes": 1, "size_range": (0.15, 0.3), "kinds": ("square", "circle"),
-           "directions": ("left", "right", "up", "down"), "colors": tuple(PALETTE)}
+_SHAPES = {
+    "max_shapes": 1,
+    "size_range": (0.15, 0.3),
+    "kinds": ("square", "circle"),
+    "directions": ("left", "right", "up", "down"),
+    "colors": tuple(PALETTE),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,53 +107,104 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override an ETCConfig field, e.g. --set frames=16 --set channel_mult=[1,2,2] (JSON values)")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override an ETCConfig field, e.g. --set frames=16 --set channel_mult=[1,2,2] (JSON values)",
+    )
     g = p.add_argument_group("data (default: built-in moving shapes)")
     g.add_argument("--data-videos", default=None, help="directory of videos (captions.csv/json sidecar)")
     g.add_argument("--data-images", default=None, help="directory of images (<label>/ folders and/or captions)")
     g.add_argument("--video-captions", default=None, help="caption file for --data-videos")
     g.add_argument("--image-captions", default=None, help="caption file for --data-images")
-    g.add_argument("--ratios", type=float, nargs=3, default=list(DEFAULT_RATIOS),
-                   metavar=("VIDEO", "LABEL_IMAGES", "CAPTION_IMAGE"), help="mixing ratios of the three kinds")
-    g.add_argument("--fps-choices", type=positive_fps, nargs="+", default=list(FPS_CHOICES), metavar="FPS",
-                   help="the video frame rates caption-videos are drawn at (paper: 1 2 4 8 15 30 60)")
+    g.add_argument(
+        "--ratios",
+        type=float,
+        nargs=3,
+        default=list(DEFAULT_RATIOS),
+        metavar=("VIDEO", "LABEL_IMAGES", "CAPTION_IMAGE"),
+        help="mixing ratios of the three kinds",
+    )
+    g.add_argument(
+        "--fps-choices",
+        type=positive_fps,
+        nargs="+",
+        default=list(FPS_CHOICES),
+        metavar="FPS",
+        help="the video frame rates caption-videos are drawn at (paper: 1 2 4 8 15 30 60)",
+    )
     g.add_argument("--num-videos", type=int, default=4096, help="moving shapes: number of video scenes")
     g.add_argument("--num-images", type=int, default=4096, help="moving shapes: number of still scenes")
     g.add_argument("--max-shapes", type=int, default=_SHAPES["max_shapes"], help="moving shapes per clip")
-    g.add_argument("--kinds", nargs="+", default=list(_SHAPES["kinds"]), choices=SHAPE_KINDS,
-                   help="moving shapes: the shape kinds scenes draw from")
-    g.add_argument("--colors", nargs="+", default=list(_SHAPES["colors"]), choices=list(PALETTE),
-                   help="moving shapes: the colours scenes draw from")
-    g.add_argument("--directions", nargs="+", default=list(_SHAPES["directions"]), choices=list(DIRECTIONS),
-                   help="moving shapes: the directions shapes start moving in")
+    g.add_argument(
+        "--kinds",
+        nargs="+",
+        default=list(_SHAPES["kinds"]),
+        choices=SHAPE_KINDS,
+        help="moving shapes: the shape kinds scenes draw from",
+    )
+    g.add_argument(
+        "--colors",
+        nargs="+",
+        default=list(_SHAPES["colors"]),
+        choices=list(PALETTE),
+        help="moving shapes: the colours scenes draw from",
+    )
+    g.add_argument(
+        "--directions",
+        nargs="+",
+        default=list(_SHAPES["directions"]),
+        choices=list(DIRECTIONS),
+        help="moving shapes: the directions shapes start moving in",
+    )
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=600)
     g.add_argument("--batch-size", type=int, default=32, help="per process")
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--warmup-steps", type=int, default=50)
-    g.add_argument("--ema-decay", type=float, default=None,
-                   help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)")
+    g.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)",
+    )
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--grad-checkpointing", action="store_true")
     g.add_argument("--num-workers", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="runs/etc", help="output directory (checkpoints/, samples/, metrics.csv)")
-    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out (or from CHECKPOINT)")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in --out (or from CHECKPOINT)",
+    )
     g.add_argument("--log-every", type=int, default=25)
     g.add_argument("--ckpt-every", type=int, default=1000)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("samples")
     g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
     g.add_argument("--sample-steps", type=int, default=50, help="DDIM steps (paper: 50)")
-    g.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance (default: the config's guidance_scale; paper: 7, tiny: 1)")
+    g.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default: the config's guidance_scale; paper: 7, tiny: 1)",
+    )
     g.add_argument("--num-prompts", type=int, default=3, help="captions (and labels) to sample")
     g = p.add_argument_group("quality probe (built-in moving shapes only)")
-    g.add_argument("--probe-clips", type=int, default=64,
-                   help="clips sampled from held-out captions and scored by the shapes probe at the end (0: skip)")
+    g.add_argument(
+        "--probe-clips",
+        type=int,
+        default=64,
+        help="clips sampled from held-out captions and scored by the shapes probe at the end (0: skip)",
+    )
     g.add_argument("--probe-steps", type=int, default=25, help="DDIM steps for the probe's clips")
     return p
 
@@ -167,14 +223,29 @@ def build_dataset(args: argparse.Namespace, cfg: ETCConfig) -> TripleDataset:
         )
     size = dict(frames=cfg.frames, height=cfg.height, width=cfg.width, channels=cfg.in_channels)
     if args.data_videos is None and args.data_images is None:
-        return moving_shapes_triple(**size, num_videos=args.num_videos, num_images=args.num_images,
-                                    ratios=args.ratios, fps_choices=args.fps_choices, seed=args.seed,
-                                    max_shapes=args.max_shapes, size_range=_SHAPES["size_range"],
-                                    kinds=tuple(args.kinds), colors=tuple(args.colors),
-                                    directions=tuple(args.directions))
-    return folder_triple(args.data_videos, args.data_images, **size, video_captions=args.video_captions,
-                         image_captions=args.image_captions, ratios=args.ratios, fps_choices=args.fps_choices,
-                         seed=args.seed)
+        return moving_shapes_triple(
+            **size,
+            num_videos=args.num_videos,
+            num_images=args.num_images,
+            ratios=args.ratios,
+            fps_choices=args.fps_choices,
+            seed=args.seed,
+            max_shapes=args.max_shapes,
+            size_range=_SHAPES["size_range"],
+            kinds=tuple(args.kinds),
+            colors=tuple(args.colors),
+            directions=tuple(args.directions),
+        )
+    return folder_triple(
+        args.data_videos,
+        args.data_images,
+        **size,
+        video_captions=args.video_captions,
+        image_captions=args.image_captions,
+        ratios=args.ratios,
+        fps_choices=args.fps_choices,
+        seed=args.seed,
+    )
 
 
 def _label_source(dataset: TripleDataset) -> Any:
@@ -226,8 +297,14 @@ def etc_loss(
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x_t, t, fps, labels, captions, cond_dropout=cfg.cond_dropout, generator=generator)
 
-    return diffusion_loss(model_fn, batch["video"], schedule, generator=generator,
-                          prediction_type=cfg.prediction_type, snr_gamma=cfg.snr_gamma)
+    return diffusion_loss(
+        model_fn,
+        batch["video"],
+        schedule,
+        generator=generator,
+        prediction_type=cfg.prediction_type,
+        snr_gamma=cfg.snr_gamma,
+    )
 
 
 class SamplePrompt(NamedTuple):
@@ -246,9 +323,13 @@ def _captions(dataset: TripleDataset, k: int) -> list[tuple[str, str]]:
     videos, _, images = dataset.sources
     if isinstance(videos, MovingShapes) and dataset.ratios[0] > 0:
         color = videos.channels == 3
-        pairs = ((" and ".join(s.phrase(color=color, motion=True) for s in videos.shapes(j)),
-                  " and ".join(s.phrase(color=color, motion=False) for s in videos.shapes(j)))
-                 for j in range(len(videos)))
+        pairs = (
+            (
+                " and ".join(s.phrase(color=color, motion=True) for s in videos.shapes(j)),
+                " and ".join(s.phrase(color=color, motion=False) for s in videos.shapes(j)),
+            )
+            for j in range(len(videos))
+        )
     elif dataset.ratios[0] > 0 and isinstance(getattr(videos, "captions", None), list):
         pairs = ((c, c) for c in videos.captions)
     elif dataset.ratios[2] > 0:
@@ -291,8 +372,7 @@ def sample_prompts(dataset: TripleDataset, cfg: ETCConfig, k: int) -> list[Sampl
     return prompts
 
 
-def make_sample_fn(cfg: ETCConfig, prompts: Sequence[SamplePrompt], *, steps: int, guidance_scale: float,
-                   seed: int):
+def make_sample_fn(cfg: ETCConfig, prompts: Sequence[SamplePrompt], *, steps: int, guidance_scale: float, seed: int):
     """``sample_fn(ema_system, step, out_dir)`` for the trainer: all ``prompts`` in one guided DDIM
     batch (``steps`` steps, ``guidance_scale``, noise from ``seed``), then one ``write_samples``
     call per frame rate: ``step<N>_fps<F>_<i>.mp4``, ``..._grid.png`` and ``..._captions.txt``."""
@@ -306,13 +386,26 @@ def make_sample_fn(cfg: ETCConfig, prompts: Sequence[SamplePrompt], *, steps: in
         labels = torch.tensor([p.label for p in prompts]) if cfg.num_classes is not None else None
         fps = [p.fps for p in prompts]
         generator = torch.Generator().manual_seed(seed)
-        videos = sample(system.unet, system.conditioner, captions=text, labels=labels, fps=fps, steps=steps,
-                        guidance_scale=guidance_scale, generator=generator)  # b c t h w
+        videos = sample(
+            system.unet,
+            system.conditioner,
+            captions=text,
+            labels=labels,
+            fps=fps,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+        )  # b c t h w
         paths: list[Path] = []
         for rate in dict.fromkeys(fps):
             rows = [i for i, f in enumerate(fps) if f == rate]
-            paths += write_samples(videos[rows], out_dir, stem=f"step{step:06d}_fps{rate:g}",
-                                   fps=playback_fps(rate), captions=[prompts[i].name for i in rows])
+            paths += write_samples(
+                videos[rows],
+                out_dir,
+                stem=f"step{step:06d}_fps{rate:g}",
+                fps=playback_fps(rate),
+                captions=[prompts[i].name for i in rows],
+            )
         return paths
 
     return sample_fn
@@ -329,10 +422,20 @@ def probe_captions(dataset: TripleDataset, k: int, *, exclude: Sequence[str] = (
     videos = dataset.sources[0]
     if not isinstance(videos, MovingShapes):
         raise ValueError("the shapes probe scores the built-in moving shapes only (no --data-videos)")
-    held_out = MovingShapes(max(4 * k, 64), frames=videos.frames, height=videos.height, width=videos.width,
-                            channels=videos.channels, max_shapes=1, seed=_PROBE_SEED, kinds=videos.kinds,
-                            colors=videos.colors, directions=videos.directions, size_range=videos.size_range,
-                            speed_range=videos.speed_range)
+    held_out = MovingShapes(
+        max(4 * k, 64),
+        frames=videos.frames,
+        height=videos.height,
+        width=videos.width,
+        channels=videos.channels,
+        max_shapes=1,
+        seed=_PROBE_SEED,
+        kinds=videos.kinds,
+        colors=videos.colors,
+        directions=videos.directions,
+        size_range=videos.size_range,
+        speed_range=videos.speed_range,
+    )
     skip, found = set(exclude), []
     for j in range(len(held_out)):
         caption = held_out.caption_of(j)
@@ -344,9 +447,18 @@ def probe_captions(dataset: TripleDataset, k: int, *, exclude: Sequence[str] = (
     return found
 
 
-def run_probe(system: nn.Module, dataset: TripleDataset, cfg: ETCConfig, *, clips: int, steps: int,
-              guidance_scale: float, seed: int, exclude: Sequence[str] = (),
-              grid: str | Path | None = None) -> tuple[Any, list[str]]:
+def run_probe(
+    system: nn.Module,
+    dataset: TripleDataset,
+    cfg: ETCConfig,
+    *,
+    clips: int,
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    exclude: Sequence[str] = (),
+    grid: str | Path | None = None,
+) -> tuple[Any, list[str]]:
     """Sample ``clips`` held-out captions (:func:`probe_captions`) at ``PROBE_FPS`` with guided DDIM
     and score them with the :class:`~reference_models.common.probe.ShapesProbe` of the data's
     geometry: ``(ProbeResult, captions)``. ``grid``: also save the first 16 clips there as a PNG
@@ -359,8 +471,15 @@ def run_probe(system: nn.Module, dataset: TripleDataset, cfg: ETCConfig, *, clip
     system = unwrap_model(system)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        clips_out = sample(system.unet, system.conditioner, captions=captions, fps=PROBE_FPS, steps=steps,
-                           guidance_scale=guidance_scale, generator=generator)  # b c t h w
+        clips_out = sample(
+            system.unet,
+            system.conditioner,
+            captions=captions,
+            fps=PROBE_FPS,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+        )  # b c t h w
     clips_out = clips_out.float()
     if grid is not None:
         shown = einops.repeat(clips_out[:16], "b c t h w -> b c t (h u) (w v)", u=4, v=4)
@@ -389,24 +508,34 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         schedule = schedule_from_config(cfg)
         params = sum(p.numel() for p in system.parameters())
         counts = {k: dataset.kinds.count(k) for k in ("video", "label_images", "caption_image")}
-        say(f"ETC preset {args.preset!r}: {params / 1e6:.2f} M parameters, clips of {cfg.frames} frames "
+        say(
+            f"ETC preset {args.preset!r}: {params / 1e6:.2f} M parameters, clips of {cfg.frames} frames "
             f"{cfg.height}x{cfg.width}; {len(dataset)} triple-data items {counts}; device {info.device}, "
-            f"{info.world_size} process(es)")
+            f"{info.world_size} process(es)"
+        )
 
         prompts = sample_prompts(dataset, cfg, args.num_prompts)
         guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
-        sample_fn = make_sample_fn(cfg, prompts, steps=args.sample_steps, guidance_scale=guidance,
-                                   seed=args.seed)
+        sample_fn = make_sample_fn(cfg, prompts, steps=args.sample_steps, guidance_scale=guidance, seed=args.seed)
         captions = list(dict.fromkeys(p.caption for p in prompts if p.caption and 0 < p.fps < CAPTION_IMAGE_FPS))
         config_dict = {
             "etc": cfg.to_dict(),
             "preset": args.preset,
-            "data": {"videos": args.data_videos, "images": args.data_images, "ratios": list(dataset.ratios),
-                     "fps_choices": list(dataset.fps_choices), "num_items": len(dataset)},
-            "samples": {"captions": captions, "prompts": [p._asdict() for p in prompts],
-                        "class_names": _class_names(_label_source(dataset)),
-                        "fps": list(SAMPLE_FPS), "steps": args.sample_steps,
-                        "guidance_scale": guidance},
+            "data": {
+                "videos": args.data_videos,
+                "images": args.data_images,
+                "ratios": list(dataset.ratios),
+                "fps_choices": list(dataset.fps_choices),
+                "num_items": len(dataset),
+            },
+            "samples": {
+                "captions": captions,
+                "prompts": [p._asdict() for p in prompts],
+                "class_names": _class_names(_label_source(dataset)),
+                "fps": list(SAMPLE_FPS),
+                "steps": args.sample_steps,
+                "guidance_scale": guidance,
+            },
         }
 
         def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -415,8 +544,18 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         def preflight(model: nn.Module, item: dict) -> None:
             unwrap_model(model).unet.check_input(item["video"].shape)
 
-        state = train(tcfg, system, loss_fn, dataset, sample_fn=sample_fn, collate_fn=collate_etc,
-                      config_dict=config_dict, resume=args.resume, dist_info=info, preflight=preflight)
+        state = train(
+            tcfg,
+            system,
+            loss_fn,
+            dataset,
+            sample_fn=sample_fn,
+            collate_fn=collate_etc,
+            config_dict=config_dict,
+            resume=args.resume,
+            dist_info=info,
+            preflight=preflight,
+        )
 
         out = Path(args.out)
         for line in run_summary(state, time.perf_counter() - start):
@@ -424,28 +563,50 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         say(f"metrics:    {out / 'metrics.csv'}")
         grids = sorted((out / "samples").glob(f"step{state.step:06d}_fps*_grid.png")) if info.is_main else []
         if grids:
-            say(f"samples:    {out / 'samples'}/step{state.step:06d}_fps<F>_<i>.mp4 (prompts in *_captions.txt), "
-                "frame grids:")
+            say(
+                f"samples:    {out / 'samples'}/step{state.step:06d}_fps<F>_<i>.mp4 (prompts in *_captions.txt), "
+                "frame grids:"
+            )
             for grid in grids:
                 say(f"            {grid}")
         builtin = args.data_videos is None and args.data_images is None
         if info.is_main and builtin and args.probe_clips > 0 and cfg.text_vocab_size is not None:
             probe_start = time.perf_counter()
-            result, probe_caps = run_probe(state.ema.module, dataset, cfg, clips=args.probe_clips,
-                                           steps=args.probe_steps, guidance_scale=guidance,
-                                           seed=args.seed + 1, exclude=captions, grid=out / "probe_grid.png")
-            report = {"probe": result.to_dict(), "captions": probe_caps, "fps": PROBE_FPS,
-                      "sampler": {"ddim_steps": args.probe_steps, "guidance_scale": guidance},
-                      "run": {"steps": state.step, "batch_size": args.batch_size, "preset": args.preset,
-                              "seconds_to_here": round(time.perf_counter() - start, 1),
-                              "probe_seconds": round(time.perf_counter() - probe_start, 1)}}
+            result, probe_caps = run_probe(
+                state.ema.module,
+                dataset,
+                cfg,
+                clips=args.probe_clips,
+                steps=args.probe_steps,
+                guidance_scale=guidance,
+                seed=args.seed + 1,
+                exclude=captions,
+                grid=out / "probe_grid.png",
+            )
+            report = {
+                "probe": result.to_dict(),
+                "captions": probe_caps,
+                "fps": PROBE_FPS,
+                "sampler": {"ddim_steps": args.probe_steps, "guidance_scale": guidance},
+                "run": {
+                    "steps": state.step,
+                    "batch_size": args.batch_size,
+                    "preset": args.preset,
+                    "seconds_to_here": round(time.perf_counter() - start, 1),
+                    "probe_seconds": round(time.perf_counter() - probe_start, 1),
+                },
+            }
             (out / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
             say(result.format())
-            say(f"probe:      {out / 'probe.json'} ({len(probe_caps)} held-out captions at {PROBE_FPS:g} fps, "
-                f"{report['run']['probe_seconds']:.0f} s); first 16 clips: {out / 'probe_grid.png'}")
+            say(
+                f"probe:      {out / 'probe.json'} ({len(probe_caps)} held-out captions at {PROBE_FPS:g} fps, "
+                f"{report['run']['probe_seconds']:.0f} s); first 16 clips: {out / 'probe_grid.png'}"
+            )
         example = json.dumps(captions[0] if captions else "a red circle moving left")
-        say(f"sample more: python -m reference_models.etc.sample --checkpoint {out} --caption {example} "
-            f"--fps 8 --out {out / 'cli_samples'}")
+        say(
+            f"sample more: python -m reference_models.etc.sample --checkpoint {out} --caption {example} "
+            f"--fps 8 --out {out / 'cli_samples'}"
+        )
         return state
     finally:
         cleanup()

@@ -1,10 +1,11 @@
 """EVDM (ACM MM 2023) and its MCVD baseline: 2D U-Nets over frames stacked in channels, trained once
 for prediction, interpolation and generation (eqs. 6-7)."""
 
+from reference_models.common.metrics import best_of_k, frechet_distance, fvd, psnr, ssim
+
 from ..common.lazy import lazy_exports
 from .config import DATASETS, PAPER_BATCH, PRESETS, VARIANTS, EVDMConfig, get_config
 from .data import EVDMClips, split_clip
-from reference_models.common.metrics import best_of_k, frechet_distance, fvd, psnr, ssim
 from .unet import EVDMUNet, count_model_flops
 
 # sample.py is also a CLI (python -m reference_models.evdm.sample): import it on first use only

@@ -75,6 +75,7 @@ __all__ = [
     "get_config",
 ]
 
+
 @dataclass(frozen=True)
 class EVDMConfig(ConfigBase):
     """Everything that defines an MCVD-baseline or EVDM model and its diffusion.
@@ -143,13 +144,31 @@ class EVDMConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config_ints(self, ("channels", "image_size", "num_frames", "base_channels", "num_res_blocks",
-                                 "head_channels", "emb_mult", "bottleneck_ratio", "shortcut_groups",
-                                 "num_train_steps"))
+        check_config_ints(
+            self,
+            (
+                "channels",
+                "image_size",
+                "num_frames",
+                "base_channels",
+                "num_res_blocks",
+                "head_channels",
+                "emb_mult",
+                "bottleneck_ratio",
+                "shortcut_groups",
+                "num_train_steps",
+            ),
+        )
         check_config_ints(self, ("num_past", "num_future"), minimum=0)
         check_config_ints(self, ("favor_features", "past_encoder_channels"), optional=True)
-        for name in ("use_brp", "temporal_enhancement", "mixed_attention", "shortcut_optimization",
-                     "channel_split", "fir_resample"):
+        for name in (
+            "use_brp",
+            "temporal_enhancement",
+            "mixed_attention",
+            "shortcut_optimization",
+            "channel_split",
+            "fir_resample",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"expected {name} to be a bool, got {getattr(self, name)!r}")
         mult = self.channel_mult
@@ -228,8 +247,12 @@ class EVDMConfig(ConfigBase):
 
 # Table 8's columns for the baseline, then each row's changes from it.
 _NO_EVDM: dict[str, Any] = dict(
-    use_brp=False, temporal_enhancement=False, mixed_attention=False,
-    shortcut_optimization=False, channel_split=False, bottleneck_ratio=4,
+    use_brp=False,
+    temporal_enhancement=False,
+    mixed_attention=False,
+    shortcut_optimization=False,
+    channel_split=False,
+    bottleneck_ratio=4,
 )
 _BRP = dict(use_brp=True)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -240,25 +263,63 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "evdm": {**_BRP, "temporal_enhancement": True, "mixed_attention": True},
     "evdm_so": {**_BRP, "temporal_enhancement": True, "mixed_attention": True, "shortcut_optimization": True},
     "evdm_split": {**_BRP, "temporal_enhancement": True, "mixed_attention": True, "channel_split": True},
-    "evdm_so_split": {**_BRP, "temporal_enhancement": True, "mixed_attention": True,
-                      "shortcut_optimization": True, "channel_split": True},
-    "evdm_l": {**_BRP, "temporal_enhancement": True, "mixed_attention": True,
-               "shortcut_optimization": True, "channel_split": True, "bottleneck_ratio": 8},
+    "evdm_so_split": {
+        **_BRP,
+        "temporal_enhancement": True,
+        "mixed_attention": True,
+        "shortcut_optimization": True,
+        "channel_split": True,
+    },
+    "evdm_l": {
+        **_BRP,
+        "temporal_enhancement": True,
+        "mixed_attention": True,
+        "shortcut_optimization": True,
+        "channel_split": True,
+        "bottleneck_ratio": 8,
+    },
 }
 """Table 8's rows as switch settings (applied over the baseline's)."""
 
 DATASETS: dict[str, dict[str, Any]] = {
-    "smmnist": dict(channels=1, image_size=64, num_past=5, num_frames=5, num_future=0,
-                    base_channels=64, head_channels=64),
-    "kth": dict(channels=1, image_size=64, num_past=10, num_frames=5, num_future=0,
-                base_channels=96, head_channels=96),
-    "bair": dict(channels=3, image_size=64, num_past=1, num_frames=5, num_future=1,
-                 prob_mask_past=0.5, prob_mask_future=0.5, base_channels=192, head_channels=192),
-    "ucf": dict(channels=3, image_size=64, num_past=4, num_frames=4, num_future=0,
-                prob_mask_past=0.5, base_channels=288, head_channels=288),
-    "tiny": dict(channels=1, image_size=32, num_past=2, num_frames=2, num_future=1,
-                 prob_mask_past=0.5, prob_mask_future=0.5, base_channels=16, head_channels=16, dropout=0.0,
-                 prediction_type="v_prediction"),
+    "smmnist": dict(
+        channels=1, image_size=64, num_past=5, num_frames=5, num_future=0, base_channels=64, head_channels=64
+    ),
+    "kth": dict(channels=1, image_size=64, num_past=10, num_frames=5, num_future=0, base_channels=96, head_channels=96),
+    "bair": dict(
+        channels=3,
+        image_size=64,
+        num_past=1,
+        num_frames=5,
+        num_future=1,
+        prob_mask_past=0.5,
+        prob_mask_future=0.5,
+        base_channels=192,
+        head_channels=192,
+    ),
+    "ucf": dict(
+        channels=3,
+        image_size=64,
+        num_past=4,
+        num_frames=4,
+        num_future=0,
+        prob_mask_past=0.5,
+        base_channels=288,
+        head_channels=288,
+    ),
+    "tiny": dict(
+        channels=1,
+        image_size=32,
+        num_past=2,
+        num_frames=2,
+        num_future=1,
+        prob_mask_past=0.5,
+        prob_mask_future=0.5,
+        base_channels=16,
+        head_channels=16,
+        dropout=0.0,
+        prediction_type="v_prediction",
+    ),
 }
 """Data and width settings of Table 2's data sets (MCVD's runs) and of the CPU ``tiny`` preset."""
 

@@ -50,8 +50,7 @@ __all__ = [
 ]
 
 # Built-in data: one bright shape per clip, large enough to read at 32x32, so a tiny run learns it.
-SHAPES_DEFAULTS: dict[str, Any] = {"fps": 8.0, "max_shapes": 1, "size_range": (0.15, 0.3),
-                                   "speed_range": (0.25, 1.0)}
+SHAPES_DEFAULTS: dict[str, Any] = {"fps": 8.0, "max_shapes": 1, "size_range": (0.15, 0.3), "speed_range": (0.25, 1.0)}
 
 
 def clip_frames(cfg: EVDMConfig) -> int:
@@ -116,7 +115,9 @@ class EVDMClips(Dataset):
 
     def __init__(self, videos: Dataset, num_past: int, num_frames: int, num_future: int = 0) -> None:
         if not hasattr(videos, "__getitem__") or not hasattr(videos, "__len__"):
-            raise TypeError(f"expected a map-style dataset of {{'video': (c, t, h, w)}} items, got {type(videos).__name__}")
+            raise TypeError(
+                f"expected a map-style dataset of {{'video': (c, t, h, w)}} items, got {type(videos).__name__}"
+            )
         self.videos = videos
         self.num_past, self.num_frames, self.num_future = num_past, num_frames, num_future
         root = getattr(videos, "root", None)
@@ -148,9 +149,18 @@ def moving_shapes_videos(
     speed_range: tuple[float, float] = SHAPES_DEFAULTS["speed_range"],
 ) -> MovingShapes:
     """Bouncing shapes at the config's size and channels (1: luma of the colours), ``frames`` long."""
-    return MovingShapes(num_samples, frames=frames, height=cfg.image_size, width=cfg.image_size, fps=fps,
-                        channels=cfg.channels, max_shapes=max_shapes, seed=seed, size_range=tuple(size_range),
-                        speed_range=tuple(speed_range))
+    return MovingShapes(
+        num_samples,
+        frames=frames,
+        height=cfg.image_size,
+        width=cfg.image_size,
+        fps=fps,
+        channels=cfg.channels,
+        max_shapes=max_shapes,
+        seed=seed,
+        size_range=tuple(size_range),
+        speed_range=tuple(speed_range),
+    )
 
 
 def folder_videos(
@@ -166,8 +176,16 @@ def folder_videos(
     config's square size, gray (luma) or RGB as ``cfg.channels`` says. ``fps=None`` keeps the files'
     rate (KTH is 25 fps; MCVD takes consecutive frames)."""
     check_data_dir(root)
-    return VideoFolder(root, frames=frames, height=cfg.image_size, width=cfg.image_size, fps=fps,
-                       channels=cfg.channels, clip_start=clip_start, seed=seed)
+    return VideoFolder(
+        root,
+        frames=frames,
+        height=cfg.image_size,
+        width=cfg.image_size,
+        fps=fps,
+        channels=cfg.channels,
+        clip_start=clip_start,
+        seed=seed,
+    )
 
 
 def data_record(data: str | os.PathLike | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -184,9 +202,7 @@ def data_record(data: str | os.PathLike | None = None, **kwargs: Any) -> dict[st
     return record
 
 
-def videos_from_record(
-    record: Mapping[str, Any], cfg: EVDMConfig, frames: int, *, held_out: bool = False
-) -> Dataset:
+def videos_from_record(record: Mapping[str, Any], cfg: EVDMConfig, frames: int, *, held_out: bool = False) -> Dataset:
     """The videos a :func:`data_record` describes, ``frames`` long.
 
     ``held_out=True`` gives evaluation clips: moving shapes from the next seed (unseen scenes), or
@@ -195,13 +211,19 @@ def videos_from_record(
     source = record.get("source")
     if source == "moving_shapes":
         return moving_shapes_videos(
-            cfg, frames, num_samples=int(record["num_samples"]), seed=int(record["seed"]) + int(held_out),
-            fps=float(record["fps"]), max_shapes=int(record["max_shapes"]),
-            size_range=tuple(record["size_range"]), speed_range=tuple(record["speed_range"]),
+            cfg,
+            frames,
+            num_samples=int(record["num_samples"]),
+            seed=int(record["seed"]) + int(held_out),
+            fps=float(record["fps"]),
+            max_shapes=int(record["max_shapes"]),
+            size_range=tuple(record["size_range"]),
+            speed_range=tuple(record["speed_range"]),
         )
     if source == "folder":
-        return folder_videos(record["root"], cfg, frames, fps=record.get("fps"),
-                             clip_start="first" if held_out else "random")
+        return folder_videos(
+            record["root"], cfg, frames, fps=record.get("fps"), clip_start="first" if held_out else "random"
+        )
     raise ValueError(f"expected a data record with source 'moving_shapes' or 'folder', got {dict(record)!r}")
 
 

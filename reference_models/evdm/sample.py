@@ -45,17 +45,17 @@ import torch
 from torch import nn
 
 from reference_models.common.checkpoint import Checkpoint, load_model_from_checkpoint
-from reference_models.common.pretrained import export_pretrained
 from reference_models.common.cli import add_sampling_arguments, check_checkpoint_kind, positive_fps
 from reference_models.common.distributed import resolve_device
 from reference_models.common.ema import unwrap_model
+from reference_models.common.metrics import trajectory_metrics
+from reference_models.common.pretrained import export_pretrained
 from reference_models.common.video_io import write_samples
-from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.diffusion import NoiseSchedule, sample_ddim, sample_ddpm
+from vdblocks.validation import check_positive_int, check_tensor
 
 from .config import EVDMConfig
 from .data import folder_videos, stack_videos, videos_from_record
-from reference_models.common.metrics import trajectory_metrics
 from .unet import EVDMUNet
 
 __all__ = [
@@ -177,10 +177,31 @@ def sample_frames(
     model.eval()
     try:
         if sampler == "ddpm":
-            return sample_ddpm(model_fn, shape, schedule, steps=steps, clip_sample=clip_sample, generator=generator,
-                               device=device, dtype=dtype, progress=progress, prediction_type=cfg.prediction_type)
-        return sample_ddim(model_fn, shape, schedule, steps, eta, clip_sample=clip_sample, generator=generator,
-                           device=device, dtype=dtype, progress=progress, prediction_type=cfg.prediction_type)
+            return sample_ddpm(
+                model_fn,
+                shape,
+                schedule,
+                steps=steps,
+                clip_sample=clip_sample,
+                generator=generator,
+                device=device,
+                dtype=dtype,
+                progress=progress,
+                prediction_type=cfg.prediction_type,
+            )
+        return sample_ddim(
+            model_fn,
+            shape,
+            schedule,
+            steps,
+            eta,
+            clip_sample=clip_sample,
+            generator=generator,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+            prediction_type=cfg.prediction_type,
+        )
     finally:
         model.train(was_training)
 
@@ -222,9 +243,7 @@ def predict_long(model: nn.Module, past: torch.Tensor, total_frames: int, **kwar
         raise ValueError("predict_long needs a model with past frames (num_past > 0)")
     check_tensor(past, "past", "(b, c, t, h, w)", sizes={"c": cfg.channels})
     if past.shape[2] < cfg.num_past:
-        raise ValueError(
-            f"expected past of shape (b, c, t, h, w) with t >= P={cfg.num_past}, got {tuple(past.shape)}"
-        )
+        raise ValueError(f"expected past of shape (b, c, t, h, w) with t >= P={cfg.num_past}, got {tuple(past.shape)}")
     known = past[:, :, -cfg.num_past :]
     chunks: list[torch.Tensor] = []
     for _ in range(math.ceil(total_frames / cfg.num_frames)):
@@ -309,7 +328,9 @@ def run_task(
     need = task_frames(cfg, task, num_frames)
     check_tensor(clips, "clips", "(b, c, t, h, w)", sizes={"c": cfg.channels})
     if clips.shape[2] < need:
-        raise ValueError(f"expected clips of shape (b, c, t, h, w) with t >= {need} for {task!r}, got {tuple(clips.shape)}")
+        raise ValueError(
+            f"expected clips of shape (b, c, t, h, w) with t >= {need} for {task!r}, got {tuple(clips.shape)}"
+        )
     real = clips[:, :, :need].cpu()
     P, T = cfg.num_past, cfg.num_frames
     past = real[:, :, :P]
@@ -332,8 +353,9 @@ def run_task(
     return TaskResult(videos=videos, real=real, metrics=metrics)
 
 
-def baseline_predictions(past: torch.Tensor, frames: int, *, future: torch.Tensor | None = None
-                         ) -> dict[str, torch.Tensor]:
+def baseline_predictions(
+    past: torch.Tensor, frames: int, *, future: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Trivial guesses of ``frames`` unknown frames that a model must beat, each ``(b, c, frames, h, w)``:
 
     * ``copy_last``: the last known past frame, repeated;
@@ -358,8 +380,9 @@ def baseline_predictions(past: torch.Tensor, frames: int, *, future: torch.Tenso
     return guesses
 
 
-def write_task(result: TaskResult, out_dir: str | Path, stem: str, *, fps: float,
-               extra: Mapping[str, Any] | None = None) -> list[Path]:
+def write_task(
+    result: TaskResult, out_dir: str | Path, stem: str, *, fps: float, extra: Mapping[str, Any] | None = None
+) -> list[Path]:
     """Write ``{stem}_XX.mp4`` + ``{stem}_grid.png`` (samples), ``{stem}_real_*`` (real clips) and
     ``{stem}_metrics.json`` (metrics, ``num_clips`` and ``extra``) when there is something to compare with."""
     paths = write_samples(result.videos, out_dir, stem=stem, fps=fps)
@@ -385,7 +408,11 @@ def load_model(
     or EMA tensors are read), or a ``save_pretrained`` directory of an :class:`EVDMUNet`.
     """
     return load_model_from_checkpoint(
-        checkpoint, "evdm", lambda d: EVDMUNet(EVDMConfig.from_dict(d)), device=device, use_ema=use_ema,
+        checkpoint,
+        "evdm",
+        lambda d: EVDMUNet(EVDMConfig.from_dict(d)),
+        device=device,
+        use_ema=use_ema,
         pretrained=EVDMUNet,
     )
 
@@ -396,20 +423,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample videos from an EVDM checkpoint: prediction, interpolation or generation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True,
-                   help="manifest, checkpoint directory, training output directory or save_pretrained directory")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="manifest, checkpoint directory, training output directory or save_pretrained directory",
+    )
     p.add_argument("--task", default="predict", choices=TASKS)
-    p.add_argument("--data", default=None,
-                   help="directory of videos to take conditioning clips from (default: held-out training data)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="directory of videos to take conditioning clips from (default: held-out training data)",
+    )
     p.add_argument("--num-samples", type=int, default=4, help="videos (clips) to sample")
-    p.add_argument("--frames", type=int, default=None,
-                   help="frames to predict / generate (default T; more are made autoregressively)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="frames to predict / generate (default T; more are made autoregressively)",
+    )
     p.add_argument("--trajectories", type=int, default=1, help="samples per clip for best-of-k PSNR/SSIM")
     p.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     p.add_argument("--steps", type=int, default=100, help="sampling steps (paper: DDPM 100 or 1000)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    p.add_argument("--fps", type=positive_fps, default=None,
-                   help="playback rate of the files, > 0 (default: the data's, else 8)")
+    p.add_argument(
+        "--fps", type=positive_fps, default=None, help="playback rate of the files, > 0 (default: the data's, else 8)"
+    )
     add_sampling_arguments(p)
     return p
 
@@ -444,15 +482,35 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         count = min(args.num_samples, len(videos))
         clips = stack_videos(videos, range(count))
     generator = torch.Generator().manual_seed(args.seed)
-    result = run_task(model, args.task, clips=clips, batch=args.num_samples, num_frames=args.frames,
-                      trajectories=args.trajectories, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                      generator=generator)
+    result = run_task(
+        model,
+        args.task,
+        clips=clips,
+        batch=args.num_samples,
+        num_frames=args.frames,
+        trajectories=args.trajectories,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        generator=generator,
+    )
     out = Path(args.out)
-    written = write_task(result, out, args.task, fps=fps,
-                         extra={"trajectories": args.trajectories, "sampler": args.sampler, "steps": args.steps,
-                                "checkpoint_step": ckpt.step})
-    print(f"step {ckpt.step} of {ckpt.path}: {args.task}, {result.videos.shape[0]} videos of "
-          f"{result.videos.shape[2]} frames -> {out}/")
+    written = write_task(
+        result,
+        out,
+        args.task,
+        fps=fps,
+        extra={
+            "trajectories": args.trajectories,
+            "sampler": args.sampler,
+            "steps": args.steps,
+            "checkpoint_step": ckpt.step,
+        },
+    )
+    print(
+        f"step {ckpt.step} of {ckpt.path}: {args.task}, {result.videos.shape[0]} videos of "
+        f"{result.videos.shape[2]} frames -> {out}/"
+    )
     if result.metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"best of {args.trajectories} trajectories, mean over videos: {shown}")

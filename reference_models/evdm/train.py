@@ -79,14 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="tiny_evdm", choices=sorted(PRESETS),
-                   help="'{dataset}_{variant}', e.g. kth_evdm, bair_evdm_l, ucf_mcvd (the baseline)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override an EVDMConfig field, e.g. --set prob_mask_past=0.5 --set channel_mult=[1,2,2] (JSON)")
+    g.add_argument(
+        "--preset",
+        default="tiny_evdm",
+        choices=sorted(PRESETS),
+        help="'{dataset}_{variant}', e.g. kth_evdm, bair_evdm_l, ucf_mcvd (the baseline)",
+    )
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override an EVDMConfig field, e.g. --set prob_mask_past=0.5 --set channel_mult=[1,2,2] (JSON)",
+    )
     g = p.add_argument_group("data (default: built-in moving shapes)")
     g.add_argument("--data", default=None, help="directory of videos (cut into clips of P + T + F frames)")
-    g.add_argument("--fps", type=float, default=None,
-                   help="--data: resample the videos to this rate (default: consecutive frames)")
+    g.add_argument(
+        "--fps", type=float, default=None, help="--data: resample the videos to this rate (default: consecutive frames)"
+    )
     g.add_argument("--num-videos", type=int, default=4096, help="moving shapes: number of scenes")
     g.add_argument("--max-shapes", type=int, default=SHAPES_DEFAULTS["max_shapes"], help="moving shapes per clip")
     g = p.add_argument_group("training")
@@ -95,15 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--warmup-steps", type=int, default=50)
     g.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate after the warm-up")
-    g.add_argument("--ema-decay", type=float, default=None,
-                   help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)")
+    g.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)",
+    )
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--num-workers", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="runs/evdm", help="output directory (checkpoints/, samples/, metrics.csv)")
-    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out (or from CHECKPOINT)")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in --out (or from CHECKPOINT)",
+    )
     g.add_argument("--log-every", type=int, default=50)
     g.add_argument("--ckpt-every", type=int, default=1000)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -112,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     g.add_argument("--sample-steps", type=int, default=100, help="sampling steps (paper: DDPM 100 or 1000)")
     g.add_argument("--num-samples", type=int, default=16, help="held-out clips per task")
-    g.add_argument("--sample-frames", type=int, default=None,
-                   help="frames to predict autoregressively (default 3 T)")
+    g.add_argument("--sample-frames", type=int, default=None, help="frames to predict autoregressively (default 3 T)")
     return p
 
 
@@ -133,6 +153,7 @@ def draw_condition_masks(
     first, then future, from ``generator`` on its own device; a condition the model does not have
     (``P = 0`` or ``F = 0``) gets ``None`` and draws nothing.
     """
+
     def draw(probability: float, count: int) -> torch.Tensor | None:
         if count == 0:
             return None
@@ -187,8 +208,9 @@ def _generate_frames(cfg: EVDMConfig, sample_frames: int) -> int:
     return cfg.num_past + sample_frames if 0 < cfg.num_past <= cfg.num_frames else cfg.num_frames
 
 
-def make_sample_fn(cfg: EVDMConfig, clips: torch.Tensor, *, sample_frames: int, sampler: str, steps: int, seed: int,
-                   fps: float):
+def make_sample_fn(
+    cfg: EVDMConfig, clips: torch.Tensor, *, sample_frames: int, sampler: str, steps: int, seed: int, fps: float
+):
     """``sample_fn(ema_model, step, out_dir)`` for the trainer: every task of :func:`sample_tasks` on
     the held-out ``clips (n, c, t, h, w)``, noise from ``seed``, files ``step<N>_<task>_*``."""
 
@@ -200,8 +222,13 @@ def make_sample_fn(cfg: EVDMConfig, clips: torch.Tensor, *, sample_frames: int, 
         for task in sample_tasks(cfg):
             frames = _generate_frames(cfg, sample_frames) if task == "generate" else sample_frames
             result = run_task(model, task, clips=clips, batch=clips.shape[0], num_frames=frames, **kwargs)
-            paths += write_task(result, out_dir, f"step{step:06d}_{task}", fps=fps,
-                                extra={"step": step, "sampler": sampler, "steps": steps})
+            paths += write_task(
+                result,
+                out_dir,
+                f"step{step:06d}_{task}",
+                fps=fps,
+                extra={"step": step, "sampler": sampler, "steps": steps},
+            )
         return paths
 
     return sample_fn
@@ -220,12 +247,17 @@ def baseline_report(samples: Path, step: int, tasks: Sequence[str]) -> list[str]
         for metric in ("psnr", "ssim"):
             if metric not in values:
                 continue
-            others = [(name, values[f"{name}_{metric}"]) for name in ("copy_last", "mean_frame", "blend")
-                      if f"{name}_{metric}" in values]
+            others = [
+                (name, values[f"{name}_{metric}"])
+                for name in ("copy_last", "mean_frame", "blend")
+                if f"{name}_{metric}" in values
+            ]
             beats = all(values[metric] > v for _, v in others)
-            lines.append(f"{task:<12}{metric} {values[metric]:.3f}  vs " + ", ".join(f"{n.replace('_', '-')} {v:.3f}"
-                                                                                 for n, v in others)
-                         + ("  (beats every baseline)" if beats else "  (does NOT beat every baseline)"))
+            lines.append(
+                f"{task:<12}{metric} {values[metric]:.3f}  vs "
+                + ", ".join(f"{n.replace('_', '-')} {v:.3f}" for n, v in others)
+                + ("  (beats every baseline)" if beats else "  (does NOT beat every baseline)")
+            )
     if lines:
         lines.insert(0, f"held-out clips, model vs trivial baselines ({samples}/step{step:06d}_<task>_metrics.json):")
     return lines
@@ -253,25 +285,38 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         model = EVDMUNet(cfg)  # initialises itself (identity branches)
         schedule = schedule_from_config(cfg)
         params = sum(p.numel() for p in model.parameters())
-        say(f"EVDM preset {args.preset!r} ({cfg.variant}): {params / 1e6:.2f} M parameters; clips of "
+        say(
+            f"EVDM preset {args.preset!r} ({cfg.variant}): {params / 1e6:.2f} M parameters; clips of "
             f"{cfg.num_past} past + {cfg.num_frames} current + {cfg.num_future} future frames, {cfg.channels} "
             f"channel(s), {cfg.image_size}x{cfg.image_size}; p_mask past {cfg.prob_mask_past}, future "
             f"{cfg.prob_mask_future}; {len(dataset)} clips ({record['source']}); device {info.device}, "
-            f"{info.world_size} process(es)")
+            f"{info.world_size} process(es)"
+        )
 
         sample_frames = args.sample_frames or 3 * cfg.num_frames
         fps = float(record.get("fps") or 8.0)
         need = max([task_frames(cfg, t, sample_frames) for t in sample_tasks(cfg)] + [1])
         held_out = videos_from_record(record, cfg, need, held_out=True)
         clips = stack_videos(held_out, range(min(args.num_samples, len(held_out))))
-        sample_fn = make_sample_fn(cfg, clips, sample_frames=sample_frames, sampler=args.sampler,
-                                   steps=args.sample_steps, seed=args.seed, fps=fps)
+        sample_fn = make_sample_fn(
+            cfg,
+            clips,
+            sample_frames=sample_frames,
+            sampler=args.sampler,
+            steps=args.sample_steps,
+            seed=args.seed,
+            fps=fps,
+        )
         config_dict = {
             "evdm": cfg.to_dict(),
             "preset": args.preset,
             "data": record,
-            "samples": {"tasks": sample_tasks(cfg), "sample_frames": sample_frames, "sampler": args.sampler,
-                        "steps": args.sample_steps},
+            "samples": {
+                "tasks": sample_tasks(cfg),
+                "sample_frames": sample_frames,
+                "sampler": args.sampler,
+                "steps": args.sample_steps,
+            },
         }
 
         def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -280,8 +325,17 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         def preflight(model: nn.Module, item: dict) -> None:
             check_clip(cfg, item)
 
-        state = train(tcfg, model, loss_fn, dataset, sample_fn=sample_fn, config_dict=config_dict,
-                      resume=args.resume, dist_info=info, preflight=preflight)
+        state = train(
+            tcfg,
+            model,
+            loss_fn,
+            dataset,
+            sample_fn=sample_fn,
+            config_dict=config_dict,
+            resume=args.resume,
+            dist_info=info,
+            preflight=preflight,
+        )
 
         out = Path(args.out)
         for line in run_summary(state, time.perf_counter() - start):
@@ -292,12 +346,13 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             say(f"samples:    {samples}/step{state.step:06d}_<task>_<i>.mp4 (real clips: *_real_*), frame grids:")
             for task in sample_tasks(cfg):
                 grid = samples / f"step{state.step:06d}_{task}_grid.png"
-                scores = samples / f"step{state.step:06d}_{task}_metrics.json"
                 say(f"            {grid}")
             for line in baseline_report(samples, state.step, sample_tasks(cfg)):
                 say(line)
-        say(f"sample more: python -m reference_models.evdm.sample --checkpoint {out} --task predict "
-            f"--frames {sample_frames} --out {out / 'cli_samples'}")
+        say(
+            f"sample more: python -m reference_models.evdm.sample --checkpoint {out} --task predict "
+            f"--frames {sample_frames} --out {out / 'cli_samples'}"
+        )
         return state
     finally:
         cleanup()

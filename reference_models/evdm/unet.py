@@ -50,11 +50,11 @@ from einops import rearrange
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from vdblocks import BottleneckResidualPathway, MixedSelfAttention, ScaleShiftGroupNorm, TimestepEmbedding
+from vdblocks.flops import FlopReport, count_flops
+from vdblocks.layers.norm import group_norm
 from vdblocks.layers.resample import Resample2d
 from vdblocks.layers.resblock import ResBlock2d
 from vdblocks.validation import check_tensor
-from vdblocks.flops import FlopReport, count_flops
-from vdblocks.layers.norm import group_norm
 
 from ..common.pretrained import PretrainedMixin
 from .config import EVDMConfig
@@ -135,8 +135,13 @@ class AttentionBlock(nn.Module):
         if heads * dim_head != channels:
             raise ValueError(f"expected channels={channels} divisible by head_channels={head_channels}")
         self.norm = group_norm(channels)
-        kwargs = dict(heads=heads, dim_head=dim_head, threshold=threshold, algorithm="auto" if mixed else "softmax",
-                      nb_features=nb_features or dim_head)
+        kwargs = dict(
+            heads=heads,
+            dim_head=dim_head,
+            threshold=threshold,
+            algorithm="auto" if mixed else "softmax",
+            nb_features=nb_features or dim_head,
+        )
         if torch.empty(0).device.type == "meta":
             # performer draws its orthogonal random features with a QR, which the meta device cannot
             # run: draw them on CPU, then move the block to meta like everything around it.
@@ -288,19 +293,40 @@ class EVDMUNet(nn.Module, PretrainedMixin):
         cfg = self.cfg
         if not cfg.use_brp:
             # MCVD's ResnetBlockBigGANppGN: scale-shift on both norms, resampling, skip_rescale.
-            return ResBlock2d(c_in, c_out, emb_dim=cfg.emb_dim, emb_mode="scale_shift_both", dropout=cfg.dropout,
-                              resample=resample, fir=cfg.fir_resample, skip_rescale=True, eps=1e-6)
+            return ResBlock2d(
+                c_in,
+                c_out,
+                emb_dim=cfg.emb_dim,
+                emb_mode="scale_shift_both",
+                dropout=cfg.dropout,
+                resample=resample,
+                fir=cfg.fir_resample,
+                skip_rescale=True,
+                eps=1e-6,
+            )
         return BRPResBlock(
-            c_in, c_out, emb_dim=cfg.emb_dim, resample=resample, fir=cfg.fir_resample,
-            bottleneck_ratio=cfg.bottleneck_ratio, temporal_enhancement=cfg.temporal_enhancement,
-            dropout=cfg.dropout, shortcut="group_shuffle" if cfg.shortcut_optimization else "conv",
-            shortcut_groups=cfg.shortcut_groups, channel_split=cfg.channel_split,
+            c_in,
+            c_out,
+            emb_dim=cfg.emb_dim,
+            resample=resample,
+            fir=cfg.fir_resample,
+            bottleneck_ratio=cfg.bottleneck_ratio,
+            temporal_enhancement=cfg.temporal_enhancement,
+            dropout=cfg.dropout,
+            shortcut="group_shuffle" if cfg.shortcut_optimization else "conv",
+            shortcut_groups=cfg.shortcut_groups,
+            channel_split=cfg.channel_split,
         )
 
     def _attention(self, channels: int) -> AttentionBlock:
         cfg = self.cfg
-        return AttentionBlock(channels, cfg.head_channels, mixed=cfg.mixed_attention,
-                              threshold=cfg.attn_threshold, nb_features=cfg.favor_features)
+        return AttentionBlock(
+            channels,
+            cfg.head_channels,
+            mixed=cfg.mixed_attention,
+            threshold=cfg.attn_threshold,
+            nb_features=cfg.favor_features,
+        )
 
     # -- weights -------------------------------------------------------------------------------
 
@@ -370,14 +396,22 @@ class EVDMUNet(nn.Module, PretrainedMixin):
         plan = []
         for level, block in self.attention_blocks():
             h, w = height // 2**level, width // 2**level
-            plan.append(dict(level=level, tokens=h * w, heads=block.attn.heads, dim_head=block.attn.dim_head,
-                             algorithm=block.algorithm_for(h, w)))
+            plan.append(
+                dict(
+                    level=level,
+                    tokens=h * w,
+                    heads=block.attn.heads,
+                    dim_head=block.attn.dim_head,
+                    algorithm=block.algorithm_for(h, w),
+                )
+            )
         return plan
 
     # -- forward -------------------------------------------------------------------------------
 
-    def _condition(self, frames: torch.Tensor | None, mask: torch.Tensor | None, count: int, name: str,
-                   x: torch.Tensor) -> torch.Tensor | None:
+    def _condition(
+        self, frames: torch.Tensor | None, mask: torch.Tensor | None, count: int, name: str, x: torch.Tensor
+    ) -> torch.Tensor | None:
         """Validated, masked conditioning frames folded to ``(b, (f c), h, w)``; None if ``count == 0``."""
         cfg = self.cfg
         b, _, _, h, w = x.shape
@@ -394,8 +428,7 @@ class EVDMUNet(nn.Module, PretrainedMixin):
                 raise ValueError(f"expected {name}_mask of shape (b,) with b={b}, got {got}")
         if frames is None:
             return x.new_zeros(b, cfg.channels * count, h, w)  # all masked
-        check_tensor(frames, name, "(b, c, t, h, w)",
-                     sizes={"b": b, "c": cfg.channels, "t": count, "h": h, "w": w})
+        check_tensor(frames, name, "(b, c, t, h, w)", sizes={"b": b, "c": cfg.channels, "t": count, "h": h, "w": w})
         if mask is not None:
             frames = frames * mask.to(frames.dtype).reshape(b, 1, 1, 1, 1)  # eq. 7: m p
         return rearrange(frames, "b c t h w -> b (t c) h w")
@@ -459,7 +492,6 @@ class EVDMUNet(nn.Module, PretrainedMixin):
         return rearrange(h, "b (t c) h w -> b c t h w", c=cfg.channels)
 
 
-
 def count_model_flops(
     cfg: EVDMConfig, height: int | None = None, width: int | None = None
 ) -> tuple[EVDMUNet, FlopReport]:
@@ -484,6 +516,7 @@ def count_model_flops(
             return torch.zeros(1, c, n, height, width) if n else None
 
         with torch.no_grad():
-            report = count_flops(model, frames(cfg.num_frames), torch.zeros(1),
-                                 past=frames(cfg.num_past), future=frames(cfg.num_future))
+            report = count_flops(
+                model, frames(cfg.num_frames), torch.zeros(1), past=frames(cfg.num_past), future=frames(cfg.num_future)
+            )
     return model, report

@@ -32,8 +32,8 @@ from vdblocks import (
     VideoPatchUnembed,
     VideoTransformer,
 )
-from vdblocks.validation import check_tensor
 from vdblocks.layers.triplane import triplane_expand
+from vdblocks.validation import check_tensor
 
 from ..common.pretrained import PretrainedMixin
 from .config import AutoencoderConfig
@@ -66,13 +66,21 @@ class PVDMAutoencoder(nn.Module, PretrainedMixin):
         self.cfg = cfg
         dim, C = cfg.dim, cfg.latent_channels
         self.patch_embed = VideoPatchEmbed(cfg.channels, dim, cfg.patch_size)
-        self.encoder = VideoTransformer(dim, cfg.encoder_depth, heads=cfg.heads, dim_head=cfg.dim_head,
-                                        mlp_ratio=cfg.mlp_ratio)
-        self.projector = TriplaneProjector(dim, C, depth=cfg.proj_depth, heads=cfg.proj_heads,
-                                           mlp_ratio=(cfg.proj_mlp_dim + 0.5) / dim, pool=cfg.proj_pool)
+        self.encoder = VideoTransformer(
+            dim, cfg.encoder_depth, heads=cfg.heads, dim_head=cfg.dim_head, mlp_ratio=cfg.mlp_ratio
+        )
+        self.projector = TriplaneProjector(
+            dim,
+            C,
+            depth=cfg.proj_depth,
+            heads=cfg.proj_heads,
+            mlp_ratio=(cfg.proj_mlp_dim + 0.5) / dim,
+            pool=cfg.proj_pool,
+        )
         self.from_latent = nn.Linear(3 * C, dim)
-        self.decoder = VideoTransformer(dim, cfg.decoder_depth, heads=cfg.heads, dim_head=cfg.dim_head,
-                                        mlp_ratio=cfg.mlp_ratio)
+        self.decoder = VideoTransformer(
+            dim, cfg.decoder_depth, heads=cfg.heads, dim_head=cfg.dim_head, mlp_ratio=cfg.mlp_ratio
+        )
         self.unembed = VideoPatchUnembed(dim, cfg.channels, cfg.patch_size)
 
     def _check_video(self, x: torch.Tensor) -> None:

@@ -120,9 +120,26 @@ class AutoencoderConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config_ints(self, ("channels", "frames", "height", "width", "dim", "encoder_depth", "decoder_depth",
-                                 "heads", "dim_head", "proj_depth", "proj_heads", "proj_mlp_dim",
-                                 "latent_channels", "disc_channels", "disc_layers"))
+        check_config_ints(
+            self,
+            (
+                "channels",
+                "frames",
+                "height",
+                "width",
+                "dim",
+                "encoder_depth",
+                "decoder_depth",
+                "heads",
+                "dim_head",
+                "proj_depth",
+                "proj_heads",
+                "proj_mlp_dim",
+                "latent_channels",
+                "disc_channels",
+                "disc_layers",
+            ),
+        )
         check_config_ints(self, ("gan_start",), minimum=0)
         p = self.patch_size
         if not isinstance(p, tuple) or len(p) != 3 or not all(is_int(v) and v > 0 for v in p):
@@ -148,8 +165,9 @@ class AutoencoderConfig(ConfigBase):
                     f"(patch_size={self.patch_size}), got {size!r}"
                 )
 
-    def latent_grid(self, frames: int | None = None, height: int | None = None,
-                    width: int | None = None) -> tuple[int, int, int]:
+    def latent_grid(
+        self, frames: int | None = None, height: int | None = None, width: int | None = None
+    ) -> tuple[int, int, int]:
         """``(t, h, w)`` of the plane grid for a video (default: the training size): the sizes
         divided by the patch size, so ``z_s (C, h, w)``, ``z_h (C, t, w)``, ``z_w (C, t, h)``."""
         frames, height, width = frames or self.frames, height or self.height, width or self.width
@@ -198,8 +216,20 @@ class DiffusionConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_config_ints(self, ("latent_channels", "latent_frames", "latent_height", "latent_width",
-                                 "base_channels", "num_res_blocks", "heads", "emb_mult", "num_train_steps"))
+        check_config_ints(
+            self,
+            (
+                "latent_channels",
+                "latent_frames",
+                "latent_height",
+                "latent_width",
+                "base_channels",
+                "num_res_blocks",
+                "heads",
+                "emb_mult",
+                "num_train_steps",
+            ),
+        )
         check_channel_mult(self.channel_mult)
         factors = tuple(2**i for i in range(len(self.channel_mult)))
         res = self.attn_resolutions
@@ -236,9 +266,26 @@ class DiffusionConfig(ConfigBase):
 
 
 _TINY_AE: dict[str, Any] = dict(
-    channels=3, frames=8, height=32, width=32, patch_size=(1, 4, 4), dim=64, encoder_depth=2, decoder_depth=2,
-    heads=4, dim_head=16, mlp_ratio=2.0, proj_depth=1, proj_heads=4, proj_mlp_dim=128, latent_channels=8,
-    l2_weight=1.0, use_gan=False, gan_start=0, disc_channels=16, disc_layers=2,
+    channels=3,
+    frames=8,
+    height=32,
+    width=32,
+    patch_size=(1, 4, 4),
+    dim=64,
+    encoder_depth=2,
+    decoder_depth=2,
+    heads=4,
+    dim_head=16,
+    mlp_ratio=2.0,
+    proj_depth=1,
+    proj_heads=4,
+    proj_mlp_dim=128,
+    latent_channels=8,
+    l2_weight=1.0,
+    use_gan=False,
+    gan_start=0,
+    disc_channels=16,
+    disc_layers=2,
 )
 
 AUTOENCODER_PRESETS: dict[str, AutoencoderConfig] = {
@@ -247,15 +294,35 @@ AUTOENCODER_PRESETS: dict[str, AutoencoderConfig] = {
 }
 """``paper``: appendix D's autoencoder at 256x256x16; ``tiny``: a CPU-sized one (8 frames of 32x32)."""
 
-_TABLE6: dict[str, Any] = dict(channel_mult=(1, 2, 4), attn_resolutions=(4, 2, 1), num_res_blocks=2, heads=8,
-                               schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195, num_train_steps=1000)
+_TABLE6: dict[str, Any] = dict(
+    channel_mult=(1, 2, 4),
+    attn_resolutions=(4, 2, 1),
+    num_res_blocks=2,
+    heads=8,
+    schedule="scaled_linear",
+    beta_start=0.0015,
+    beta_end=0.0195,
+    num_train_steps=1000,
+)
 
 DIFFUSION_PRESETS: dict[str, DiffusionConfig] = {
     "pvdm_s": DiffusionConfig(base_channels=128, **_TABLE6),
     "pvdm_l": DiffusionConfig(base_channels=256, **_TABLE6),
-    "tiny": DiffusionConfig(latent_channels=8, latent_frames=8, latent_height=8, latent_width=8, base_channels=32,
-                            channel_mult=(1, 2), attn_resolutions=(2, 1), num_res_blocks=1, heads=4,
-                            schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195, num_train_steps=1000),
+    "tiny": DiffusionConfig(
+        latent_channels=8,
+        latent_frames=8,
+        latent_height=8,
+        latent_width=8,
+        base_channels=32,
+        channel_mult=(1, 2),
+        attn_resolutions=(2, 1),
+        num_res_blocks=1,
+        heads=4,
+        schedule="scaled_linear",
+        beta_start=0.0015,
+        beta_end=0.0195,
+        num_train_steps=1000,
+    ),
 }
 """Table 6's PVDM-S and PVDM-L (on the ``paper`` autoencoder's 16x32x32 grid) and a CPU-sized ``tiny``."""
 

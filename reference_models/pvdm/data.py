@@ -49,8 +49,7 @@ __all__ = [
 ]
 
 # Built-in data: one or two bright shapes large enough to read at 32x32, so a tiny run learns them.
-SHAPES_DEFAULTS: dict[str, Any] = {"fps": 8.0, "max_shapes": 2, "size_range": (0.15, 0.3),
-                                   "speed_range": (0.25, 1.0)}
+SHAPES_DEFAULTS: dict[str, Any] = {"fps": 8.0, "max_shapes": 2, "size_range": (0.15, 0.3), "speed_range": (0.25, 1.0)}
 
 
 def data_record(data: str | os.PathLike | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -67,8 +66,9 @@ def data_record(data: str | os.PathLike | None = None, **kwargs: Any) -> dict[st
     return record
 
 
-def videos_from_record(record: Mapping[str, Any], cfg: AutoencoderConfig, frames: int, *,
-                       held_out: bool = False) -> Dataset:
+def videos_from_record(
+    record: Mapping[str, Any], cfg: AutoencoderConfig, frames: int, *, held_out: bool = False
+) -> Dataset:
     """The videos a :func:`data_record` describes, ``frames`` long, at the config's size and channels.
 
     ``held_out=True``: moving shapes from the next seed, or the folder's clips from their first frame.
@@ -76,14 +76,29 @@ def videos_from_record(record: Mapping[str, Any], cfg: AutoencoderConfig, frames
     check_positive_int(frames, "frames")
     source = record.get("source")
     if source == "moving_shapes":
-        return MovingShapes(int(record["num_samples"]), frames=frames, height=cfg.height, width=cfg.width,
-                            fps=float(record["fps"]), channels=cfg.channels, max_shapes=int(record["max_shapes"]),
-                            seed=int(record["seed"]) + int(held_out), size_range=tuple(record["size_range"]),
-                            speed_range=tuple(record["speed_range"]))
+        return MovingShapes(
+            int(record["num_samples"]),
+            frames=frames,
+            height=cfg.height,
+            width=cfg.width,
+            fps=float(record["fps"]),
+            channels=cfg.channels,
+            max_shapes=int(record["max_shapes"]),
+            seed=int(record["seed"]) + int(held_out),
+            size_range=tuple(record["size_range"]),
+            speed_range=tuple(record["speed_range"]),
+        )
     if source == "folder":
         check_data_dir(record["root"])
-        return VideoFolder(record["root"], frames=frames, height=cfg.height, width=cfg.width, fps=record.get("fps"),
-                           channels=cfg.channels, clip_start="first" if held_out else "random")
+        return VideoFolder(
+            record["root"],
+            frames=frames,
+            height=cfg.height,
+            width=cfg.width,
+            fps=record.get("fps"),
+            channels=cfg.channels,
+            clip_start="first" if held_out else "random",
+        )
     raise ValueError(f"expected a data record with source 'moving_shapes' or 'folder', got {dict(record)!r}")
 
 
@@ -198,11 +213,16 @@ def cache_latents(
     if grid is None:
         raise ValueError("the dataset of clip pairs is empty: nothing to encode")
     z1, z2 = torch.cat(z1s), torch.cat(z2s)
-    meta = {"grid": list(grid), "latent_channels": int(z1.shape[1]), "count": int(z1.shape[0]),
-            "description": json.loads(json.dumps(dict(description or {})))}
+    meta = {
+        "grid": list(grid),
+        "latent_channels": int(z1.shape[1]),
+        "count": int(z1.shape[0]),
+        "description": json.loads(json.dumps(dict(description or {}))),
+    }
     tmp = path.with_name(f".{path.name}.tmp")
-    safetensors.torch.save_file({"z1": z1.contiguous(), "z2": z2.contiguous()}, os.fspath(tmp),
-                                metadata={"pvdm": json.dumps(meta)})
+    safetensors.torch.save_file(
+        {"z1": z1.contiguous(), "z2": z2.contiguous()}, os.fspath(tmp), metadata={"pvdm": json.dumps(meta)}
+    )
     os.replace(tmp, path)
     return path
 
@@ -222,8 +242,10 @@ class LatentPairs(Dataset):
         self.z1, self.z2 = tensors["z1"], tensors["z2"]
         self.grid: tuple[int, int, int] = tuple(self.meta["grid"])  # type: ignore[assignment]
         if self.z1.shape != self.z2.shape or self.z1.ndim != 3:
-            raise ValueError(f"{self.path}: expected z1 and z2 of one shape (N, C, n), got "
-                             f"{tuple(self.z1.shape)} and {tuple(self.z2.shape)}")
+            raise ValueError(
+                f"{self.path}: expected z1 and z2 of one shape (N, C, n), got "
+                f"{tuple(self.z1.shape)} and {tuple(self.z2.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.z1.shape[0]

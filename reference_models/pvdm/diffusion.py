@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.diffusion import NoiseSchedule, diffusion_loss, sample_ddim, sample_ddpm
+from vdblocks.validation import check_positive_int, check_tensor
 
 from .config import DiffusionConfig
 from .planes import check_grid
@@ -58,8 +58,9 @@ def _config(model: nn.Module) -> DiffusionConfig:
     return cfg
 
 
-def draw_cond_mask(batch: int, cond_prob: float, *, generator: torch.Generator | None = None,
-                   device: torch.device | str | None = None) -> torch.Tensor:
+def draw_cond_mask(
+    batch: int, cond_prob: float, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Bool ``(b,)``: True (conditional on the previous clip) with probability ``cond_prob`` (``lambda``)."""
     check_positive_int(batch, "batch")
     if not 0.0 <= cond_prob <= 1.0:
@@ -136,8 +137,9 @@ def sample_latents(
     was_training = model.training
     model.eval()
     try:
-        common: dict[str, Any] = dict(clip_sample=clip_sample, generator=generator, device=device, dtype=dtype,
-                                      progress=progress)
+        common: dict[str, Any] = dict(
+            clip_sample=clip_sample, generator=generator, device=device, dtype=dtype, progress=progress
+        )
         if sampler == "ddpm":
             return sample_ddpm(model_fn, shape, schedule, steps=steps, **common)
         return sample_ddim(model_fn, shape, schedule, steps, eta, **common)

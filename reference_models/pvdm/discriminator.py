@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.norm import group_norm
+from vdblocks.validation import check_positive_int, check_tensor
 
 __all__ = ["PatchDiscriminator3D"]
 
@@ -41,8 +41,13 @@ class PatchDiscriminator3D(nn.Module):
         for i in range(1, layers + 1):
             out = channels * min(2**i, 8)
             stride = 2 if i < layers else 1
-            blocks.append(nn.Sequential(nn.Conv3d(width, out, 3, stride=stride, padding=1, bias=False),
-                                        group_norm(out, max(1, out // 2)), nn.LeakyReLU(0.2)))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv3d(width, out, 3, stride=stride, padding=1, bias=False),
+                    group_norm(out, max(1, out // 2)),
+                    nn.LeakyReLU(0.2),
+                )
+            )
             width = out
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv3d(width, 1, 3, stride=1, padding=1)

@@ -71,8 +71,9 @@ def feature_matching_loss(feats_real: Sequence[torch.Tensor], feats_fake: Sequen
     """Mean over layers of the L1 distance between discriminator activations (TATS's
     ``gan_feat`` term); the real activations are targets (detached)."""
     if len(feats_real) != len(feats_fake) or not feats_real:
-        raise ValueError(f"expected two equally long, non-empty lists of activations, got {len(feats_real)} "
-                         f"and {len(feats_fake)}")
+        raise ValueError(
+            f"expected two equally long, non-empty lists of activations, got {len(feats_real)} and {len(feats_fake)}"
+        )
     return torch.stack([F.l1_loss(f, r.detach()) for r, f in zip(feats_real, feats_fake)]).mean()
 
 
@@ -88,8 +89,9 @@ class PerceptualLoss(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
-            raise TypeError(f"expected net to be an nn.Module mapping frames (n, c, h, w) to features, got "
-                            f"{type(net).__name__}")
+            raise TypeError(
+                f"expected net to be an nn.Module mapping frames (n, c, h, w) to features, got {type(net).__name__}"
+            )
         self.net = net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -110,8 +112,9 @@ class PerceptualLoss(nn.Module):
         check_tensor(x, "x", "(b, c, t, h, w)")
         check_tensor(y, "y", "(b, c, t, h, w)")
         if x.shape != y.shape:
-            raise ValueError(f"expected x and y of the same shape (b, c, t, h, w), got {tuple(x.shape)} and "
-                             f"{tuple(y.shape)}")
+            raise ValueError(
+                f"expected x and y of the same shape (b, c, t, h, w), got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         frames = rearrange(torch.cat([x, y]), "b c t h w -> (b t) c h w")  # (2 b t) c h w
         total = x.new_zeros(())
         for f in self._features(frames):

@@ -38,8 +38,9 @@ AUTOENCODER_KEY = "pvdm_autoencoder"
 DIFFUSION_KEY = "pvdm_diffusion"
 
 
-def load_autoencoder(checkpoint: str | Path, *, device: str | torch.device = "cpu",
-                     use_ema: bool = True) -> tuple[PVDMAutoencoder, Checkpoint]:
+def load_autoencoder(
+    checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
+) -> tuple[PVDMAutoencoder, Checkpoint]:
     """The :class:`PVDMAutoencoder` of a stage-1 run (EMA weights by default), in eval mode.
 
     ``checkpoint``: a manifest, checkpoint directory or training output directory of
@@ -47,30 +48,40 @@ def load_autoencoder(checkpoint: str | Path, *, device: str | torch.device = "cp
     or a ``save_pretrained`` directory of a :class:`PVDMAutoencoder`.
     """
     model, ckpt = load_model_from_checkpoint(
-        checkpoint, AUTOENCODER_KEY, lambda d: AutoencoderObjective(AutoencoderConfig.from_dict(d)),
-        device=device, use_ema=use_ema, pretrained=PVDMAutoencoder,
+        checkpoint,
+        AUTOENCODER_KEY,
+        lambda d: AutoencoderObjective(AutoencoderConfig.from_dict(d)),
+        device=device,
+        use_ema=use_ema,
+        pretrained=PVDMAutoencoder,
     )
     # A training run holds the whole objective; a save_pretrained directory the autoencoder alone.
     autoencoder = model.autoencoder if isinstance(model, AutoencoderObjective) else model
     return autoencoder.eval(), ckpt
 
 
-def load_diffusion(checkpoint: str | Path, *, device: str | torch.device = "cpu",
-                   use_ema: bool = True) -> tuple[TriplaneUNet, Checkpoint]:
+def load_diffusion(
+    checkpoint: str | Path, *, device: str | torch.device = "cpu", use_ema: bool = True
+) -> tuple[TriplaneUNet, Checkpoint]:
     """The :class:`TriplaneUNet` of a stage-2 run (EMA weights by default), in eval mode.
 
     ``checkpoint``: the run (output directory, checkpoint directory or manifest; only the model or
     EMA tensors are read) or a ``save_pretrained`` directory of a :class:`TriplaneUNet`.
     """
     return load_model_from_checkpoint(
-        checkpoint, DIFFUSION_KEY, lambda d: TriplaneUNet(DiffusionConfig.from_dict(d)), device=device,
-        use_ema=use_ema, pretrained=TriplaneUNet,
+        checkpoint,
+        DIFFUSION_KEY,
+        lambda d: TriplaneUNet(DiffusionConfig.from_dict(d)),
+        device=device,
+        use_ema=use_ema,
+        pretrained=TriplaneUNet,
     )
 
 
 @torch.no_grad()
-def decode_latents(autoencoder: PVDMAutoencoder, latents: Sequence[torch.Tensor],
-                   grid: tuple[int, int, int]) -> torch.Tensor:
+def decode_latents(
+    autoencoder: PVDMAutoencoder, latents: Sequence[torch.Tensor], grid: tuple[int, int, int]
+) -> torch.Tensor:
     """Decode clip latents ``[(b, C, n), ...]`` one by one and concatenate them in time:
     ``-> (b, c, L T, H, W)``."""
     was_training = autoencoder.training
@@ -105,8 +116,9 @@ def generate_long_video(
     check_positive_int(batch, "batch")
     cfg = autoencoder.cfg
     grid = autoencoder.latent_grid(frames or cfg.frames, height or cfg.height, width or cfg.width)
-    latents = sample_long_latents(model, batch, clips, grid=grid, first_steps=first_steps, next_steps=next_steps,
-                                  **kwargs)
+    latents = sample_long_latents(
+        model, batch, clips, grid=grid, first_steps=first_steps, next_steps=next_steps, **kwargs
+    )
     device = next(autoencoder.parameters()).device
     video = decode_latents(autoencoder, [z.to(device) for z in latents], grid)
     return (video, latents) if return_latents else video

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from vdblocks.validation import check_positive_int, check_tensor
 from vdblocks.layers.triplane import triplane_latent_size
+from vdblocks.validation import check_positive_int, check_tensor
 
 __all__ = ["Planes", "check_grid", "pack_planes", "plane_shapes", "unpack_planes"]
 
@@ -44,8 +44,11 @@ def pack_planes(z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor) -> torc
     t = z_h.shape[2]
     check_tensor(z_w, "z_w", "(b, c, t, h)", sizes={"b": b, "c": c, "t": t, "h": h})
     return torch.cat(
-        [rearrange(z_s, "b c h w -> b c (h w)"), rearrange(z_h, "b c t w -> b c (t w)"),
-         rearrange(z_w, "b c t h -> b c (t h)")],
+        [
+            rearrange(z_s, "b c h w -> b c (h w)"),
+            rearrange(z_h, "b c t w -> b c (t w)"),
+            rearrange(z_w, "b c t h -> b c (t h)"),
+        ],
         dim=2,
     )  # b C n
 

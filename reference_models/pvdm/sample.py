@@ -60,10 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample long videos clip by clip from a PVDM diffusion checkpoint (Algorithm 1).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True,
-                   help="diffusion run (output directory, checkpoint dir or manifest) or save_pretrained directory")
-    p.add_argument("--autoencoder", default=None,
-                   help="autoencoder run or save_pretrained directory (default: the one the diffusion run names)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="diffusion run (output directory, checkpoint dir or manifest) or save_pretrained directory",
+    )
+    p.add_argument(
+        "--autoencoder",
+        default=None,
+        help="autoencoder run or save_pretrained directory (default: the one the diffusion run names)",
+    )
     p.add_argument("--clips", type=int, default=4, help="clips per video (L)")
     p.add_argument("--first-steps", type=int, default=100, help="steps for the first clip (N of 'N/M-s')")
     p.add_argument("--next-steps", type=int, default=20, help="steps for every later clip (M of 'N/M-s')")
@@ -98,10 +104,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         raise SystemExit(f"{source}: {error}") from None
     if args.export_pretrained:
         root, use_ema = Path(args.export_pretrained), not args.no_ema
-        paths = [export_pretrained(args.checkpoint, root / "diffusion", load_diffusion, use_ema=use_ema),
-                 export_pretrained(ae_path, root / "autoencoder", load_autoencoder, use_ema=use_ema)]
-        print(f"wrote {paths[0]}/ and {paths[1]}/; sample with: python -m reference_models.pvdm.sample "
-              f"--checkpoint {paths[0]} --autoencoder {paths[1]}")
+        paths = [
+            export_pretrained(args.checkpoint, root / "diffusion", load_diffusion, use_ema=use_ema),
+            export_pretrained(ae_path, root / "autoencoder", load_autoencoder, use_ema=use_ema),
+        ]
+        print(
+            f"wrote {paths[0]}/ and {paths[1]}/; sample with: python -m reference_models.pvdm.sample "
+            f"--checkpoint {paths[0]} --autoencoder {paths[1]}"
+        )
         return paths
     device = resolve_device(args.device)
     model, ckpt = load_diffusion(args.checkpoint, device=device, use_ema=not args.no_ema)
@@ -109,12 +119,25 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     record = (config.get("model") or {}).get("data") or {}
     fps = args.fps if args.fps is not None else float(record.get("fps") or 8.0)  # no stored rate (or 0): 8
     generator = torch.Generator().manual_seed(args.seed)
-    video = generate_long_video(model, autoencoder, args.num_samples, args.clips, frames=args.frames,
-                                height=args.height, width=args.width, first_steps=args.first_steps,
-                                next_steps=args.next_steps, sampler=args.sampler, eta=args.eta, generator=generator)
+    video = generate_long_video(
+        model,
+        autoencoder,
+        args.num_samples,
+        args.clips,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        first_steps=args.first_steps,
+        next_steps=args.next_steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        generator=generator,
+    )
     written = write_samples(video.cpu(), args.out, stem="long", fps=float(fps))
-    print(f"step {ckpt.step} of {ckpt.path}: {video.shape[0]} videos of {args.clips} clips = {video.shape[2]} "
-          f"frames ({args.first_steps}/{args.next_steps}-step {args.sampler}) -> {args.out}/")
+    print(
+        f"step {ckpt.step} of {ckpt.path}: {video.shape[0]} videos of {args.clips} clips = {video.shape[2]} "
+        f"frames ({args.first_steps}/{args.next_steps}-step {args.sampler}) -> {args.out}/"
+    )
     for path in written:
         print(f"  {path}")
     return written

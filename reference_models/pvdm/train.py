@@ -49,8 +49,8 @@ from reference_models.common.distributed import (
     init_distributed,
 )
 from reference_models.common.ema import unwrap_model
-from reference_models.common.trainer import TrainState, train
 from reference_models.common.metrics import video_psnr
+from reference_models.common.trainer import TrainState, train
 
 from .autoencoder import PVDMAutoencoder
 from .config import (
@@ -97,19 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", required=True, choices=("ae", "diffusion"))
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="tiny",
-                   help=f"ae: {sorted(AUTOENCODER_PRESETS)}; diffusion: {sorted(DIFFUSION_PRESETS)}")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set frames=16 --set channel_mult=[1,2,4] (JSON)")
-    g.add_argument("--perceptual", default=None, metavar="MODEL.pt",
-                   help="ae: TorchScript network mapping frames (n, c, h, w) to features, for the LPIPS term")
+    g.add_argument(
+        "--preset", default="tiny", help=f"ae: {sorted(AUTOENCODER_PRESETS)}; diffusion: {sorted(DIFFUSION_PRESETS)}"
+    )
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a config field, e.g. --set frames=16 --set channel_mult=[1,2,4] (JSON)",
+    )
+    g.add_argument(
+        "--perceptual",
+        default=None,
+        metavar="MODEL.pt",
+        help="ae: TorchScript network mapping frames (n, c, h, w) to features, for the LPIPS term",
+    )
     g.add_argument("--autoencoder", default=None, help="diffusion: the autoencoder run (output dir or checkpoint)")
     g = p.add_argument_group("data (default: built-in moving shapes; diffusion: the autoencoder's data)")
     g.add_argument("--data", default=None, help="directory of videos")
     g.add_argument("--fps", type=float, default=None, help="--data: resample the videos to this rate")
     g.add_argument("--num-videos", type=int, default=None, help="moving shapes: number of scenes (default 2048)")
-    g.add_argument("--max-shapes", type=int, default=None,
-                   help=f"moving shapes per clip (default {SHAPES_DEFAULTS['max_shapes']})")
+    g.add_argument(
+        "--max-shapes", type=int, default=None, help=f"moving shapes per clip (default {SHAPES_DEFAULTS['max_shapes']})"
+    )
     g.add_argument("--cache", default=None, help="diffusion: latent cache file (default {out}/latents.safetensors)")
     g.add_argument("--encode-batch-size", type=int, default=16, help="diffusion: batch for encoding the cache")
     g = p.add_argument_group("training")
@@ -125,8 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="output directory (default runs/pvdm/<stage>)")
-    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out (or from CHECKPOINT)")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in --out (or from CHECKPOINT)",
+    )
     g.add_argument("--log-every", type=int, default=50)
     g.add_argument("--ckpt-every", type=int, default=1000)
     g.add_argument("--no-progress", action="store_true")
@@ -163,8 +181,10 @@ def make_ae_sample_fn(clips: torch.Tensor, *, fps: float):
             ae.train(was_training)
         paths = write_samples(torch.cat([clips, rec]), out_dir, stem=f"step{step:06d}_recon", fps=fps)
         metrics = out_dir / f"step{step:06d}_recon_metrics.json"
-        metrics.write_text(json.dumps({"psnr": float(video_psnr(rec.clamp(-1, 1), clips).mean()), "step": step}) + "\n",
-                           encoding="utf-8")
+        metrics.write_text(
+            json.dumps({"psnr": float(video_psnr(rec.clamp(-1, 1), clips).mean()), "step": step}) + "\n",
+            encoding="utf-8",
+        )
         return [*paths, metrics]
 
     return sample_fn
@@ -187,10 +207,12 @@ def train_autoencoder(args: argparse.Namespace, info: DistInfo, say) -> TrainSta
     model = AutoencoderObjective(cfg, perceptual=perceptual)
     params = sum(p.numel() for p in model.autoencoder.parameters())
     t, h, w = cfg.latent_grid()
-    say(f"PVDM autoencoder preset {args.preset!r}: {params / 1e6:.2f} M parameters; clips of {cfg.frames} x "
+    say(
+        f"PVDM autoencoder preset {args.preset!r}: {params / 1e6:.2f} M parameters; clips of {cfg.frames} x "
         f"{cfg.height}x{cfg.width} x {cfg.channels} -> planes {h}x{w}, {t}x{w}, {t}x{h} of C={cfg.latent_channels} "
         f"({(h * w + t * w + t * h) * cfg.latent_channels} numbers); GAN {'on from step ' + str(cfg.gan_start) if cfg.use_gan else 'off'}, "
-        f"perceptual {'on' if perceptual else 'off'}; {len(dataset)} clips ({record['source']}); device {info.device}")
+        f"perceptual {'on' if perceptual else 'off'}; {len(dataset)} clips ({record['source']}); device {info.device}"
+    )
     held_out = videos_from_record(record, cfg, cfg.frames, held_out=True)
     clips = torch.stack([held_out[i]["video"][:, : cfg.frames] for i in range(min(args.num_samples, len(held_out)))])
     sample_fn = make_ae_sample_fn(clips, fps=float(record.get("fps") or 8.0))
@@ -205,15 +227,33 @@ def train_autoencoder(args: argparse.Namespace, info: DistInfo, say) -> TrainSta
             raise ValueError(f"expected clips of shape (c, t, h, w) with c={cfg.channels}, got {tuple(video.shape)}")
         cfg.check_video_size(*video.shape[1:])
 
-    return train(tcfg, model, loss_fn, dataset, sample_fn=sample_fn, config_dict=config_dict, resume=args.resume,
-                 dist_info=info, preflight=preflight)
+    return train(
+        tcfg,
+        model,
+        loss_fn,
+        dataset,
+        sample_fn=sample_fn,
+        config_dict=config_dict,
+        resume=args.resume,
+        dist_info=info,
+        preflight=preflight,
+    )
 
 
 # ----------------------------------------------------------------------------- stage 2
 
 
-def make_long_sample_fn(autoencoder: PVDMAutoencoder, *, batch: int, clips: int, first_steps: int,
-                        next_steps: int, sampler: str, seed: int, fps: float):
+def make_long_sample_fn(
+    autoencoder: PVDMAutoencoder,
+    *,
+    batch: int,
+    clips: int,
+    first_steps: int,
+    next_steps: int,
+    sampler: str,
+    seed: int,
+    fps: float,
+):
     """``sample_fn(ema_unet, step, out_dir)``: ``batch`` long videos of ``clips`` clips by Algorithm 1,
     written as ``step<N>_long_*``."""
     from reference_models.common.video_io import write_samples
@@ -222,8 +262,16 @@ def make_long_sample_fn(autoencoder: PVDMAutoencoder, *, batch: int, clips: int,
         model = unwrap_model(model)
         autoencoder.to(next(model.parameters()).device)
         generator = torch.Generator().manual_seed(seed)
-        video = generate_long_video(model, autoencoder, batch, clips, first_steps=first_steps, next_steps=next_steps,
-                                    sampler=sampler, generator=generator)
+        video = generate_long_video(
+            model,
+            autoencoder,
+            batch,
+            clips,
+            first_steps=first_steps,
+            next_steps=next_steps,
+            sampler=sampler,
+            generator=generator,
+        )
         return write_samples(video.cpu(), out_dir, stem=f"step{step:06d}_long", fps=fps)
 
     return sample_fn
@@ -243,8 +291,9 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
     grid = ae_cfg.latent_grid()
     user = _overrides(args)
     cfg = get_diffusion_config(args.preset, **user)
-    tied = dict(latent_channels=ae_cfg.latent_channels, latent_frames=grid[0], latent_height=grid[1],
-                latent_width=grid[2])
+    tied = dict(
+        latent_channels=ae_cfg.latent_channels, latent_frames=grid[0], latent_height=grid[1], latent_width=grid[2]
+    )
     clash = {k: (user[k], v) for k, v in tied.items() if k in user and user[k] != v}
     if clash:
         raise SystemExit(f"--set {clash} contradicts the autoencoder (the latent width and grid come from it)")
@@ -260,14 +309,25 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
         if args.num_videos is not None:
             record["num_samples"] = args.num_videos
     cache = Path(args.cache or out / "latents.safetensors")
-    description = {"autoencoder": str(ae_manifest.resolve()), "step": ae_ckpt.step, "data": record,
-                   "frames": ae_cfg.frames}
+    description = {
+        "autoencoder": str(ae_manifest.resolve()),
+        "step": ae_ckpt.step,
+        "data": record,
+        "frames": ae_cfg.frames,
+    }
     if info.is_main and not latent_cache_matches(cache, description):
         start = time.perf_counter()
         pairs = ClipPairs(videos_from_record(record, ae_cfg, 2 * ae_cfg.frames), ae_cfg.frames)
         say(f"encoding {len(pairs)} clip pairs with the autoencoder at step {ae_ckpt.step} -> {cache}")
-        cache_latents(autoencoder, pairs, cache, description=description, batch_size=args.encode_batch_size,
-                      device=info.device, progress=not args.no_progress)
+        cache_latents(
+            autoencoder,
+            pairs,
+            cache,
+            description=description,
+            batch_size=args.encode_batch_size,
+            device=info.device,
+            progress=not args.no_progress,
+        )
         say(f"latent cache written in {time.perf_counter() - start:.0f} s")
     barrier(info)
     dataset = LatentPairs(cache)
@@ -277,14 +337,25 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
     schedule = schedule_from_config(cfg)
     params = sum(p.numel() for p in model.parameters())
     z = dataset.z1
-    say(f"PVDM diffusion preset {args.preset!r}: {params / 1e6:.2f} M parameters; latents {cfg.latent_size} numbers "
+    say(
+        f"PVDM diffusion preset {args.preset!r}: {params / 1e6:.2f} M parameters; latents {cfg.latent_size} numbers "
         f"(grid t,h,w = {cfg.latent_grid}, C={cfg.latent_channels}; cached mean {z.mean():.3f}, std {z.std():.3f}); "
-        f"lambda = {cfg.cond_prob}; {len(dataset)} pairs; device {info.device}")
-    sample_fn = make_long_sample_fn(autoencoder, batch=args.num_samples, clips=args.clips,
-                                    first_steps=args.first_steps, next_steps=args.next_steps, sampler=args.sampler,
-                                    seed=args.seed, fps=float(record.get("fps") or 8.0))
+        f"lambda = {cfg.cond_prob}; {len(dataset)} pairs; device {info.device}"
+    )
+    sample_fn = make_long_sample_fn(
+        autoencoder,
+        batch=args.num_samples,
+        clips=args.clips,
+        first_steps=args.first_steps,
+        next_steps=args.next_steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        fps=float(record.get("fps") or 8.0),
+    )
     config_dict = {
-        DIFFUSION_KEY: cfg.to_dict(), "preset": args.preset, "data": record,
+        DIFFUSION_KEY: cfg.to_dict(),
+        "preset": args.preset,
+        "data": record,
         "autoencoder": {"checkpoint": str(ae_manifest.resolve()), "step": ae_ckpt.step, "config": ae_cfg.to_dict()},
     }
 
@@ -293,11 +364,22 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
 
     def preflight(model: nn.Module, item: dict) -> None:
         if tuple(dataset.grid) != cfg.latent_grid or item["z1"].shape[0] != cfg.latent_channels:
-            raise ValueError(f"the latent cache {cache} holds grid {dataset.grid} with {item['z1'].shape[0]} channels; "
-                             f"this model expects {cfg.latent_grid} with {cfg.latent_channels}")
+            raise ValueError(
+                f"the latent cache {cache} holds grid {dataset.grid} with {item['z1'].shape[0]} channels; "
+                f"this model expects {cfg.latent_grid} with {cfg.latent_channels}"
+            )
 
-    return train(tcfg, model, loss_fn, dataset, sample_fn=sample_fn, config_dict=config_dict, resume=args.resume,
-                 dist_info=info, preflight=preflight)
+    return train(
+        tcfg,
+        model,
+        loss_fn,
+        dataset,
+        sample_fn=sample_fn,
+        config_dict=config_dict,
+        resume=args.resume,
+        dist_info=info,
+        preflight=preflight,
+    )
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:

@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vdblocks import JointPlaneAttention, TimestepEmbedding
-from vdblocks.validation import check_tensor
 from vdblocks.layers.norm import group_norm
 from vdblocks.layers.resblock import ResBlock2d
+from vdblocks.validation import check_tensor
 
 from ..common.pretrained import PretrainedMixin
 from ..common.unet_blocks import adm_res_block, small_map_groups
@@ -78,8 +78,13 @@ def _per_plane(fn: Callable[..., torch.Tensor], xs: PlaneList, embs: Sequence[to
 class _Stage(nn.Module):
     """One step of the U-Net: a res block and optional joint attention, or a resampling."""
 
-    def __init__(self, res: ResBlock2d | None = None, attn: JointPlaneAttention | None = None,
-                 down: nn.Module | None = None, up: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        res: ResBlock2d | None = None,
+        attn: JointPlaneAttention | None = None,
+        down: nn.Module | None = None,
+        up: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.res, self.attn, self.down, self.up = res, attn, down, up
 
@@ -135,8 +140,9 @@ class TriplaneUNet(nn.Module, PretrainedMixin):
             for i in range(cfg.num_res_blocks + 1):
                 out = c0 * mult
                 up = nn.Conv2d(out, out, 3, padding=1) if level > 0 and i == cfg.num_res_blocks else None
-                self.up_stages.append(_Stage(adm_res_block(ch + skips.pop(), out, E, cfg.dropout),
-                                             attn(out, factor), up=up))
+                self.up_stages.append(
+                    _Stage(adm_res_block(ch + skips.pop(), out, E, cfg.dropout), attn(out, factor), up=up)
+                )
                 ch = out
             factor //= 2
         self.out_norm = group_norm(ch, small_map_groups(ch))
@@ -160,8 +166,9 @@ class TriplaneUNet(nn.Module, PretrainedMixin):
 
     # ------------------------------------------------------------------ inputs
 
-    def _condition(self, z: torch.Tensor, cond: torch.Tensor | None,
-                   cond_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _condition(
+        self, z: torch.Tensor, cond: torch.Tensor | None, cond_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         b = z.shape[0]
         if cond is None:
             if cond_mask is not None and bool(torch.as_tensor(cond_mask).any()):
@@ -177,8 +184,14 @@ class TriplaneUNet(nn.Module, PretrainedMixin):
             mask = cond_mask.to(device=z.device, dtype=z.dtype)
         return cond.to(z.dtype) * mask[:, None, None], mask
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                cond_mask: torch.Tensor | None = None, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        cond_mask: torch.Tensor | None = None,
+        grid: tuple[int, int, int] | None = None,
+    ) -> torch.Tensor:
         cfg = self.cfg
         grid = check_grid(grid if grid is not None else cfg.latent_grid)
         check_tensor(z_t, "z_t", "(b, c, n)", sizes={"c": cfg.latent_channels})
@@ -187,9 +200,13 @@ class TriplaneUNet(nn.Module, PretrainedMixin):
         cond_planes = unpack_planes(cond, grid)
         return pack_planes(*self._run(list(planes), list(cond_planes), mask, t))  # b C n
 
-    def forward_planes(self, planes: Sequence[torch.Tensor], t: torch.Tensor,
-                       cond: Sequence[torch.Tensor] | None = None,
-                       cond_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def forward_planes(
+        self,
+        planes: Sequence[torch.Tensor],
+        t: torch.Tensor,
+        cond: Sequence[torch.Tensor] | None = None,
+        cond_mask: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
         """:meth:`forward` on ``[z_s, z_h, z_w]`` (and the condition's planes) -> eps planes."""
         z = pack_planes(*planes)
         grid = (planes[1].shape[2], planes[0].shape[2], planes[0].shape[3])

@@ -60,7 +60,11 @@ def test_results_are_cached_per_device_dtype_and_head_dim(monkeypatch):
     favor_crossover(torch.randn(10, 8), batch_heads=1)
     keys = calibration_cache()
     assert {(k.dtype, k.dim_head, k.nb_features, k.batch_heads) for k in keys} == {
-        ("float32", 8, 10, 4), ("float64", 8, 10, 4), ("float32", 16, 12, 4), ("float32", 8, 10, 1)}
+        ("float32", 8, 10, 4),
+        ("float64", 8, 10, 4),
+        ("float32", 16, 12, 4),
+        ("float32", 8, 10, 1),
+    }
     favor_crossover(torch.randn(10, 8), refresh=True)
     assert len(calls) > n_calls + 2
 

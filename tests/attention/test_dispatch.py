@@ -157,4 +157,6 @@ def test_rejects_integer_and_mixed_dtypes():
 def test_cuda_backends_match_math(backend):
     pytest.importorskip("xformers") if backend == "xformers" else None
     q, k, v = (torch.randn(2, 4, 128, 64, device="cuda", dtype=torch.float16) for _ in range(3))
-    torch.testing.assert_close(attention(q, k, v, backend=backend), attention(q, k, v, backend="math"), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(
+        attention(q, k, v, backend=backend), attention(q, k, v, backend="math"), atol=2e-3, rtol=2e-3
+    )

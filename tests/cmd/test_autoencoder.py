@@ -14,9 +14,22 @@ from reference_models.cmd.autoencoder import (
 )
 from reference_models.cmd.config import get_config
 
-SMALL = dict(ae_dim=16, ae_depth=1, ae_heads=2, ae_dim_head=8, motion_channels=3, content_dit_dim=16,
-             content_dit_heads=2, content_dit_depth=1, motion_dim=16, motion_heads=2, motion_depth=1,
-             content_dit_patch=2, content_patch=2, motion_patch=1)
+SMALL = dict(
+    ae_dim=16,
+    ae_depth=1,
+    ae_heads=2,
+    ae_dim_head=8,
+    motion_channels=3,
+    content_dit_dim=16,
+    content_dit_heads=2,
+    content_dit_depth=1,
+    motion_dim=16,
+    motion_heads=2,
+    motion_depth=1,
+    content_dit_patch=2,
+    content_patch=2,
+    motion_patch=1,
+)
 
 
 def small_cfg(**kw):
@@ -30,8 +43,9 @@ def randomize_content_logits(model, seed=0):
         w.copy_(torch.randn(w.shape, generator=g))
 
 
-@given(frames=st.integers(1, 4), gh=st.integers(1, 3), gw=st.integers(1, 3), p=st.sampled_from([1, 2]),
-       pixel=st.booleans())
+@given(
+    frames=st.integers(1, 4), gh=st.integers(1, 3), gw=st.integers(1, 3), p=st.sampled_from([1, 2]), pixel=st.booleans()
+)
 def test_latent_and_reconstruction_shapes_for_any_size(frames, gh, gw, p, pixel):
     cfg = small_cfg(ae_patch=p, ae_pixel_weights=pixel)
     model = CMDAutoencoder(cfg).eval()
@@ -75,8 +89,8 @@ def test_decoder_input_is_the_eq6_broadcast_sum():
     v_t = model.content_embed(content)[0]  # C' h w
     v_x, v_y = model.motion_embed(z_x)[0], model.motion_embed(z_y)[0]  # C' L h, C' L w
     v = seen["v"][0]  # L h w C'
-    for l, h, w in [(0, 0, 0), (2, 1, 2), (1, 0, 1)]:
-        torch.testing.assert_close(v[l, h, w], v_t[:, h, w] + v_x[:, l, h] + v_y[:, l, w])
+    for f, h, w in [(0, 0, 0), (2, 1, 2), (1, 0, 1)]:
+        torch.testing.assert_close(v[f, h, w], v_t[:, h, w] + v_x[:, f, h] + v_y[:, f, w])
 
 
 def test_pack_unpack_round_trip_and_decode_motion():
@@ -113,9 +127,14 @@ def tiny_vae():
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     return diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-        norm_num_groups=4, layers_per_block=1,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
     )
 
 

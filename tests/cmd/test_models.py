@@ -18,9 +18,26 @@ from reference_models.cmd.motion_model import MotionDiT, motion_sequence_length
 from reference_models.cmd.sample import conditional_model_fn
 from vdblocks.diffusion import guided_eps
 
-SMALL = dict(ae_dim=16, ae_depth=1, ae_heads=2, ae_dim_head=8, motion_channels=3, content_dit_dim=16,
-             content_dit_heads=2, content_dit_depth=1, motion_dim=16, motion_heads=2, motion_depth=2,
-             content_dit_patch=2, content_patch=2, motion_patch=2, ae_patch=2, frames=4, height=8, width=12)
+SMALL = dict(
+    ae_dim=16,
+    ae_depth=1,
+    ae_heads=2,
+    ae_dim_head=8,
+    motion_channels=3,
+    content_dit_dim=16,
+    content_dit_heads=2,
+    content_dit_depth=1,
+    motion_dim=16,
+    motion_heads=2,
+    motion_depth=2,
+    content_dit_patch=2,
+    content_patch=2,
+    motion_patch=2,
+    ae_patch=2,
+    frames=4,
+    height=8,
+    width=12,
+)
 
 
 def small_cfg(**kw):
@@ -31,7 +48,7 @@ def perturb_zero_init(model, seed=0, std=0.2):
     """Random values for the zero-initialised adaLN and output layers (a fresh model predicts 0)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.abs().sum() == 0:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
@@ -54,12 +71,19 @@ def test_content_dit_shapes_for_non_square_frames(gh, gw, seed):
     assert eps.shape == x.shape and torch.isfinite(eps).all()
 
 
-UNET = dict(content_model="unet", content_unet_channels=8, content_unet_mult=(1, 2), content_unet_blocks=1,
-            content_unet_attention=(2,), content_unet_heads=2)
+UNET = dict(
+    content_model="unet",
+    content_unet_channels=8,
+    content_unet_mult=(1, 2),
+    content_unet_blocks=1,
+    content_unet_attention=(2,),
+    content_unet_heads=2,
+)
 
 
-@given(h=st.integers(1, 13), w=st.integers(1, 13), mult=st.sampled_from([(1,), (1, 2), (1, 2, 2)]),
-       seed=st.integers(0, 50))
+@given(
+    h=st.integers(1, 13), w=st.integers(1, 13), mult=st.sampled_from([(1,), (1, 2), (1, 2, 2)]), seed=st.integers(0, 50)
+)
 def test_content_unet_shapes_for_any_frame_size(h, w, mult, seed):
     cfg = small_cfg(**{**UNET, "content_unet_mult": mult})
     model = ContentUNet(cfg)
@@ -154,9 +178,14 @@ def test_class_condition_and_content_frame_reach_the_motion_prediction_and_null_
     fn = conditional_model_fn(model, labels=labels, guidance=4.0, extra={"content": content})
     torch.testing.assert_close(fn(z, t), null + 4.0 * (a - null), atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(conditional_model_fn(model, labels=labels, extra={"content": content})(z, t), a)
-    direct = guided_eps(lambda x, tt, drop, content: model(x, tt, content, labels=labels.repeat(2), drop=drop),
-                        z, t, {"drop": torch.zeros(2, dtype=torch.bool), "content": content},
-                        {"drop": torch.ones(2, dtype=torch.bool), "content": content}, 1.0)
+    direct = guided_eps(
+        lambda x, tt, drop, content: model(x, tt, content, labels=labels.repeat(2), drop=drop),
+        z,
+        t,
+        {"drop": torch.zeros(2, dtype=torch.bool), "content": content},
+        {"drop": torch.ones(2, dtype=torch.bool), "content": content},
+        1.0,
+    )
     torch.testing.assert_close(direct, a, atol=1e-10, rtol=1e-10)
 
 
@@ -227,8 +256,17 @@ def test_configs_presets_and_dit_sizes():
     for name, cfg in PRESETS.items():
         assert CMDConfig.from_dict(cfg.to_dict()) == cfg, name
     paper = get_config("ucf101")
-    assert (paper.channels, paper.frames, paper.height, paper.ae_patch, paper.ae_dim, paper.motion_channels,
-            paper.ae_depth, paper.ae_dim_head, paper.ae_heads) == (4, 16, 32, 2, 384, 8, 12, 64, 8)  # Table 5
+    assert (
+        paper.channels,
+        paper.frames,
+        paper.height,
+        paper.ae_patch,
+        paper.ae_dim,
+        paper.motion_channels,
+        paper.ae_depth,
+        paper.ae_dim_head,
+        paper.ae_heads,
+    ) == (4, 16, 32, 2, 384, 8, 12, 64, 8)  # Table 5
     assert (paper.motion_dim, paper.motion_depth, paper.motion_heads) == DIT_SIZES["L"]  # Table 6
     assert paper.content_patch == 4 and paper.motion_patch == 2
     assert get_config("webvid_sd21").content_patch == 8

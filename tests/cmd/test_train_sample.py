@@ -27,19 +27,60 @@ from vdblocks.diffusion import diffusion_loss
 
 # 4 frames of 16x24 pixels (non-square), everything one or two blocks deep.
 OVERRIDES = {
-    "frames": 4, "height": 16, "width": 24, "ae_patch": 4, "ae_dim": 16, "ae_depth": 1, "ae_heads": 2,
-    "ae_dim_head": 8, "motion_channels": 2, "content_dit_patch": 4, "content_dit_dim": 32, "content_dit_depth": 1,
-    "content_dit_heads": 2, "motion_patch": 2, "content_patch": 8, "motion_dim": 32, "motion_depth": 1,
-    "motion_heads": 2, "content_unet_channels": 16, "content_unet_mult": [1, 2],
+    "frames": 4,
+    "height": 16,
+    "width": 24,
+    "ae_patch": 4,
+    "ae_dim": 16,
+    "ae_depth": 1,
+    "ae_heads": 2,
+    "ae_dim_head": 8,
+    "motion_channels": 2,
+    "content_dit_patch": 4,
+    "content_dit_dim": 32,
+    "content_dit_depth": 1,
+    "content_dit_heads": 2,
+    "motion_patch": 2,
+    "content_patch": 8,
+    "motion_dim": 32,
+    "motion_depth": 1,
+    "motion_heads": 2,
+    "content_unet_channels": 16,
+    "content_unet_mult": [1, 2],
 }
 STEPS = 30
 
 
 def flags(stage, out, ae=None, steps=STEPS, *extra):
     sets = [f"--set={k}={json.dumps(v)}" for k, v in OVERRIDES.items()] if stage == "ae" else []
-    return ["--stage", stage, *sets, "--out", str(out), "--steps", str(steps), "--batch-size", "8", "--lr", "3e-3",
-            "--warmup-steps", "3", "--log-every", "1", "--sample-steps", "2", "--num-samples", "2",
-            "--num-videos", "64", "--device", "cpu", "--no-progress", *(["--ae", str(ae)] if ae else []), *extra]
+    return [
+        "--stage",
+        stage,
+        *sets,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "3",
+        "--log-every",
+        "1",
+        "--sample-steps",
+        "2",
+        "--num-samples",
+        "2",
+        "--num-videos",
+        "64",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *(["--ae", str(ae)] if ae else []),
+        *extra,
+    ]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -120,9 +161,26 @@ def test_checkpoints_hold_the_config_and_the_normalisers(runs):
 
 def test_sampling_chains_content_motion_and_decoder(runs, tmp_path):
     root, _ = runs
-    written = sample_mod.main(["--ae", str(root / "ae"), "--content", str(root / "content"), "--motion",
-                               str(root / "motion"), "--labels", "0,3", "--guidance", "4.0", "--content-steps", "2",
-                               "--motion-steps", "2", "--out", str(tmp_path)])
+    written = sample_mod.main(
+        [
+            "--ae",
+            str(root / "ae"),
+            "--content",
+            str(root / "content"),
+            "--motion",
+            str(root / "motion"),
+            "--labels",
+            "0,3",
+            "--guidance",
+            "4.0",
+            "--content-steps",
+            "2",
+            "--motion-steps",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     videos = [p for p in written if p.suffix == ".mp4"]
     assert len(videos) == 2 and (tmp_path / "cmd_grid.png").is_file() and (tmp_path / "cmd_content_grid.png").is_file()
     for path in videos:
@@ -131,8 +189,15 @@ def test_sampling_chains_content_motion_and_decoder(runs, tmp_path):
     ae, _ = load_autoencoder(root / "ae")
     content_model, _, _ = load_content_model(root / "content")
     motion_model, _ = load_motion_model(root / "motion")
-    out = sample_videos(ae, content_model, motion_model, labels=torch.tensor([1, 2]), content_steps=2,
-                        motion_steps=2, generator=torch.Generator().manual_seed(0))
+    out = sample_videos(
+        ae,
+        content_model,
+        motion_model,
+        labels=torch.tensor([1, 2]),
+        content_steps=2,
+        motion_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.video.shape == (2, 3, 4, 16, 24) and out.content.shape == (2, 3, 16, 24)
     assert out.z.shape == (2, 2, 4, 4 + 6) and torch.isfinite(out.video).all()
     # The decoded video is the autoencoder's decoding of exactly the sampled latents.

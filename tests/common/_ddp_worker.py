@@ -45,9 +45,20 @@ def make_config(out_dir: str | Path, batch_size: int):
     from reference_models.common.trainer import TrainConfig
 
     return TrainConfig(
-        steps=STEPS, batch_size=batch_size, lr=5e-2, weight_decay=0.01, warmup_steps=2,
-        grad_clip=1.0, ema_decay=0.5, log_every=2, ckpt_every=100, out_dir=str(out_dir),
-        seed=11, device="cpu", progress=False, tensorboard=False,
+        steps=STEPS,
+        batch_size=batch_size,
+        lr=5e-2,
+        weight_decay=0.01,
+        warmup_steps=2,
+        grad_clip=1.0,
+        ema_decay=0.5,
+        log_every=2,
+        ckpt_every=100,
+        out_dir=str(out_dir),
+        seed=11,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
     )
 
 
@@ -77,8 +88,15 @@ def main(out_dir: str) -> None:
         tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.items()})
         save_file(tensors, str(Path(out_dir) / f"rank{info.rank}.safetensors"))
         (Path(out_dir) / f"rank{info.rank}.json").write_text(
-            json.dumps({"gathered": gathered, "is_main": info.is_main, "history": state.history,
-                        "draws": draws, "replayed": replayed})
+            json.dumps(
+                {
+                    "gathered": gathered,
+                    "is_main": info.is_main,
+                    "history": state.history,
+                    "draws": draws,
+                    "replayed": replayed,
+                }
+            )
         )
     finally:
         cleanup()

@@ -66,8 +66,7 @@ def trained(seed: int, steps: int = 3):
 
 def save(directory: Path, step: int, seed: int = 0, **kwargs) -> Path:
     model, ema, opt, sched = trained(seed)
-    return save_checkpoint(directory, model=model, ema=ema, optimizer=opt, scheduler=sched,
-                           step=step, **kwargs)
+    return save_checkpoint(directory, model=model, ema=ema, optimizer=opt, scheduler=sched, step=step, **kwargs)
 
 
 def assert_tree_equal(a, b) -> None:
@@ -91,11 +90,17 @@ def assert_tree_equal(a, b) -> None:
 # --------------------------------------------------------------------------- encoding
 
 leaves = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False),
-    st.text(max_size=5), st.binary(max_size=5),
-    st.builds(lambda shape, dtype: torch.randn(shape).to(dtype),
-              st.lists(st.integers(0, 3), max_size=3),
-              st.sampled_from([torch.float32, torch.bfloat16, torch.int64, torch.float16])),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+    st.builds(
+        lambda shape, dtype: torch.randn(shape).to(dtype),
+        st.lists(st.integers(0, 3), max_size=3),
+        st.sampled_from([torch.float32, torch.bfloat16, torch.int64, torch.float16]),
+    ),
 )
 trees = st.recursive(
     leaves,
@@ -130,13 +135,22 @@ def test_full_round_trip_is_exact_and_training_continues_identically(tmp_path: P
     model, ema, opt, sched = trained(seed=0)
     scaler = make_grad_scaler("fp32", "cpu")
     path = save_checkpoint(
-        tmp_path, model=model, ema=ema, optimizer=opt, scheduler=sched, scaler=scaler, step=3,
-        data_state={"epoch": 1, "batches_done": 2}, rng_state=capture_rng_state(),
-        config={"model": {"width": 5, "sizes": (3, 5)}}, extra={"note": "x"},
+        tmp_path,
+        model=model,
+        ema=ema,
+        optimizer=opt,
+        scheduler=sched,
+        scaler=scaler,
+        step=3,
+        data_state={"epoch": 1, "batches_done": 2},
+        rng_state=capture_rng_state(),
+        config={"model": {"width": 5, "sizes": (3, 5)}},
+        extra={"note": "x"},
     )
     model2, ema2, opt2, sched2 = trained(seed=1, steps=1)  # different weights and state
-    ckpt = load_checkpoint(path, model=model2, ema=ema2, optimizer=opt2, scheduler=sched2,
-                           scaler=make_grad_scaler("fp32", "cpu"))
+    ckpt = load_checkpoint(
+        path, model=model2, ema=ema2, optimizer=opt2, scheduler=sched2, scaler=make_grad_scaler("fp32", "cpu")
+    )
     assert ckpt.step == 3 and ckpt.path == path
     assert ckpt.data_state == {"epoch": 1, "batches_done": 2}
     assert ckpt.config == {"model": {"width": 5, "sizes": (3, 5)}} and ckpt.extra == {"note": "x"}
@@ -261,8 +275,7 @@ def test_keep_last_and_resaving_a_step(tmp_path: Path) -> None:
     for step in (1, 2, 3, 4):
         save(tmp_path, step=step, keep_last=2)
     save(tmp_path, step=4, seed=9, keep_last=2)  # rewrite: the old tensor file goes away
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.json",
-                                                            "step_00000004.json"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.json", "step_00000004.json"]
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     model = Tiny()
     load_checkpoint(tmp_path, model=model)
@@ -324,8 +337,7 @@ def test_rng_state_round_trip() -> None:
     state = json.loads(json.dumps(capture_rng_state({"noise": gen})))
 
     def draw():
-        return (torch.randn(4), random.random(), random.gauss(0, 1), np.random.randn(3),
-                torch.randn(4, generator=gen))
+        return (torch.randn(4), random.random(), random.gauss(0, 1), np.random.randn(3), torch.randn(4, generator=gen))
 
     first = draw()
     restore_rng_state(state, {"noise": gen})

@@ -14,9 +14,22 @@ from reference_models.common.cli import (
 
 
 def flags(**kw):
-    base = dict(steps=400, batch_size=8, lr=1e-3, warmup_steps=50, ema_decay=None, precision="fp32", log_every=50,
-                sample_every=None, ckpt_every=1000, out="runs/x", seed=3, num_workers=0, device="cpu",
-                no_progress=True)
+    base = dict(
+        steps=400,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=50,
+        ema_decay=None,
+        precision="fp32",
+        log_every=50,
+        sample_every=None,
+        ckpt_every=1000,
+        out="runs/x",
+        seed=3,
+        num_workers=0,
+        device="cpu",
+        no_progress=True,
+    )
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -51,8 +64,14 @@ def test_rate_types_reject_what_a_sampler_cannot_use():
     p.add_argument("--fps", type=positive_fps)
     p.add_argument("--cond", type=fps_condition)
     assert p.parse_args(["--fps", "29.97", "--cond", "0"]).cond == 0.0
-    for flag, bad in (("--fps", "0"), ("--fps", "-1"), ("--fps", "inf"), ("--fps", "x"), ("--cond", "-0.5"),
-                      ("--cond", "nan")):
+    for flag, bad in (
+        ("--fps", "0"),
+        ("--fps", "-1"),
+        ("--fps", "inf"),
+        ("--fps", "x"),
+        ("--cond", "-0.5"),
+        ("--cond", "nan"),
+    ):
         with pytest.raises(SystemExit):
             p.parse_args([flag, bad])
 
@@ -66,8 +85,11 @@ def test_checkpoint_kind_names_what_another_checkpoint_holds(tmp_path):
     save_checkpoint(tmp_path / "diff", model=nn.Linear(1, 1), step=3, config=config)
     path, found = check_checkpoint_kind(tmp_path / "diff", "pvdm_diffusion", "a PVDM diffusion")
     assert path.is_file() and found["model"]["preset"] == "tiny"
-    with pytest.raises(ValueError, match=r"is not an ETC checkpoint \(it holds a PVDM diffusion U-Net; "
-                                         r"config\['model'\] keys: 'pvdm_diffusion', 'preset', 'data'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"is not an ETC checkpoint \(it holds a PVDM diffusion U-Net; "
+        r"config\['model'\] keys: 'pvdm_diffusion', 'preset', 'data'\)",
+    ):
         check_checkpoint_kind(tmp_path / "diff", "etc", "an ETC")
     save_checkpoint(tmp_path / "bare", model=nn.Linear(1, 1), step=1, config={"train": {}})
     with pytest.raises(ValueError, match=r"it holds no model config"):
@@ -78,7 +100,8 @@ def test_checkpoint_kind_names_what_another_checkpoint_holds(tmp_path):
     with pytest.raises(FileNotFoundError):
         check_checkpoint_kind(tmp_path / "missing", "etc", "an ETC")
     assert {"etc", "evdm", "pvdm_autoencoder", "pvdm_diffusion", "cmd_ae", "cmd_content", "cmd_motion"} == set(
-        MODEL_CONFIG_KEYS)
+        MODEL_CONFIG_KEYS
+    )
 
 
 def test_training_clis_refuse_an_out_dir_of_another_run_before_reading_data(tmp_path):

@@ -43,12 +43,23 @@ def free_port() -> int:
 
 def test_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
     worker = load_worker()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-           f"--nproc_per_node={worker.WORLD}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(WORKER), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        f"--nproc_per_node={worker.WORLD}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(WORKER),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -71,7 +82,9 @@ def test_two_ranks_match_each_other_and_one_process(tmp_path: Path) -> None:
     # One process with the same global batch, trained straight through.
     single = train(
         worker.make_config(tmp_path / "single", worker.PER_RANK_BATCH * worker.WORLD),
-        worker.make_model(), worker.loss_fn, worker.make_dataset(),
+        worker.make_model(),
+        worker.loss_fn,
+        worker.make_dataset(),
     )
     start = worker.make_model().state_dict()
     for name, value in single.model.state_dict().items():
@@ -104,8 +117,7 @@ def test_global_batches_do_not_depend_on_process_count() -> None:
     data = list(range(24))
     batch, world = 3, 2
     single = list(make_sampler(data, DistInfo(), seed=4))
-    per_rank = [list(make_sampler(data, DistInfo(rank=r, world_size=world), seed=4))
-                for r in range(world)]
+    per_rank = [list(make_sampler(data, DistInfo(rank=r, world_size=world), seed=4)) for r in range(world)]
     for i in range(len(data) // (batch * world)):
-        union = sorted(sum((idx[i * batch:(i + 1) * batch] for idx in per_rank), []))
-        assert union == sorted(single[i * batch * world:(i + 1) * batch * world])
+        union = sorted(sum((idx[i * batch : (i + 1) * batch] for idx in per_rank), []))
+        assert union == sorted(single[i * batch * world : (i + 1) * batch * world])

@@ -14,9 +14,9 @@ from torch import nn
 
 from reference_models.common.metrics import (
     best_of_k,
-    fvd,
     frechet_distance,
     frechet_distance_from_features,
+    fvd,
     gaussian_stats,
     i3d_features,
     load_i3d,
@@ -30,7 +30,9 @@ from reference_models.common.metrics import (
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-sizes = st.tuples(st.integers(1, 2), st.sampled_from([1, 3]), st.integers(1, 3), st.integers(11, 16), st.integers(11, 16))
+sizes = st.tuples(
+    st.integers(1, 2), st.sampled_from([1, 3]), st.integers(1, 3), st.integers(11, 16), st.integers(11, 16)
+)
 
 
 def rand_video(shape, seed, low=-1.0, high=1.0):
@@ -54,9 +56,13 @@ def test_known_mse_gives_known_psnr(offset, shape, seed):
     target = rand_video(shape, seed)
     # an offset d in [-1, 1] is d / 2 in [0, 1]: MSE (d / 2)^2
     expected = 10 * math.log10(1 / (offset / 2) ** 2)
-    assert torch.allclose(psnr(target + offset, target), torch.full((shape[0], shape[2]), expected, dtype=torch.float64))
-    assert torch.allclose(psnr(target * 0.5 + 0.5, target * 0.5 + 0.5 + offset / 2, value_range=(0, 1)),
-                          torch.full((shape[0], shape[2]), expected, dtype=torch.float64))
+    assert torch.allclose(
+        psnr(target + offset, target), torch.full((shape[0], shape[2]), expected, dtype=torch.float64)
+    )
+    assert torch.allclose(
+        psnr(target * 0.5 + 0.5, target * 0.5 + 0.5 + offset / 2, value_range=(0, 1)),
+        torch.full((shape[0], shape[2]), expected, dtype=torch.float64),
+    )
 
 
 def test_video_psnr_is_the_psnr_of_the_mean_mse():
@@ -80,11 +86,18 @@ def test_psnr_and_ssim_agree_with_skimage():
         for t in range(2):
             a, c = x01[b, :, t], y01[b, :, t]
             assert ours_psnr[b, t].item() == pytest.approx(metrics.peak_signal_noise_ratio(c, a, data_range=1.0))
-            reference = metrics.structural_similarity(a, c, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                                      use_sample_covariance=False, channel_axis=0)
+            reference = metrics.structural_similarity(
+                a, c, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, channel_axis=0
+            )
             assert ours_ssim[b, t].item() == pytest.approx(reference, abs=1e-9)
-            reference = metrics.structural_similarity((a * luma).sum(0), (c * luma).sum(0), data_range=1.0,
-                                                      gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+            reference = metrics.structural_similarity(
+                (a * luma).sum(0),
+                (c * luma).sum(0),
+                data_range=1.0,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+            )
             assert ours_luma[b, t].item() == pytest.approx(reference, abs=1e-9)
 
 
@@ -125,8 +138,7 @@ def test_malformed_inputs_are_rejected_with_the_layout():
 
 def test_best_of_k_takes_the_best_trajectory_average_per_video():
     # k=2 trajectories, b=2 videos, t=2 frames
-    scores = torch.tensor([[[30.0, 10.0], [20.0, 20.0]],
-                           [[15.0, 15.0], [40.0, 0.0]]])
+    scores = torch.tensor([[[30.0, 10.0], [20.0, 20.0]], [[15.0, 15.0], [40.0, 0.0]]])
     # video 0: means 20 vs 15 -> 20; video 1: means 20 vs 20 -> 20 (not the per-frame max 40 or 20)
     assert best_of_k(scores).tolist() == [20.0, 20.0]
     assert best_of_k(scores, higher_is_better=False).tolist() == [15.0, 20.0]
@@ -202,11 +214,14 @@ class StandInI3D(nn.Module):
     """Stand-in for i3d_torchscript.pt: (b, 3, t, 224, 224) -> (b, 5) summary features; the last
     feature is 1 when called with StyleGAN-V's keywords (rescale=False, resize=False, features)."""
 
-    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True,
-                return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False
+    ) -> torch.Tensor:
         flags = float(return_features and not rescale and not resize)
-        stats = torch.stack([x.mean(dim=(1, 2, 3, 4)), x.std(dim=(1, 2, 3, 4)), x.amin(dim=(1, 2, 3, 4)),
-                             x.amax(dim=(1, 2, 3, 4))], dim=1)  # b 4
+        stats = torch.stack(
+            [x.mean(dim=(1, 2, 3, 4)), x.std(dim=(1, 2, 3, 4)), x.amin(dim=(1, 2, 3, 4)), x.amax(dim=(1, 2, 3, 4))],
+            dim=1,
+        )  # b 4
         return torch.cat([stats, torch.full_like(stats[:, :1], flags)], dim=1)  # b 5
 
 

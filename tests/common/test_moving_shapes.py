@@ -38,8 +38,9 @@ def test_deterministic_per_seed_and_seeds_differ():
     seed=st.integers(0, 2**31),
 )
 def test_item_contract(frames, height, width, channels, fps, max_shapes, seed):
-    ds = MovingShapes(6, frames=frames, height=height, width=width, fps=fps, channels=channels,
-                      max_shapes=max_shapes, seed=seed)
+    ds = MovingShapes(
+        6, frames=frames, height=height, width=width, fps=fps, channels=channels, max_shapes=max_shapes, seed=seed
+    )
     assert len(ds) == 6 and ds.num_classes == len(SHAPE_KINDS) == len(ds.class_names)
     for i in range(len(ds)):
         item = ds[i]

@@ -101,22 +101,38 @@ def _cmd_ae(m: nn.Module) -> tuple:
 CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], torch.Tensor | tuple]]] = {
     "evdm": (lambda: EVDMUNet(evdm_config("tiny_evdm")), _evdm),
     "mcvd_baseline": (lambda: EVDMUNet(evdm_config("tiny_mcvd")), _evdm),
-    "etc_unet": (lambda: ETCUNet(etc_config("tiny")),
-                 lambda m: m(randn(2, 3, 4, 16, 16), T, torch.tensor([8.0, 0.0]), randn(2, 3, 64, seed=1))),
-    "etc_system": (lambda: ETCSystem(etc_config("tiny")),
-                   lambda m: m(randn(2, 3, 4, 16, 16), T, torch.tensor([8.0, 30.0]), labels=torch.tensor([1, -1]),
-                               captions=["a red circle moving left", ""])),
-    "pvdm_autoencoder": (lambda: PVDMAutoencoder(get_autoencoder_config("tiny")),
-                         lambda m: m(randn(2, 3, 8, 32, 32))),
-    "pvdm_unet": (lambda: TriplaneUNet(get_diffusion_config("tiny")),
-                  lambda m: m(randn(2, 8, 3 * 64), T, cond=randn(2, 8, 3 * 64, seed=1))),
+    "etc_unet": (
+        lambda: ETCUNet(etc_config("tiny")),
+        lambda m: m(randn(2, 3, 4, 16, 16), T, torch.tensor([8.0, 0.0]), randn(2, 3, 64, seed=1)),
+    ),
+    "etc_system": (
+        lambda: ETCSystem(etc_config("tiny")),
+        lambda m: m(
+            randn(2, 3, 4, 16, 16),
+            T,
+            torch.tensor([8.0, 30.0]),
+            labels=torch.tensor([1, -1]),
+            captions=["a red circle moving left", ""],
+        ),
+    ),
+    "pvdm_autoencoder": (lambda: PVDMAutoencoder(get_autoencoder_config("tiny")), lambda m: m(randn(2, 3, 8, 32, 32))),
+    "pvdm_unet": (
+        lambda: TriplaneUNet(get_diffusion_config("tiny")),
+        lambda m: m(randn(2, 8, 3 * 64), T, cond=randn(2, 8, 3 * 64, seed=1)),
+    ),
     "cmd_autoencoder": (lambda: CMDAutoencoder(cmd_config("tiny")), _cmd_ae),
-    "cmd_content_unet": (lambda: ContentUNet(cmd_config("tiny")),
-                         lambda m: m(randn(2, 3, 24, 32), T, labels=torch.tensor([0, 4]))),
-    "cmd_content_dit": (lambda: ContentDiT(cmd_config("tiny", content_model="dit")),
-                        lambda m: m(randn(2, 3, 24, 32), T, labels=torch.tensor([0, 4]))),
-    "cmd_motion": (lambda: MotionDiT(cmd_config("tiny")),
-                   lambda m: m(randn(2, 4, 8, 14), T, randn(2, 3, 24, 32, seed=1), labels=torch.tensor([0, 4]))),
+    "cmd_content_unet": (
+        lambda: ContentUNet(cmd_config("tiny")),
+        lambda m: m(randn(2, 3, 24, 32), T, labels=torch.tensor([0, 4])),
+    ),
+    "cmd_content_dit": (
+        lambda: ContentDiT(cmd_config("tiny", content_model="dit")),
+        lambda m: m(randn(2, 3, 24, 32), T, labels=torch.tensor([0, 4])),
+    ),
+    "cmd_motion": (
+        lambda: MotionDiT(cmd_config("tiny")),
+        lambda m: m(randn(2, 4, 8, 14), T, randn(2, 3, 24, 32, seed=1), labels=torch.tensor([0, 4])),
+    ),
 }
 
 
@@ -155,11 +171,20 @@ def test_round_trip_gives_the_same_weights_and_outputs(name: str, tmp_path: Path
 
 @pytest.mark.parametrize(
     "config",
-    [*EVDM_PRESETS.values(), *ETC_PRESETS.values(), *AUTOENCODER_PRESETS.values(), *DIFFUSION_PRESETS.values(),
-     *CMD_PRESETS.values()],
-    ids=[*(f"evdm-{k}" for k in EVDM_PRESETS), *(f"etc-{k}" for k in ETC_PRESETS),
-         *(f"pvdm_ae-{k}" for k in AUTOENCODER_PRESETS), *(f"pvdm_diffusion-{k}" for k in DIFFUSION_PRESETS),
-         *(f"cmd-{k}" for k in CMD_PRESETS)],
+    [
+        *EVDM_PRESETS.values(),
+        *ETC_PRESETS.values(),
+        *AUTOENCODER_PRESETS.values(),
+        *DIFFUSION_PRESETS.values(),
+        *CMD_PRESETS.values(),
+    ],
+    ids=[
+        *(f"evdm-{k}" for k in EVDM_PRESETS),
+        *(f"etc-{k}" for k in ETC_PRESETS),
+        *(f"pvdm_ae-{k}" for k in AUTOENCODER_PRESETS),
+        *(f"pvdm_diffusion-{k}" for k in DIFFUSION_PRESETS),
+        *(f"cmd-{k}" for k in CMD_PRESETS),
+    ],
 )
 def test_every_preset_config_survives_json_exactly(config: ConfigBase) -> None:
     text = json.dumps(config.to_dict(), allow_nan=False)
@@ -172,11 +197,17 @@ def test_config_json_names_the_model_and_holds_the_config(tmp_path: Path) -> Non
     model = TriplaneUNet(get_diffusion_config("tiny"))
     model.save_pretrained(tmp_path, metadata={"note": "tiny"})
     info = read_pretrained_config(tmp_path)
-    assert (info["model_class"], info["kind"], info["config_class"]) == ("TriplaneUNet", "pvdm_diffusion",
-                                                                        "DiffusionConfig")
+    assert (info["model_class"], info["kind"], info["config_class"]) == (
+        "TriplaneUNet",
+        "pvdm_diffusion",
+        "DiffusionConfig",
+    )
     assert info["config"] == model.cfg.to_dict() and info["metadata"] == {"note": "tiny"}
-    header = json.loads((tmp_path / WEIGHTS_NAME).read_bytes()[8:8 + int.from_bytes(
-        (tmp_path / WEIGHTS_NAME).read_bytes()[:8], "little")])
+    header = json.loads(
+        (tmp_path / WEIGHTS_NAME).read_bytes()[
+            8 : 8 + int.from_bytes((tmp_path / WEIGHTS_NAME).read_bytes()[:8], "little")
+        ]
+    )
     assert header["__metadata__"] == {"format": "pt"}  # what transformers and diffusers expect
 
 
@@ -258,8 +289,11 @@ def pvdm_dir(tmp_path: Path) -> Path:
 
 
 def test_another_models_directory_says_what_it_holds(pvdm_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(PretrainedError, match=r"holds a PVDM diffusion U-Net \(TriplaneUNet\), not an ETC U-Net "
-                                              r"\(without its conditioner\) \(ETCUNet\)"):
+    with pytest.raises(
+        PretrainedError,
+        match=r"holds a PVDM diffusion U-Net \(TriplaneUNet\), not an ETC U-Net "
+        r"\(without its conditioner\) \(ETCUNet\)",
+    ):
         ETCUNet.from_pretrained(pvdm_dir)
     ETCUNet(etc_config("tiny")).save_pretrained(tmp_path / "unet")
     with pytest.raises(PretrainedError, match=r"not an ETC model \(ETCSystem\).*ETCUNet.from_pretrained"):
@@ -299,8 +333,11 @@ def test_malformed_config_json_is_named(pvdm_dir: Path, changes: dict, message: 
 def test_a_config_the_dataclass_refuses_is_named(pvdm_dir: Path) -> None:
     info = json.loads((pvdm_dir / CONFIG_NAME).read_text())
     rewrite_config(pvdm_dir, config={**info["config"], "wings": 2})
-    with pytest.raises(PretrainedError, match=r"does not make a valid DiffusionConfig: unknown DiffusionConfig "
-                                              r"fields \['wings'\]"):
+    with pytest.raises(
+        PretrainedError,
+        match=r"does not make a valid DiffusionConfig: unknown DiffusionConfig "
+        r"fields \['wings'\]",
+    ):
         TriplaneUNet.from_pretrained(pvdm_dir)
     rewrite_config(pvdm_dir, config={**info["config"], "base_channels": -3})
     with pytest.raises(PretrainedError, match=r"does not make a valid DiffusionConfig"):
@@ -384,8 +421,9 @@ def test_a_class_without_its_declarations_cannot_save(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("failing", [0, 1])  # the weights' rename, config.json's rename
-def test_an_interrupted_save_never_loads_as_a_mix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  failing: int) -> None:
+def test_an_interrupted_save_never_loads_as_a_mix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
     first = perturbed(PVDMAutoencoder(get_autoencoder_config("tiny")), seed=0)
     first.save_pretrained(tmp_path)
     real_replace, calls = os.replace, []
@@ -438,8 +476,9 @@ def evdm_run(tmp_path: Path) -> tuple[Path, EVDMUNet, EMA]:
     return run, model, ema
 
 
-def test_export_takes_the_ema_weights_and_reads_no_optimizer_state(evdm_run, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_takes_the_ema_weights_and_reads_no_optimizer_state(
+    evdm_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run, model, ema = evdm_run
     read: list[str] = []
     real_open = safetensors.safe_open
@@ -469,8 +508,11 @@ def test_export_takes_the_ema_weights_and_reads_no_optimizer_state(evdm_run, tmp
     monkeypatch.undo()
     assert_same_state(ema.module, EVDMUNet.from_pretrained(path))
     meta = read_pretrained_config(path)["metadata"]
-    assert meta["step"] == 7 and meta["weights"] == "ema" and meta["run"] == {"data": {"source": "moving_shapes",
-                                                                                      "fps": 6.0}}
+    assert (
+        meta["step"] == 7
+        and meta["weights"] == "ema"
+        and meta["run"] == {"data": {"source": "moving_shapes", "fps": 6.0}}
+    )
     trained = export_pretrained(run, tmp_path / "trained", evdm_sample.load_model, use_ema=False)
     assert_same_state(model, EVDMUNet.from_pretrained(trained))
     assert read_pretrained_config(trained)["metadata"]["weights"] == "model"
@@ -492,8 +534,9 @@ def test_pvdm_autoencoder_exports_without_its_training_wrapper(tmp_path: Path) -
 
     objective = AutoencoderObjective(get_autoencoder_config("tiny"))
     perturbed(objective)
-    save_checkpoint(tmp_path / "ae", model=objective, step=2,
-                    config={"model": {"pvdm_autoencoder": objective.cfg.to_dict()}})
+    save_checkpoint(
+        tmp_path / "ae", model=objective, step=2, config={"model": {"pvdm_autoencoder": objective.cfg.to_dict()}}
+    )
     path = export_pretrained(tmp_path / "ae", tmp_path / "pretrained", load_autoencoder)
     assert_same_state(objective.autoencoder, PVDMAutoencoder.from_pretrained(path))
     loaded, ckpt = load_autoencoder(path)  # the sampler's loader takes either
@@ -514,7 +557,8 @@ def test_sample_cli_runs_from_an_exported_directory(evdm_run, tmp_path: Path, ca
     plain = tmp_path / "plain"
     ema.module.save_pretrained(plain)
     assert (tmp_path / "b" / "generate_00.mp4") in evdm_sample.main(
-        ["--checkpoint", str(plain), *common, "--out", str(tmp_path / "b")])
+        ["--checkpoint", str(plain), *common, "--out", str(tmp_path / "b")]
+    )
 
 
 def test_cmd_cli_exports_its_three_runs_and_samples_from_them(tmp_path: Path) -> None:
@@ -523,8 +567,12 @@ def test_cmd_cli_exports_its_three_runs_and_samples_from_them(tmp_path: Path) ->
     cfg = cmd_config("tiny")
     models = {"ae": CMDAutoencoder(cfg), "content": ContentUNet(cfg), "motion": MotionDiT(cfg)}
     for stage, model in models.items():  # runs without EMA: the trained weights are exported
-        save_checkpoint(tmp_path / "runs" / stage, model=perturbed(model), step=4,
-                        config={"model": {f"cmd_{stage}": cfg.to_dict(), "stage": stage}})
+        save_checkpoint(
+            tmp_path / "runs" / stage,
+            model=perturbed(model),
+            step=4,
+            config={"model": {f"cmd_{stage}": cfg.to_dict(), "stage": stage}},
+        )
     runs = [str(tmp_path / "runs" / s) for s in ("ae", "content", "motion")]
     argv = ["--ae", runs[0], "--content", runs[1], "--motion", runs[2]]
     paths = cli.main([*argv, "--export-pretrained", str(tmp_path / "pretrained")])
@@ -534,8 +582,24 @@ def test_cmd_cli_exports_its_three_runs_and_samples_from_them(tmp_path: Path) ->
         assert info["kind"] == f"cmd_{stage}" and info["metadata"]["weights"] == "model"
         assert info["metadata"]["run"] == {"stage": stage}
         assert_same_state(model, type(model).from_pretrained(path))
-    written = cli.main(["--ae", str(paths[0]), "--content", str(paths[1]), "--motion", str(paths[2]), "--labels", "0",
-                        "--content-steps", "2", "--motion-steps", "2", "--out", str(tmp_path / "out")])
+    written = cli.main(
+        [
+            "--ae",
+            str(paths[0]),
+            "--content",
+            str(paths[1]),
+            "--motion",
+            str(paths[2]),
+            "--labels",
+            "0",
+            "--content-steps",
+            "2",
+            "--motion-steps",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert (tmp_path / "out" / "cmd_00.mp4") in written
 
 
@@ -554,16 +618,40 @@ def test_every_sample_cli_takes_save_pretrained_directories(system: str, tmp_pat
 
         perturbed(TriplaneUNet(get_diffusion_config("tiny"))).save_pretrained(tmp_path / "diffusion")
         perturbed(PVDMAutoencoder(get_autoencoder_config("tiny"))).save_pretrained(tmp_path / "ae")
-        argv = ["--checkpoint", str(tmp_path / "diffusion"), "--autoencoder", str(tmp_path / "ae"), "--clips", "2",
-                "--first-steps", "2", "--next-steps", "1", "--num-samples", "1"]
+        argv = [
+            "--checkpoint",
+            str(tmp_path / "diffusion"),
+            "--autoencoder",
+            str(tmp_path / "ae"),
+            "--clips",
+            "2",
+            "--first-steps",
+            "2",
+            "--next-steps",
+            "1",
+            "--num-samples",
+            "1",
+        ]
     else:
         from reference_models.cmd import sample as cli
 
         cfg = cmd_config("tiny")
         for name, model in (("ae", CMDAutoencoder(cfg)), ("content", ContentUNet(cfg)), ("motion", MotionDiT(cfg))):
             perturbed(model).save_pretrained(tmp_path / name)
-        argv = ["--ae", str(tmp_path / "ae"), "--content", str(tmp_path / "content"), "--motion",
-                str(tmp_path / "motion"), "--labels", "1", "--content-steps", "2", "--motion-steps", "2"]
+        argv = [
+            "--ae",
+            str(tmp_path / "ae"),
+            "--content",
+            str(tmp_path / "content"),
+            "--motion",
+            str(tmp_path / "motion"),
+            "--labels",
+            "1",
+            "--content-steps",
+            "2",
+            "--motion-steps",
+            "2",
+        ]
     written = cli.main([*argv, "--device", "cpu", "--out", str(out)])
     assert any(p.suffix == ".mp4" for p in written) and all(p.is_file() for p in written)
 

@@ -22,9 +22,15 @@ from hypothesis import strategies as st
 
 import reference_models.common.probe as probe_mod
 import reference_models.common.probe.shapes_probe as shapes_probe_mod
-from reference_models.common.probe.ground_truth import _DOC_PROBES
 from reference_models.common import ShapesProbe
-from reference_models.common.data.moving_shapes import DIRECTIONS, PALETTE, SHAPE_KINDS, MovingShapes, ShapeSpec, render_shapes
+from reference_models.common.data.moving_shapes import (
+    DIRECTIONS,
+    PALETTE,
+    SHAPE_KINDS,
+    MovingShapes,
+    ShapeSpec,
+    render_shapes,
+)
 from reference_models.common.probe import (
     ATTRIBUTES,
     PROBE_VERSION,
@@ -37,6 +43,7 @@ from reference_models.common.probe import (
     parse_caption_objects,
     render_ground_truth_table,
 )
+from reference_models.common.probe.ground_truth import _DOC_PROBES
 
 ROOT = Path(__file__).resolve().parents[2]
 ETC_TINY = dict(channels=3, frames=8, height=16, width=16, size_range=(0.15, 0.3), fps=(4, 8, 15))
@@ -153,8 +160,9 @@ def test_frechet_distance_real_vs_real_is_small_and_noise_or_blank_is_far(probe,
     videos, conditions, rates = held_out
     videos, conditions, rates = videos[:300], conditions[:300], rates[:300]
     real = probe.evaluate(videos, conditions, fps=rates)
-    noise = probe.evaluate(torch.rand(videos.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1,
-                           conditions, fps=rates)
+    noise = probe.evaluate(
+        torch.rand(videos.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1, conditions, fps=rates
+    )
     blank = probe.evaluate(torch.full_like(videos, -1.0), conditions, fps=rates)
     assert real.frechet_floor == noise.frechet_floor == blank.frechet_floor  # same real sets
     assert real.frechet_distance < 1.5 * real.frechet_floor
@@ -214,11 +222,20 @@ def test_object_counts_of_rendered_scenes():
     motion=st.booleans(),
 )
 def test_parse_caption_round_trips_every_phrase(kinds, colors, sizes, directions, color, motion):
-    shapes = [ShapeSpec(k, c, s, 3.0, (5.0, 5.0), (1.0, 0.0), d) for k, c, s, d in zip(kinds, colors, sizes, directions)]
+    shapes = [
+        ShapeSpec(k, c, s, 3.0, (5.0, 5.0), (1.0, 0.0), d) for k, c, s, d in zip(kinds, colors, sizes, directions)
+    ]
     caption = " and ".join(s.phrase(color=color, motion=motion) for s in shapes)
     parsed = parse_caption_objects(caption)
-    expected = [{"kind": s.kind, "size": s.size, **({"color": s.color} if color else {}),
-                 **({"direction": s.direction} if motion else {})} for s in shapes]
+    expected = [
+        {
+            "kind": s.kind,
+            "size": s.size,
+            **({"color": s.color} if color else {}),
+            **({"direction": s.direction} if motion else {}),
+        }
+        for s in shapes
+    ]
     assert parsed == expected
     assert parse_caption(caption) == expected[0]
     assert parse_caption(caption.upper() + ".") == expected[0]
@@ -229,13 +246,26 @@ def test_parse_caption_reads_dataset_captions_and_class_names():
     for i in range(20):
         item, shapes = data[i], data.shapes(i)
         parsed = parse_caption_objects(item["caption"])
-        assert [(p["kind"], p["color"], p["direction"]) for p in parsed] == [(s.kind, s.color, s.direction) for s in shapes]
+        assert [(p["kind"], p["color"], p["direction"]) for p in parsed] == [
+            (s.kind, s.color, s.direction) for s in shapes
+        ]
     assert parse_caption("red circle") == {"color": "red", "kind": "circle"}
     assert parse_caption("cross") == {"kind": "cross"}
 
 
-@pytest.mark.parametrize("caption", ["", "a large red", "a blue circle moving", "a circle moving sideways",
-                                     "a huge circle", "a circle and", "two circles", "a circle moving left fast"])
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "",
+        "a large red",
+        "a blue circle moving",
+        "a circle moving sideways",
+        "a huge circle",
+        "a circle and",
+        "two circles",
+        "a circle moving left fast",
+    ],
+)
 def test_parse_caption_rejects_what_the_grammar_does_not_produce(caption):
     with pytest.raises(ValueError, match="moving-shapes caption"):
         parse_caption(caption)
@@ -346,12 +376,24 @@ def test_training_is_deterministic_and_leaves_the_global_rng_alone():
 def test_the_key_covers_every_field_of_the_spec_and_recipe():
     base = ProbeSpec(3, 8, 16, 16, fps=(4, 8), size_range=(0.15, 0.3))
     assert base.key() == ProbeSpec(3, 8, 16, 16, fps=(8, 4, 8.0), size_range=[0.15, 0.3]).key()
-    variants = [dict(channels=1), dict(frames=6), dict(height=20), dict(width=20), dict(fps=(4, 8, 15)),
-                dict(size_range=(0.1, 0.3)), dict(speed_range=(0.2, 1.0)), dict(kinds=("circle", "square")),
-                dict(colors=("red", "blue")), dict(directions=("left", "right")), dict(seed=1),
-                dict(recipe=ProbeRecipe(epochs=3))]
-    keys = {ProbeSpec(**{**dict(channels=3, frames=8, height=16, width=16, fps=(4, 8), size_range=(0.15, 0.3)), **v}).key()
-            for v in variants}
+    variants = [
+        dict(channels=1),
+        dict(frames=6),
+        dict(height=20),
+        dict(width=20),
+        dict(fps=(4, 8, 15)),
+        dict(size_range=(0.1, 0.3)),
+        dict(speed_range=(0.2, 1.0)),
+        dict(kinds=("circle", "square")),
+        dict(colors=("red", "blue")),
+        dict(directions=("left", "right")),
+        dict(seed=1),
+        dict(recipe=ProbeRecipe(epochs=3)),
+    ]
+    keys = {
+        ProbeSpec(**{**dict(channels=3, frames=8, height=16, width=16, fps=(4, 8), size_range=(0.15, 0.3)), **v}).key()
+        for v in variants
+    }
     assert len(keys) == len(variants) and base.key() not in keys
     assert ProbeSpec.from_dict(base.to_dict()) == base
 
@@ -360,10 +402,21 @@ def test_the_key_covers_every_field_of_the_spec_and_recipe():
 
 
 def test_gray_probe_has_no_colour_and_for_dataset_matches_for_geometry(tmp_path):
-    data = MovingShapes(8, frames=4, height=12, width=12, fps=(4, 8), channels=1, max_shapes=1,
-                        size_range=(0.2, 0.3), kinds=("circle", "cross"))
+    data = MovingShapes(
+        8,
+        frames=4,
+        height=12,
+        width=12,
+        fps=(4, 8),
+        channels=1,
+        max_shapes=1,
+        size_range=(0.2, 0.3),
+        kinds=("circle", "cross"),
+    )
     probe = ShapesProbe.for_dataset(data, recipe=CHEAP, cache_dir=tmp_path)
-    assert probe.spec == ProbeSpec(1, 4, 12, 12, fps=(4, 8), size_range=(0.2, 0.3), kinds=("circle", "cross"), recipe=CHEAP)
+    assert probe.spec == ProbeSpec(
+        1, 4, 12, 12, fps=(4, 8), size_range=(0.2, 0.3), kinds=("circle", "cross"), recipe=CHEAP
+    )
     assert "color" not in probe.net.heads and probe.ground_truth["accuracy"].keys() == {"kind", "size", "direction"}
     videos = torch.stack([data[i]["video"] for i in range(8)])
     result = probe.evaluate(videos, [data[i]["caption"] for i in range(8)], fps=[data.fps_of(i) for i in range(8)])
@@ -376,8 +429,9 @@ def test_gray_probe_has_no_colour_and_for_dataset_matches_for_geometry(tmp_path)
 
 def test_a_probe_of_fewer_directions_reads_only_those(tmp_path):
     axis = ("left", "right", "up", "down")
-    data = MovingShapes(64, frames=4, height=12, width=12, fps=8, max_shapes=1, size_range=(0.2, 0.3),
-                        directions=axis, seed=3)
+    data = MovingShapes(
+        64, frames=4, height=12, width=12, fps=8, max_shapes=1, size_range=(0.2, 0.3), directions=axis, seed=3
+    )
     probe = ShapesProbe.for_dataset(data, recipe=CHEAP, cache_dir=tmp_path)
     assert probe.spec.directions == axis and probe.spec.mirror_closed
     videos = torch.stack([data[i]["video"] for i in range(64)])
@@ -387,8 +441,9 @@ def test_a_probe_of_fewer_directions_reads_only_those(tmp_path):
     with pytest.raises(ValueError, match="up-left"):  # a direction the probe was not built for
         probe.evaluate(videos[:1], [{"direction": "up-left"}])
     # directions not closed under the mirror: trained without mirrored clips, still reads them
-    one_way = ShapesProbe.for_geometry(3, 4, 12, 12, size_range=(0.2, 0.3), directions=("left", "up"),
-                                       recipe=CHEAP, cache_dir=tmp_path)
+    one_way = ShapesProbe.for_geometry(
+        3, 4, 12, 12, size_range=(0.2, 0.3), directions=("left", "up"), recipe=CHEAP, cache_dir=tmp_path
+    )
     assert not one_way.spec.mirror_closed and one_way.spec.classes("direction") == ("left", "up")
 
 
@@ -418,7 +473,11 @@ def test_bad_inputs_name_the_expected_layout(tmp_path):
         (ValueError, "one per clip", lambda: probe.evaluate(good, conds, fps=[8, 8, 8])),
         (ValueError, "num_real", lambda: probe.evaluate(good, conds, num_real=0)),
         (ValueError, "channels", lambda: ShapesProbe.for_geometry(2, 4, 12, 12, cache_dir=False)),
-        (ValueError, "size_range", lambda: ShapesProbe.for_geometry(3, 4, 12, 12, size_range=(0.3, 0.6), cache_dir=False)),
+        (
+            ValueError,
+            "size_range",
+            lambda: ShapesProbe.for_geometry(3, 4, 12, 12, size_range=(0.3, 0.6), cache_dir=False),
+        ),
         (ValueError, "fps", lambda: ShapesProbe.for_geometry(3, 4, 12, 12, fps=0, cache_dir=False)),
         (ValueError, "kinds", lambda: ShapesProbe.for_geometry(3, 4, 12, 12, kinds=("blob",), cache_dir=False)),
         (ValueError, "epochs", lambda: ProbeRecipe(epochs=0)),
@@ -444,4 +503,4 @@ def test_the_docs_figures_are_rendered_from_the_committed_json_of_this_probe_ver
         assert entry["key"] == spec.key(), name
     page = (ROOT / "docs" / "probe.md").read_text()
     start, end = "<!-- ground-truth:start -->\n", "\n<!-- ground-truth:end -->"
-    assert page[page.index(start) + len(start):page.index(end)] == render_ground_truth_table(record)
+    assert page[page.index(start) + len(start) : page.index(end)] == render_ground_truth_table(record)

@@ -27,24 +27,40 @@ CLASSES = ["square", "circle", "triangle", "diamond", "cross"]  # CMD tiny's cla
 COLORS = ["red", "green", "blue", "yellow", "magenta", "cyan", "orange", "white"]
 
 
-def probe_result(predictions: list[dict[str, str]], asked: list[str | None], *, frechet=(812.25, 17.5),
-                 one_object=0.625, fps=8.0) -> dict:
+def probe_result(
+    predictions: list[dict[str, str]], asked: list[str | None], *, frechet=(812.25, 17.5), one_object=0.625, fps=8.0
+) -> dict:
     """A ``ProbeResult.to_dict()`` of clips whose condition asked for the kinds ``asked`` (``None``:
     nothing asked), with the counts and accuracies ``ShapesProbe.evaluate`` would compute."""
     named = [i for i, k in enumerate(asked) if k is not None]
     kind_counts = {k: sum(a == k for a in asked) for k in CLASSES}
-    kind_accuracy = {k: (sum(predictions[i]["kind"] == k for i in named if asked[i] == k) / kind_counts[k]
-                         if kind_counts[k] else None) for k in CLASSES}
+    kind_accuracy = {
+        k: (
+            sum(predictions[i]["kind"] == k for i in named if asked[i] == k) / kind_counts[k]
+            if kind_counts[k]
+            else None
+        )
+        for k in CLASSES
+    }
     accuracy = {a: None for a in ATTRIBUTES}
     accuracy["kind"] = sum(predictions[i]["kind"] == asked[i] for i in named) / len(named) if named else None
     ground_truth = {a: None for a in ATTRIBUTES}
     ground_truth["kind"] = 0.875 if named else None
     return ProbeResult(
-        num_clips=len(asked), accuracy=accuracy, counts={a: len(named) if a == "kind" else 0 for a in ATTRIBUTES},
-        ground_truth=ground_truth, chance={"color": 0.125, "kind": 0.2, "size": 0.5, "direction": 0.125},
-        kind_accuracy=kind_accuracy, kind_counts=kind_counts, one_object_fraction=one_object,
-        frechet_distance=frechet[0], frechet_floor=frechet[1], num_real=len(asked), fps=(fps,) * len(asked),
-        predictions=tuple(predictions), probe="3x8x24x32",
+        num_clips=len(asked),
+        accuracy=accuracy,
+        counts={a: len(named) if a == "kind" else 0 for a in ATTRIBUTES},
+        ground_truth=ground_truth,
+        chance={"color": 0.125, "kind": 0.2, "size": 0.5, "direction": 0.125},
+        kind_accuracy=kind_accuracy,
+        kind_counts=kind_counts,
+        one_object_fraction=one_object,
+        frechet_distance=frechet[0],
+        frechet_floor=frechet[1],
+        num_real=len(asked),
+        fps=(fps,) * len(asked),
+        predictions=tuple(predictions),
+        probe="3x8x24x32",
     ).to_dict()
 
 
@@ -57,19 +73,33 @@ def cmd_report() -> dict:
     per_class = 2
     asked = [k for k in CLASSES for _ in range(per_class)]
     read = ["square", "square", "circle", "square", "triangle", "triangle", "cross", "cross", "cross", "circle"]
-    return {"probe": probe_result([reading(k) for k in read], asked), "classes": CLASSES, "per_class": per_class,
-            "sampler": {"content_steps": 50, "motion_steps": 100, "guidance_scale": 4.0},
-            "run": {"seconds_to_here": 241.3, "probe_seconds": 37.9}}
+    return {
+        "probe": probe_result([reading(k) for k in read], asked),
+        "classes": CLASSES,
+        "per_class": per_class,
+        "sampler": {"content_steps": 50, "motion_steps": 100, "guidance_scale": 4.0},
+        "run": {"seconds_to_here": 241.3, "probe_seconds": 37.9},
+    }
 
 
 def pvdm_report(reconstruction: bool = True) -> dict:
     """``examples/train_pvdm.py`` ``probe_long_videos``: 3 long videos of 2 clips, unconditional."""
-    read = [reading("square"), reading("square"), reading("circle", "blue"), reading("cross"),
-            reading("diamond"), reading("diamond")]
-    report = {"probe": probe_result(read, [None] * 6, frechet=(1534.75, 22.125), one_object=0.5),
-              "long_videos": 3, "clips_per_video": 2, "keeps_its_object": 2 / 3,
-              "sampler": {"first_steps": 50, "next_steps": 25},
-              "run": {"seconds_to_here": 301.2, "probe_seconds": 44.4}}
+    read = [
+        reading("square"),
+        reading("square"),
+        reading("circle", "blue"),
+        reading("cross"),
+        reading("diamond"),
+        reading("diamond"),
+    ]
+    report = {
+        "probe": probe_result(read, [None] * 6, frechet=(1534.75, 22.125), one_object=0.5),
+        "long_videos": 3,
+        "clips_per_video": 2,
+        "keeps_its_object": 2 / 3,
+        "sampler": {"first_steps": 50, "next_steps": 25},
+        "run": {"seconds_to_here": 301.2, "probe_seconds": 44.4},
+    }
     if reconstruction:  # <out>/ae/samples/step<N>_recon_metrics.json (reference_models/pvdm/train.py)
         report["reconstruction"] = {"psnr": 23.456, "step": 500}
     return report
@@ -79,19 +109,29 @@ def custom_report(legacy: bool = False) -> dict:
     """``examples/custom_architecture.py`` ``probe_samples``: unconditional clips at one rate."""
     read = ["square", "square", "circle", "cross"]
     fraction = {k: read.count(k) / len(read) for k in CLASSES}
-    distribution = (fraction if legacy else
-                    {"kinds": CLASSES, "fraction": fraction, "data_share": {k: 1 / len(CLASSES) for k in CLASSES}})
-    return {"probe": probe_result([reading(k) for k in read], [None] * 4, frechet=(99.5, 41.0), one_object=0.75),
-            "fps": 8.0, "sampler": {"name": "ddim", "steps": 25, "eta": 0.0, "seed": 0, "clips": 4,
-                                    "prediction_type": "v_prediction"},
-            "run": {"seconds_to_here": 288.8, "probe_seconds": 21.7}, "kind_distribution": distribution}
+    distribution = (
+        fraction
+        if legacy
+        else {"kinds": CLASSES, "fraction": fraction, "data_share": {k: 1 / len(CLASSES) for k in CLASSES}}
+    )
+    return {
+        "probe": probe_result([reading(k) for k in read], [None] * 4, frechet=(99.5, 41.0), one_object=0.75),
+        "fps": 8.0,
+        "sampler": {"name": "ddim", "steps": 25, "eta": 0.0, "seed": 0, "clips": 4, "prediction_type": "v_prediction"},
+        "run": {"seconds_to_here": 288.8, "probe_seconds": 21.7},
+        "kind_distribution": distribution,
+    }
 
 
 def etc_report() -> dict:
     """``reference_models/etc/train.py`` ``main``: held-out captions."""
-    return {"probe": probe_result([reading("square")] * 2, ["square", "circle"]), "captions": ["a square", "a circle"],
-            "fps": 8.0, "sampler": {"ddim_steps": 25, "guidance_scale": 7.0},
-            "run": {"steps": 400, "batch_size": 8, "preset": "tiny", "seconds_to_here": 291.0, "probe_seconds": 96.4}}
+    return {
+        "probe": probe_result([reading("square")] * 2, ["square", "circle"]),
+        "captions": ["a square", "a circle"],
+        "fps": 8.0,
+        "sampler": {"ddim_steps": 25, "guidance_scale": 7.0},
+        "run": {"steps": 400, "batch_size": 8, "preset": "tiny", "seconds_to_here": 291.0, "probe_seconds": 96.4},
+    }
 
 
 def evdm_metrics(values: dict[str, float], *, interpolate: bool) -> dict[str, float]:
@@ -116,17 +156,41 @@ def write_evdm_files(folder: Path, step: int = 600) -> list[Path]:
 
     tasks = {
         # predict: beats copy-last on both metrics, loses to mean-frame on SSIM, ties it on PSNR (a tie does not beat)
-        "predict": evdm_metrics({"psnr": 21.5, "ssim": 0.625, "copy_last_psnr": 18.25, "copy_last_ssim": 0.5,
-                                 "mean_frame_psnr": 21.5, "mean_frame_ssim": 0.7}, interpolate=False),
-        "interpolate": evdm_metrics({"psnr": 24.0, "ssim": 0.8, "copy_last_psnr": 19.0, "copy_last_ssim": 0.55,
-                                     "mean_frame_psnr": 20.0, "mean_frame_ssim": 0.65, "blend_psnr": 25.5,
-                                     "blend_ssim": 0.75}, interpolate=True),
+        "predict": evdm_metrics(
+            {
+                "psnr": 21.5,
+                "ssim": 0.625,
+                "copy_last_psnr": 18.25,
+                "copy_last_ssim": 0.5,
+                "mean_frame_psnr": 21.5,
+                "mean_frame_ssim": 0.7,
+            },
+            interpolate=False,
+        ),
+        "interpolate": evdm_metrics(
+            {
+                "psnr": 24.0,
+                "ssim": 0.8,
+                "copy_last_psnr": 19.0,
+                "copy_last_ssim": 0.55,
+                "mean_frame_psnr": 20.0,
+                "mean_frame_ssim": 0.65,
+                "blend_psnr": 25.5,
+                "blend_ssim": 0.75,
+            },
+            interpolate=True,
+        ),
     }
     paths = []
     for task, metrics in tasks.items():
         clips = torch.zeros(1, 1, 4, 16, 16)
-        written = write_task(TaskResult(videos=clips, real=clips, metrics=metrics), folder, f"step{step:06d}_{task}",
-                             fps=8.0, extra={"step": step, "sampler": "ddim", "steps": 25})
+        written = write_task(
+            TaskResult(videos=clips, real=clips, metrics=metrics),
+            folder,
+            f"step{step:06d}_{task}",
+            fps=8.0,
+            extra={"step": step, "sampler": "ddim", "steps": 25},
+        )
         paths += [p for p in written if p.name.endswith("_metrics.json")]
     return paths
 
@@ -156,8 +220,9 @@ def cells(text: str) -> list[list[str]]:
 # --------------------------------------------------------------------------- kinds
 
 
-@pytest.mark.parametrize("kind, build", [("etc", etc_report), ("cmd", cmd_report), ("pvdm", pvdm_report),
-                                         ("custom", custom_report)])
+@pytest.mark.parametrize(
+    "kind, build", [("etc", etc_report), ("cmd", cmd_report), ("pvdm", pvdm_report), ("custom", custom_report)]
+)
 def test_each_report_is_recognised_and_explicit_kind_gives_the_same_table(kind, build):
     report = build()
     assert run_report_kind(report) == kind
@@ -206,7 +271,10 @@ def test_cmd_table_shows_each_class_its_accuracy_and_what_the_probe_read():
     assert "241.3 s" in text and "37.9 s" in text
     assert "right in 0.875 of cases" in text and "chance is 0.200" in text  # the probe's ceiling and chance
     assert rows["clips showing exactly one object"][1] == "62.5% of 10"
-    assert rows["Frechet distance to 10 real clips (probe features)"][1:] == ["812.2", "17.500 between two real sets of that size"]
+    assert rows["Frechet distance to 10 real clips (probe features)"][1:] == [
+        "812.2",
+        "17.500 between two real sets of that size",
+    ]
 
 
 def test_cmd_table_without_matching_predictions_drops_the_read_as_column():
@@ -221,7 +289,10 @@ def test_pvdm_table_shows_clips_frechet_kept_objects_and_reconstruction():
     text = render_run_table(pvdm_report())
     rows = {r[0]: r for r in cells(text)}
     assert rows["clips showing exactly one object"][1] == "50.0% of 6"
-    assert rows["Frechet distance to 6 real clips (probe features)"][1:] == ["1534.8", "22.125 between two real sets of that size"]
+    assert rows["Frechet distance to 6 real clips (probe features)"][1:] == [
+        "1534.8",
+        "22.125 between two real sets of that size",
+    ]
     assert rows["long videos whose clips all show the same colour and kind (probe)"][1] == "66.7% of 3"
     assert rows["autoencoder reconstruction PSNR on held-out clips, step 500"][1] == "23.46 dB"
     assert "3 long videos of 2 clips each" in text and "DDIM 50 steps" in text and "by 25 steps" in text
@@ -234,7 +305,10 @@ def test_custom_table_shows_clips_frechet_and_the_kinds_read(legacy):
     text = render_run_table(custom_report(legacy=legacy))
     rows = {r[0]: r for r in cells(text)}
     assert rows["clips showing exactly one object"][1] == "75.0% of 4"
-    assert rows["Frechet distance to 4 real clips (probe features)"][1:] == ["99.5", "41.000 between two real sets of that size"]
+    assert rows["Frechet distance to 4 real clips (probe features)"][1:] == [
+        "99.5",
+        "41.000 between two real sets of that size",
+    ]
     share = ["0.200"] if not legacy else []
     assert rows["square"] == ["square", "0.500", *share]
     assert rows["circle"] == ["circle", "0.250", *share]
@@ -248,16 +322,39 @@ def test_evdm_table_puts_the_model_next_to_each_baseline_with_a_verdict(tmp_path
     text = render_run_table(load_run_report(write_evdm_files(tmp_path)))
     header = tables(text)[0][0]
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "task", "clips", "metric", "model", "copy-last", "mean-frame", "blend", "model beats"]
+        "task",
+        "clips",
+        "metric",
+        "model",
+        "copy-last",
+        "mean-frame",
+        "blend",
+        "model beats",
+    ]
     assert {r[1] for r in cells(text)} == {"1"}  # write_task records how many clips each mean is over
     rows = {(r[0], r[2]): r[3:] for r in cells(text)}
-    assert list(rows) == [("predict", "PSNR (dB)"), ("predict", "SSIM"), ("interpolate", "PSNR (dB)"),
-                          ("interpolate", "SSIM")]  # the paper's task order, not the files' order
+    assert list(rows) == [
+        ("predict", "PSNR (dB)"),
+        ("predict", "SSIM"),
+        ("interpolate", "PSNR (dB)"),
+        ("interpolate", "SSIM"),
+    ]  # the paper's task order, not the files' order
     assert rows["predict", "PSNR (dB)"] == ["21.500", "18.250", "21.500", "-", "copy-last yes, mean-frame no"]
     assert rows["predict", "SSIM"] == ["0.625", "0.500", "0.700", "-", "copy-last yes, mean-frame no"]
-    assert rows["interpolate", "PSNR (dB)"] == ["24.000", "19.000", "20.000", "25.500",
-                                                "copy-last yes, mean-frame yes, blend no"]
-    assert rows["interpolate", "SSIM"] == ["0.800", "0.550", "0.650", "0.750", "copy-last yes, mean-frame yes, blend yes"]
+    assert rows["interpolate", "PSNR (dB)"] == [
+        "24.000",
+        "19.000",
+        "20.000",
+        "25.500",
+        "copy-last yes, mean-frame yes, blend no",
+    ]
+    assert rows["interpolate", "SSIM"] == [
+        "0.800",
+        "0.550",
+        "0.650",
+        "0.750",
+        "copy-last yes, mean-frame yes, blend yes",
+    ]
     assert "after 600 training steps, ddim sampler with 25 steps" in text
 
 

@@ -59,9 +59,20 @@ def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.
 
 
 def config(out: Path, **overrides) -> TrainConfig:
-    base = dict(steps=6, batch_size=4, lr=1e-2, warmup_steps=2, log_every=1, ckpt_every=2,
-                keep_last=None, out_dir=str(out), seed=3, device="cpu", progress=False,
-                tensorboard=False)
+    base = dict(
+        steps=6,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        log_every=1,
+        ckpt_every=2,
+        keep_last=None,
+        out_dir=str(out),
+        seed=3,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -74,8 +85,7 @@ def net(width: int = 4, seed: int = 0) -> Net:
 def run(out: Path, *, width: int = 4, seed: int = 0, config_dict=None, **kwargs):
     fields = TrainConfig.__dataclass_fields__
     cfg_overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
-    return train(config(out, **cfg_overrides), net(width, seed), loss_fn, Clips(),
-                 config_dict=config_dict, **kwargs)
+    return train(config(out, **cfg_overrides), net(width, seed), loss_fn, Clips(), config_dict=config_dict, **kwargs)
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -102,8 +112,7 @@ def stopped(tmp_path: Path) -> Path:
     """A run stopped at step 4 with checkpoints at steps 2 and 4; returns its output directory."""
     out = tmp_path / "run"
     run(out, stop_at=4)
-    assert [p.name for p in list_checkpoints(out / "checkpoints")] == [
-        "step_00000002.json", "step_00000004.json"]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_00000002.json", "step_00000004.json"]
     return out
 
 
@@ -120,8 +129,7 @@ def test_missing_latest_resumes_from_the_newest(stopped: Path, straight, caplog)
 
 
 @pytest.mark.parametrize("damage", ["truncated tensors", "garbage manifest"])
-def test_corrupt_newest_falls_back_to_the_one_before(stopped: Path, straight, caplog,
-                                                     damage: str) -> None:
+def test_corrupt_newest_falls_back_to_the_one_before(stopped: Path, straight, caplog, damage: str) -> None:
     caplog.set_level(logging.INFO, logger="reference_models")
     newest = stopped / "checkpoints" / "step_00000004.json"
     if damage == "truncated tensors":
@@ -168,9 +176,7 @@ def test_fresh_start_over_old_checkpoints_is_refused(stopped: Path) -> None:
     assert (stopped / "metrics.csv").read_bytes() == metrics
 
 
-def test_resuming_another_runs_checkpoint_into_a_dir_with_checkpoints_is_refused(
-    stopped: Path, tmp_path: Path
-) -> None:
+def test_resuming_another_runs_checkpoint_into_a_dir_with_checkpoints_is_refused(stopped: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     run(other, steps=2, ckpt_every=1)
     before = snapshot(stopped / "checkpoints")
@@ -195,16 +201,18 @@ def test_resume_into_another_model_config_names_the_fields(tmp_path: Path) -> No
     with pytest.raises(CheckpointError) as info:
         train(config(out), model, loss_fn, Clips(), config_dict=changed, resume=True)
     message = str(info.value)
-    listed = [line.strip() for line in message.splitlines() if "->" in line and ":" in line
-              and not line.startswith("cannot") and "(checkpoint -> this run)" not in line]
+    listed = [
+        line.strip()
+        for line in message.splitlines()
+        if "->" in line and ":" in line and not line.startswith("cannot") and "(checkpoint -> this run)" not in line
+    ]
     assert listed == ["toy.width: 4 -> 8"]
     assert "conv.weight" not in message  # the config, not the state-dict keys
     for k, v in model.state_dict().items():  # refused before any weight was copied
         assert torch.equal(v, before[k]), k
 
 
-def test_config_change_that_keeps_the_weights_resumes_with_a_warning(tmp_path: Path,
-                                                                     caplog) -> None:
+def test_config_change_that_keeps_the_weights_resumes_with_a_warning(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="reference_models")
     out = tmp_path / "run"
     run(out, config_dict={"toy": {"width": 4}, "data": {"n": 12}}, stop_at=2)
@@ -220,8 +228,7 @@ def test_resume_into_another_model_without_config_gives_a_short_summary(tmp_path
         run(out, width=8, resume=True)
     message = str(info.value)
     assert "7 with another shape" in message and "(3 more)" in message
-    assert ("conv.weight (4, 1, 3, 3, 3) in the checkpoint, (8, 1, 3, 3, 3) in the model"
-            in message)
+    assert "conv.weight (4, 1, 3, 3, 3) in the checkpoint, (8, 1, 3, 3, 3) in the model" in message
     assert len(message) < 800
 
 
@@ -245,14 +252,12 @@ save_checkpoint(sys.argv[1], model=nn.Linear(3, 2), step=2)
 @pytest.mark.skipif(os.name != "posix", reason="simulates a crash with SIGKILL")
 def test_stale_temp_files_of_a_crash_are_removed_by_the_next_save(tmp_path: Path) -> None:
     first = save_checkpoint(tmp_path, model=nn.Linear(3, 2), step=1)
-    proc = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path)], timeout=120,
-                          capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path)], timeout=120, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     assert len(left) == 1 and left[0].endswith(".safetensors")  # a whole tensor file, leaked
     ours = [".tmp-latest-a1b2_c3d", ".tmp-step_00000002.json-xYz09_ab"]  # mkstemp leftovers
-    others = [".tmp-notes.txt", ".tmp-0123.safetensors", "notes.tmp", "README.md",
-              ".tmp-latest"]
+    others = [".tmp-notes.txt", ".tmp-0123.safetensors", "notes.tmp", "README.md", ".tmp-latest"]
     for name in ours + others:
         (tmp_path / name).write_text("x")
     (tmp_path / ".tmp-latest-dir_1234").mkdir()  # only files are ever removed

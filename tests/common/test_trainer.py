@@ -70,9 +70,21 @@ def noisy_loss(model: nn.Module, batch: dict, generator: torch.Generator) -> tor
 
 def make_cfg(tmp_path: Path, **overrides) -> TrainConfig:
     base = dict(
-        steps=8, batch_size=4, lr=1e-2, weight_decay=0.01, warmup_steps=3, cosine=True,
-        grad_clip=0.5, ema_decay=0.9, log_every=2, ckpt_every=100, out_dir=str(tmp_path),
-        seed=7, device="cpu", progress=False, tensorboard=False,
+        steps=8,
+        batch_size=4,
+        lr=1e-2,
+        weight_decay=0.01,
+        warmup_steps=3,
+        cosine=True,
+        grad_clip=0.5,
+        ema_decay=0.9,
+        log_every=2,
+        ckpt_every=100,
+        out_dir=str(tmp_path),
+        seed=7,
+        device="cpu",
+        progress=False,
+        tensorboard=False,
     )
     base.update(overrides)
     return TrainConfig(**base)
@@ -86,8 +98,7 @@ def fresh_model(seed: int = 0) -> ToyNet:
 def assert_same_training_state(a, b) -> None:
     for (name, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(pa, pb), name
-    for (name, pa), (_, pb) in zip(a.ema.module.state_dict().items(),
-                                   b.ema.module.state_dict().items()):
+    for (name, pa), (_, pb) in zip(a.ema.module.state_dict().items(), b.ema.module.state_dict().items()):
         assert torch.equal(pa, pb), f"ema {name}"
     sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
     assert sa["param_groups"] == sb["param_groups"]
@@ -131,8 +142,7 @@ def test_resume_with_another_batch_size_continues_the_epoch(tmp_path: Path) -> N
     data = ToyVideos()  # 12 items
     train(make_cfg(tmp_path, steps=3), fresh_model(), recording_loss, data, stop_at=2)
     assert len(seen) == 8
-    state = train(make_cfg(tmp_path, steps=4, batch_size=2), fresh_model(), recording_loss, data,
-                  resume=True)
+    state = train(make_cfg(tmp_path, steps=4, batch_size=2), fresh_model(), recording_loss, data, resume=True)
     # 8 items used = 4 batches of 2; two more batches finish epoch 0 with no item repeated.
     assert (state.epoch, state.batches_done) == (0, 6)
     assert sorted(seen) == list(range(12))
@@ -145,8 +155,7 @@ def test_resume_true_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
 
 def test_resume_from_missing_path_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        train(make_cfg(tmp_path), fresh_model(), noisy_loss, ToyVideos(),
-              resume=tmp_path / "nowhere.json")
+        train(make_cfg(tmp_path), fresh_model(), noisy_loss, ToyVideos(), resume=tmp_path / "nowhere.json")
 
 
 # --------------------------------------------------------------------------- non-finite losses
@@ -188,8 +197,7 @@ def test_nan_loss_without_checkpoint_says_so(tmp_path: Path) -> None:
 
 def test_nan_loss_skip_counts_and_continues(tmp_path: Path) -> None:
     loss = PoisonedLoss(bad=4)
-    state = train(make_cfg(tmp_path, nonfinite="skip", log_every=1), fresh_model(), loss,
-                  ToyVideos())
+    state = train(make_cfg(tmp_path, nonfinite="skip", log_every=1), fresh_model(), loss, ToyVideos())
     assert state.step == 8 and state.skipped_steps == 1 and loss.calls == 8
     for before, after in zip(loss.seen[3], loss.seen[4]):  # weights before/after the bad step
         assert torch.equal(before, after)
@@ -216,8 +224,9 @@ def test_sample_fn_writes_decodable_video(tmp_path: Path) -> None:
         calls.append(step)
         return [write_video(out_dir / f"sample_{step:06d}.mp4", video, fps=8)]
 
-    state = train(make_cfg(tmp_path, steps=4, sample_every=2), fresh_model(), noisy_loss,
-                  ToyVideos(), sample_fn=sample_fn)
+    state = train(
+        make_cfg(tmp_path, steps=4, sample_every=2), fresh_model(), noisy_loss, ToyVideos(), sample_fn=sample_fn
+    )
     assert calls == [2, 4] and state.step == 4
     for step in calls:
         frames, timestamps, fps = read_video(tmp_path / "samples" / f"sample_{step:06d}.mp4")
@@ -232,8 +241,7 @@ def test_sampling_does_not_shift_training_rng(tmp_path: Path) -> None:
 
     data = ToyVideos()
     plain = train(make_cfg(tmp_path / "a"), fresh_model(), noisy_loss, data)
-    sampled = train(make_cfg(tmp_path / "b", sample_every=1), fresh_model(), noisy_loss, data,
-                    sample_fn=greedy_sampler)
+    sampled = train(make_cfg(tmp_path / "b", sample_every=1), fresh_model(), noisy_loss, data, sample_fn=greedy_sampler)
     assert_same_training_state(plain, sampled)
 
 
@@ -281,8 +289,15 @@ def test_check_dataset_counts_all_processes() -> None:
 
 @pytest.mark.parametrize(
     "field, value",
-    [("steps", 0), ("batch_size", -1), ("precision", "fp8"), ("nonfinite", "ignore"),
-     ("ema_decay", 1.5), ("lr", 0.0), ("keep_last", 0)],
+    [
+        ("steps", 0),
+        ("batch_size", -1),
+        ("precision", "fp8"),
+        ("nonfinite", "ignore"),
+        ("ema_decay", 1.5),
+        ("lr", 0.0),
+        ("keep_last", 0),
+    ],
 )
 def test_bad_config_rejected(tmp_path: Path, field: str, value) -> None:
     with pytest.raises(ValueError, match=field):

@@ -43,8 +43,7 @@ def indexed_root(tmp_path_factory):
 
 @given(seed=st.integers(0, 2**31), frames=st.integers(2, 8))
 def test_thirty_fps_file_gives_every_third_frame_at_ten_fps(indexed_root, seed, frames):
-    ds = VideoFolder(indexed_root, frames=frames, height=H, width=W, fps=10, seed=seed,
-                     extensions=(".mp4", ".gif"))
+    ds = VideoFolder(indexed_root, frames=frames, height=H, width=W, fps=10, seed=seed, extensions=(".mp4", ".gif"))
     for i in range(len(ds)):
         item = ds[i]
         assert item["video"].shape == (3, frames, H, W) and item["fps"] == 10.0
@@ -63,8 +62,7 @@ def test_thirty_fps_file_gives_every_third_frame_at_ten_fps(indexed_root, seed, 
 def test_nearest_frame_in_a_25_fps_file_matches_brute_force(indexed_root):
     # 7 fps targets k/7 never fall halfway between 25 fps frames (50k = 7(2j + 1) has no solution),
     # so the nearest frame is unambiguous.
-    ds = VideoFolder(indexed_root, frames=8, height=H, width=W, fps=7, clip_start="first",
-                     extensions=(".mp4",))
+    ds = VideoFolder(indexed_root, frames=8, height=H, width=W, fps=7, clip_start="first", extensions=(".mp4",))
     item = next(ds[i] for i in range(len(ds)) if ds[i]["path"].endswith("twentyfive.mp4"))
     targets = np.arange(8) / 7
     expected = [int(np.argmin(np.abs(np.arange(75) / 25 - s))) for s in targets]
@@ -265,7 +263,6 @@ def test_forked_workers_do_not_hang_after_the_parent_decoded(tmp_path):
         for frame in container.decode(video=0):
             frame.to_ndarray(format="rgb24", width=80, height=60)  # PyAV's shared, threaded context
     for _ in range(2):  # a second epoch forks fresh workers from the same parent
-        loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="fork",
-                            timeout=30)
+        loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="fork", timeout=30)
         batches = list(loader)
         assert [b["video"].shape for b in batches] == [(2, 3, 4, 64, 64)] * 2

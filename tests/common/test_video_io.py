@@ -178,7 +178,10 @@ def test_write_samples_writes_each_video_grid_and_captions(tmp_path):
     for p in paths[:2]:
         frames, _, _ = read_video(p)
         assert tuple(frames.shape) == (5, 16, 24, 3)
-    assert (tmp_path / "samples" / "step_10_captions.txt").read_text().splitlines() == ["step_10_00.mp4\ta", "step_10_01.mp4\tb"]
+    assert (tmp_path / "samples" / "step_10_captions.txt").read_text().splitlines() == [
+        "step_10_00.mp4\ta",
+        "step_10_01.mp4\tb",
+    ]
     with pytest.raises(ValueError, match="one caption per sample"):
         write_samples(videos, tmp_path, stem="x", fps=8, captions=["a"])
 

@@ -87,10 +87,12 @@ def test_cfg_model_fn_drives_a_sampler_with_one_call_per_step():
     assert out.shape == (2, 3, 4, 4) and torch.isfinite(out).all()
     assert model.batches == [4] * 6
     # at scale 1 guidance is the conditional model itself
-    plain = sample_ddim(lambda x, t: model(x, t, labels), (2, 3, 4, 4), schedule, 6,
-                        generator=torch.Generator().manual_seed(0))
-    guided = sample_ddim(cfg_model_fn(model, labels, null, 1.0), (2, 3, 4, 4), schedule, 6,
-                         generator=torch.Generator().manual_seed(0))
+    plain = sample_ddim(
+        lambda x, t: model(x, t, labels), (2, 3, 4, 4), schedule, 6, generator=torch.Generator().manual_seed(0)
+    )
+    guided = sample_ddim(
+        cfg_model_fn(model, labels, null, 1.0), (2, 3, 4, 4), schedule, 6, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(guided, plain)
 
 

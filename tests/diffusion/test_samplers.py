@@ -76,22 +76,32 @@ def test_timesteps_match_set_timesteps(spacing, num_train):
 @pytest.mark.parametrize("prediction", PREDICTION_TYPES)
 def test_ddpm_step_matches_diffusers(name, variance, clip, prediction):
     schedule = NoiseSchedule.from_name(name, 1000)
-    reference = DDPMScheduler(beta_schedule=NAMES[name], variance_type=variance, clip_sample=clip,
-                              prediction_type=prediction)
+    reference = DDPMScheduler(
+        beta_schedule=NAMES[name], variance_type=variance, clip_sample=clip, prediction_type=prediction
+    )
     share_tables(reference, schedule)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 4, 4, generator=g)
     for t in (999, 500, 37, 1, 0):
         eps = toy_eps(x, torch.tensor(t))
-        ours = ddpm_step(schedule, eps, t, x, generator=torch.Generator().manual_seed(t),
-                         variance=variance, clip_sample=clip, prediction_type=prediction)
+        ours = ddpm_step(
+            schedule,
+            eps,
+            t,
+            x,
+            generator=torch.Generator().manual_seed(t),
+            variance=variance,
+            clip_sample=clip,
+            prediction_type=prediction,
+        )
         theirs = reference.step(eps, t, x, generator=torch.Generator().manual_seed(t))
         torch.testing.assert_close(ours.x_prev, theirs.prev_sample)
         torch.testing.assert_close(ours.pred_x0, theirs.pred_original_sample)
         # the same step with the noise passed explicitly
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t))
-        explicit = ddpm_step(schedule, eps, t, x, noise=noise, variance=variance, clip_sample=clip,
-                             prediction_type=prediction)
+        explicit = ddpm_step(
+            schedule, eps, t, x, noise=noise, variance=variance, clip_sample=clip, prediction_type=prediction
+        )
         assert torch.equal(explicit.x_prev, ours.x_prev)
 
 
@@ -103,8 +113,9 @@ def test_ddpm_loop_matches_diffusers(steps):
     if steps is not None:
         reference.set_timesteps(steps)
     shape = (2, 1, 3, 4, 4)
-    ours = sample_ddpm(toy_eps, shape, schedule, steps=steps, clip_sample=True,
-                       generator=torch.Generator().manual_seed(11))
+    ours = sample_ddpm(
+        toy_eps, shape, schedule, steps=steps, clip_sample=True, generator=torch.Generator().manual_seed(11)
+    )
     g = torch.Generator().manual_seed(11)
     x = torch.randn(shape, generator=g)
     for t in reference.timesteps:
@@ -121,8 +132,9 @@ def test_ddim_step_matches_diffusers(name, steps, set_alpha_to_one, prediction):
     g = torch.Generator().manual_seed(steps)
     x = torch.randn(2, 3, 2, 4, 4, generator=g)
     for eta, clip in ((0.0, False), (0.5, True), (1.0, False)):
-        reference = DDIMScheduler(beta_schedule=NAMES[name], set_alpha_to_one=set_alpha_to_one, clip_sample=clip,
-                                  prediction_type=prediction)
+        reference = DDIMScheduler(
+            beta_schedule=NAMES[name], set_alpha_to_one=set_alpha_to_one, clip_sample=clip, prediction_type=prediction
+        )
         reference.set_timesteps(steps)
         share_tables(reference, schedule, set_alpha_to_one)
         timesteps = make_timesteps(1000, steps)
@@ -131,8 +143,18 @@ def test_ddim_step_matches_diffusers(name, steps, set_alpha_to_one, prediction):
             t_prev = int(timesteps[i + 1]) if i + 1 < steps else -1
             eps = toy_eps(x, torch.tensor(t))
             noise = torch.randn(x.shape, generator=g)
-            ours = ddim_step(schedule, eps, t, t_prev, x, eta, noise=noise, clip_sample=clip,
-                             set_alpha_to_one=set_alpha_to_one, prediction_type=prediction)
+            ours = ddim_step(
+                schedule,
+                eps,
+                t,
+                t_prev,
+                x,
+                eta,
+                noise=noise,
+                clip_sample=clip,
+                set_alpha_to_one=set_alpha_to_one,
+                prediction_type=prediction,
+            )
             theirs = reference.step(eps, t, x, eta=eta, variance_noise=noise)
             torch.testing.assert_close(ours.x_prev, theirs.prev_sample)
             torch.testing.assert_close(ours.pred_x0, theirs.pred_original_sample)
@@ -162,8 +184,9 @@ def test_ddim_eta0_with_true_noise_recovers_x0(name, steps, spacing, seed):
     schedule = NoiseSchedule.from_name(name, 200)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(2, 3, 2, 4, 4, generator=g, dtype=torch.float64)
-    out = sample_ddim(oracle(schedule, x0), x0.shape, schedule, steps, 0.0, spacing=spacing,
-                      generator=g, dtype=torch.float64)
+    out = sample_ddim(
+        oracle(schedule, x0), x0.shape, schedule, steps, 0.0, spacing=spacing, generator=g, dtype=torch.float64
+    )
     torch.testing.assert_close(out, x0)
 
 
@@ -176,15 +199,19 @@ def test_every_prediction_type_of_the_oracle_recovers_x0(prediction):
         eps = schedule.predict_eps(x_t, t, x0)
         return {"epsilon": eps, "v_prediction": schedule.velocity(x0, t, eps), "sample": x0}[prediction]
 
-    out = sample_ddim(model_fn, x0.shape, schedule, 10, prediction_type=prediction,
-                      generator=torch.Generator().manual_seed(2))
+    out = sample_ddim(
+        model_fn, x0.shape, schedule, 10, prediction_type=prediction, generator=torch.Generator().manual_seed(2)
+    )
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=1e-4)
 
 
 @given(abar=st.floats(1e-5, 1 - 1e-5), seed=st.integers(0, 2**16))
 def test_split_prediction_inverts_each_parametrisation(abar, seed):
     g = torch.Generator().manual_seed(seed)
-    x0, eps = torch.randn(2, 3, 4, generator=g, dtype=torch.float64), torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    x0, eps = (
+        torch.randn(2, 3, 4, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 4, generator=g, dtype=torch.float64),
+    )
     x_t = abar**0.5 * x0 + (1 - abar) ** 0.5 * eps
     v = abar**0.5 * eps - (1 - abar) ** 0.5 * x0
     for prediction, output in (("epsilon", eps), ("v_prediction", v), ("sample", x0)):
@@ -201,8 +228,14 @@ def test_ddpm_with_true_noise_recovers_x0():
     schedule = NoiseSchedule.from_name("cosine", 100)
     x0 = torch.randn(1, 2, 3, 4, 4, dtype=torch.float64)
     for steps in (None, 9):
-        out = sample_ddpm(oracle(schedule, x0), x0.shape, schedule, steps=steps,
-                          generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        out = sample_ddpm(
+            oracle(schedule, x0),
+            x0.shape,
+            schedule,
+            steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            dtype=torch.float64,
+        )
         torch.testing.assert_close(out, x0)
 
 
@@ -219,8 +252,9 @@ def test_known_frames_are_kept_and_renoised_each_step():
         residuals.append(eps)
         return eps
 
-    out = sample_ddim(recording_oracle, x0.shape, schedule, 8, 0.0, generator=g, dtype=torch.float64,
-                      known=x0, known_mask=mask)
+    out = sample_ddim(
+        recording_oracle, x0.shape, schedule, 8, 0.0, generator=g, dtype=torch.float64, known=x0, known_mask=mask
+    )
     torch.testing.assert_close(out, x0)
     known, free = mask.expand_as(x0).bool(), ~mask.expand_as(x0).bool()
     # DDIM eta=0 with the true model keeps the noise of the generated frames fixed along the chain,
@@ -233,8 +267,9 @@ def test_known_frames_are_kept_and_renoised_each_step():
 def test_known_everywhere_returns_known():
     schedule = NoiseSchedule.from_name("linear", 50)
     known = torch.randn(2, 3, 4, 4)
-    out = sample_ddpm(lambda x, t: torch.randn_like(x) * 5, known.shape, schedule, known=known,
-                      known_mask=torch.ones(1))
+    out = sample_ddpm(
+        lambda x, t: torch.randn_like(x) * 5, known.shape, schedule, known=known, known_mask=torch.ones(1)
+    )
     assert torch.equal(out, known)
 
 
@@ -250,8 +285,9 @@ def test_progress_callback_and_reproducibility():
         seen.append((i, t, x.shape, pred_x0.shape))
 
     shape = (1, 2, 3, 3)
-    a = sample_ddim(toy_eps, shape, schedule, 5, 0.3, generator=torch.Generator().manual_seed(2),
-                    progress=wrap, callback=callback)
+    a = sample_ddim(
+        toy_eps, shape, schedule, 5, 0.3, generator=torch.Generator().manual_seed(2), progress=wrap, callback=callback
+    )
     b = sample_ddim(toy_eps, shape, schedule, 5, 0.3, generator=torch.Generator().manual_seed(2), progress=True)
     assert torch.equal(a, b)
     assert wrapped == [True]

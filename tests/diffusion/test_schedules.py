@@ -229,8 +229,7 @@ def test_loss_targets_follow_the_prediction_type(name):
         "sample": x0,
     }
     for prediction, target in targets.items():
-        out = diffusion_loss(linear_model(0.5), x0, schedule, t, noise, prediction_type=prediction,
-                             return_details=True)
+        out = diffusion_loss(linear_model(0.5), x0, schedule, t, noise, prediction_type=prediction, return_details=True)
         torch.testing.assert_close(out.loss, F.mse_loss(out.prediction, target), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="prediction_type in"):
         diffusion_loss(linear_model(0.5), x0, schedule, t, noise, prediction_type="velocity")
@@ -250,8 +249,9 @@ def test_min_snr_weighting_matches_diffusers_recipe(prediction, gamma):
     t = torch.tensor([0, 10, 250, 500, 900, 999])
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     model = linear_model(0.5)
-    out = diffusion_loss(model, x0, schedule, t, noise, prediction_type=prediction, snr_gamma=gamma,
-                         return_details=True)
+    out = diffusion_loss(
+        model, x0, schedule, t, noise, prediction_type=prediction, snr_gamma=gamma, return_details=True
+    )
     target = {"epsilon": noise, "v_prediction": schedule.velocity(x0, t, noise), "sample": x0}[prediction]
     snr = compute_snr(reference, t).double()
     weights = torch.stack([snr, gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]

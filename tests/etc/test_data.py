@@ -332,7 +332,9 @@ def test_files_that_honour_no_usable_rate_are_skipped_like_unreadable_files(real
     assert len(skips) == 2 and "slow.mp4" in skips[0] and "honours none of the fps choices" in skips[0]
     assert "tiny.mp4" in skips[1] and "too short for 6 frames at every rate" in skips[1]  # 30 > its 25 fps
     assert [(Path(s.path).name, s.reason.split(":")[0]) for s in ds.skipped] == [
-        ("slow.mp4", "RateNotHonoured"), ("tiny.mp4", "RateNotHonoured")]
+        ("slow.mp4", "RateNotHonoured"),
+        ("tiny.mp4", "RateNotHonoured"),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a skipped file is not tried (or reported) again
         assert ds.clip(1, 30.0)["fps"] == 15.0 and ds.clip(2, 15.0)["path"].endswith("pal.mp4")

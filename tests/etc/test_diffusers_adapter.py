@@ -141,8 +141,10 @@ def test_fps_embedding_is_added_to_the_time_embedding():
     perturb_fps_mlp(model)
     x, timesteps, fps, context = inputs(2, 4, 8, 8)
     seen = []
-    handle = unet.down_blocks[0].resnets[0].time_emb_proj.register_forward_pre_hook(
-        lambda module, args: seen.append(args[0].detach().clone())
+    handle = (
+        unet.down_blocks[0]
+        .resnets[0]
+        .time_emb_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     )
     try:
         with torch.no_grad():

@@ -244,8 +244,22 @@ def test_cli_uses_an_encoder_factory(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "kept.txt"
-    kept = main(["--data", str(data), "--keep", "0.5", "--out", str(out), "--frames", "3",
-                 "--size", "16", "--encoder", "my_encoders:make"])
+    kept = main(
+        [
+            "--data",
+            str(data),
+            "--keep",
+            "0.5",
+            "--out",
+            str(out),
+            "--frames",
+            "3",
+            "--size",
+            "16",
+            "--encoder",
+            "my_encoders:make",
+        ]
+    )
     # Negated text features invert the ranking: the mismatching captions now win.
     assert kept == ["c.mp4", "d.mp4"]
 

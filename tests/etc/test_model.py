@@ -13,7 +13,7 @@ from reference_models.etc.model import ETCUNet, SpatialTransformer
 from vdblocks.layers.grid import SpatialTemporalMixedEmbedding, grid_for, video_to_grid
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny():
     torch.manual_seed(0)
     return ETCUNet(get_config("tiny")).eval()
@@ -319,11 +319,23 @@ def test_sd21_preset_matches_diffusers_sd21_unet_part_by_part():
     diffusers = pytest.importorskip("diffusers")
     cfg = get_config("sd21")
     sd21 = dict(  # Stable Diffusion 2.1's unet/config.json
-        act_fn="silu", attention_head_dim=[5, 10, 20, 20], block_out_channels=[320, 640, 1280, 1280],
-        cross_attention_dim=1024, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
-        mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4, sample_size=96,
-        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, use_linear_projection=True,
+        act_fn="silu",
+        attention_head_dim=[5, 10, 20, 20],
+        block_out_channels=[320, 640, 1280, 1280],
+        cross_attention_dim=1024,
+        down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        downsample_padding=1,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        in_channels=4,
+        layers_per_block=2,
+        mid_block_scale_factor=1,
+        norm_eps=1e-5,
+        norm_num_groups=32,
+        out_channels=4,
+        sample_size=96,
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        use_linear_projection=True,
     )
     with torch.device("meta"):
         ours = ETCUNet(cfg)

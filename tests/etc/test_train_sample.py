@@ -21,9 +21,18 @@ from vdblocks.diffusion import diffusion_loss
 
 # A very small ETC: two levels of 8 and 16 channels, 4 frames of 8x8.
 OVERRIDES = {
-    "model_channels": 8, "channel_mult": [1, 2], "attention_levels": [1], "num_head_channels": 8,
-    "norm_groups": 4, "context_dim": 8, "text_heads": 2, "text_vocab_size": 64, "text_max_len": 6,
-    "frames": 4, "height": 8, "width": 8,
+    "model_channels": 8,
+    "channel_mult": [1, 2],
+    "attention_levels": [1],
+    "num_head_channels": 8,
+    "norm_groups": 4,
+    "context_dim": 8,
+    "text_heads": 2,
+    "text_vocab_size": 64,
+    "text_max_len": 6,
+    "frames": 4,
+    "height": 8,
+    "width": 8,
 }
 STEPS = 40
 
@@ -34,10 +43,35 @@ def tiny_cfg(**kw):
 
 def flags(out, steps=STEPS, *extra):
     sets = [f"--set={k}={json.dumps(v)}" for k, v in OVERRIDES.items()]
-    return [*sets, "--out", str(out), "--steps", str(steps), "--batch-size", "8", "--lr", "3e-3",
-            "--warmup-steps", "5", "--log-every", "1", "--sample-steps", "2", "--num-prompts", "2",
-            "--num-videos", "64", "--num-images", "64", "--device", "cpu", "--no-progress",
-            "--probe-clips", "0", *extra]
+    return [
+        *sets,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--log-every",
+        "1",
+        "--sample-steps",
+        "2",
+        "--num-prompts",
+        "2",
+        "--num-videos",
+        "64",
+        "--num-images",
+        "64",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--probe-clips",
+        "0",
+        *extra,
+    ]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -115,8 +149,26 @@ def test_run_writes_checkpoint_with_config_and_samples_for_every_rate(run):
 
 def test_sampling_cli_writes_decodable_videos_with_the_requested_frames(run, tmp_path):
     out, _ = run
-    written = sample_mod.main(["--checkpoint", str(out), "--caption", "a red circle moving left", "--label", "1",
-                               "--fps", "8", "--fps", "0", "--frames", "6", "--steps", "2", "--out", str(tmp_path)])
+    written = sample_mod.main(
+        [
+            "--checkpoint",
+            str(out),
+            "--caption",
+            "a red circle moving left",
+            "--label",
+            "1",
+            "--fps",
+            "8",
+            "--fps",
+            "0",
+            "--frames",
+            "6",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     videos = [p for p in written if p.suffix == ".mp4"]
     assert len(videos) == 4 and (tmp_path / "fps8_grid.png").is_file() and (tmp_path / "fps0_grid.png").is_file()
     for path in videos:
@@ -144,8 +196,9 @@ def test_training_on_user_folders(tmp_path):
         for k in range(4):
             save_frame_grid(images / label / f"{k}.png", torch.rand(3, 1, 8, 8) * 2 - 1, pad=0)
     out = tmp_path / "run"
-    state = train_mod.main(flags(out, 2, "--data-videos", str(videos), "--data-images", str(images),
-                                 "--batch-size", "4"))
+    state = train_mod.main(
+        flags(out, 2, "--data-videos", str(videos), "--data-images", str(images), "--batch-size", "4")
+    )
     cfg = state.model.cfg
     assert state.step == 2 and cfg.num_classes == 3  # the label embedding fits the class folders
     stored = load_checkpoint(latest_checkpoint(out / "checkpoints")).config["model"]
@@ -219,8 +272,15 @@ def test_guidance_scale_one_runs_the_conditional_clips_alone(system):
 
 def test_sample_shapes_rates_and_determinism(system):
     def draw(seed, **kw):
-        return sample(system.unet, system.conditioner, captions=["a blue square", "a red circle"], fps=[8.0, 120.0],
-                      steps=3, generator=torch.Generator().manual_seed(seed), **kw)
+        return sample(
+            system.unet,
+            system.conditioner,
+            captions=["a blue square", "a red circle"],
+            fps=[8.0, 120.0],
+            steps=3,
+            generator=torch.Generator().manual_seed(seed),
+            **kw,
+        )
 
     a, b, c = draw(0), draw(0), draw(1)
     assert a.shape == (2, 3, 4, 8, 8) and torch.isfinite(a).all()
@@ -262,14 +322,24 @@ class OracleUNet(torch.nn.Module):
 def test_sampling_the_exact_denoiser_of_one_clip_returns_that_clip(system, guidance_scale, prediction_type):
     cfg = system.cfg.replace(prediction_type=prediction_type)
     clip = torch.rand(3, cfg.frames, cfg.height, cfg.width, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    out = sample(OracleUNet(cfg, clip), system.conditioner, captions=["a", "b"], fps=[8.0, 30.0], steps=50,
-                 guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(1))
+    out = sample(
+        OracleUNet(cfg, clip),
+        system.conditioner,
+        captions=["a", "b"],
+        fps=[8.0, 30.0],
+        steps=50,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert torch.allclose(out, clip.expand_as(out), atol=1e-4)
 
 
 def test_condition_inputs_route_each_kind_to_its_condition():
-    batch = {"label": torch.tensor([-1, 3, -1]), "caption": ["a clip", "circle", "a still"],
-             "kind": ["video", "label_images", "caption_image"]}
+    batch = {
+        "label": torch.tensor([-1, 3, -1]),
+        "caption": ["a clip", "circle", "a still"],
+        "kind": ["video", "label_images", "caption_image"],
+    }
     labels, captions = train_mod.condition_inputs(batch, tiny_cfg())
     assert labels.tolist() == [-1, 3, -1] and captions == ["a clip", "", "a still"]
     labels, captions = train_mod.condition_inputs(batch, tiny_cfg(num_classes=None))
@@ -292,8 +362,11 @@ def test_sample_cli_checks_the_fps_condition_and_the_checkpoint_kind(tmp_path, c
 
     evdm = tmp_path / "evdm"
     save_checkpoint(evdm, model=nn.Linear(1, 1), step=1, config={"model": {"evdm": {"preset": "tiny"}, "preset": "x"}})
-    with pytest.raises(SystemExit, match=r"--checkpoint: .* is not an ETC checkpoint \(it holds an EVDM U-Net; "
-                                         r"config\['model'\] keys: 'evdm', 'preset'\)"):
+    with pytest.raises(
+        SystemExit,
+        match=r"--checkpoint: .* is not an ETC checkpoint \(it holds an EVDM U-Net; "
+        r"config\['model'\] keys: 'evdm', 'preset'\)",
+    ):
         sample_mod.main(["--checkpoint", str(evdm), "--label", "1"])
 
     cfg = tiny_cfg()
@@ -305,8 +378,25 @@ def test_sample_cli_checks_the_fps_condition_and_the_checkpoint_kind(tmp_path, c
 
 def test_built_in_data_flags_restrict_scenes_and_the_probe_captions_follow():
     args = train_mod.build_parser().parse_args(
-        ["--kinds", "cross", "triangle", "--colors", "red", "blue", "--directions", "up", "down",
-         "--fps-choices", "4", "8", "--num-videos", "64", "--num-images", "64"])
+        [
+            "--kinds",
+            "cross",
+            "triangle",
+            "--colors",
+            "red",
+            "blue",
+            "--directions",
+            "up",
+            "down",
+            "--fps-choices",
+            "4",
+            "8",
+            "--num-videos",
+            "64",
+            "--num-images",
+            "64",
+        ]
+    )
     cfg = train_mod.build_config(args)
     dataset = train_mod.build_dataset(args, cfg)
     videos, labels, _ = dataset.sources

@@ -45,12 +45,12 @@ def _params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kth_count(variant):
     return count_model_flops(get_config(f"kth_{variant}"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _live(model):
     """``model`` with every all-zero parameter redrawn (small normal noise). ``EVDMUNet`` zeroes its
     residual and conditioning outputs when built (``init_weights``), so until training moves them
@@ -130,15 +130,18 @@ def test_variant_names_the_table8_row_and_custom_otherwise():
     assert get_config("kth_evdm", bottleneck_ratio=2).variant == "custom"
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(temporal_enhancement=True), ValueError),  # BRP-eh without BRP
-    (dict(use_brp=False, channel_split=True), ValueError),
-    (dict(attn_levels=(4,)), ValueError),
-    (dict(image_size=60), ValueError),
-    (dict(head_channels=64), ValueError),  # 96 channels are not whole heads of 64
-    (dict(prob_mask_past=1.5), ValueError),
-    (dict(use_brp=1), TypeError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(temporal_enhancement=True), ValueError),  # BRP-eh without BRP
+        (dict(use_brp=False, channel_split=True), ValueError),
+        (dict(attn_levels=(4,)), ValueError),
+        (dict(image_size=60), ValueError),
+        (dict(head_channels=64), ValueError),  # 96 channels are not whole heads of 64
+        (dict(prob_mask_past=1.5), ValueError),
+        (dict(use_brp=1), TypeError),
+    ],
+)
 def test_config_rejects_inconsistent_settings(kwargs, error):
     with pytest.raises(error):
         EVDMConfig(**kwargs)
@@ -226,18 +229,26 @@ def test_forward_runs_the_algorithm_the_plan_names(monkeypatch):
 # ---------------------------------------------------------------- forward / backward
 
 
-@pytest.mark.parametrize("name, b, size", [
-    ("tiny_mcvd", 2, 32), ("tiny_evdm_l", 2, 32), ("tiny_evdm_split", 2, 16),
-    ("kth_evdm", 1, 32), ("kth_evdm_l", 1, 32),
-])
+@pytest.mark.parametrize(
+    "name, b, size",
+    [
+        ("tiny_mcvd", 2, 32),
+        ("tiny_evdm_l", 2, 32),
+        ("tiny_evdm_split", 2, 16),
+        ("kth_evdm", 1, 32),
+        ("kth_evdm_l", 1, 32),
+    ],
+)
 def test_every_parameter_gets_a_finite_gradient(name, b, size):
     torch.manual_seed(0)
     model = _live(EVDMUNet(get_config(name))).train()
     x, t, past, future = _inputs(model.cfg, b=b, h=size)
     masks = {}
     if b == 2:  # one sample keeps its conditioning, the other drops it
-        masks = dict(past_mask=torch.tensor([True, False]),
-                     future_mask=torch.tensor([0.0, 1.0]) if model.cfg.num_future else None)
+        masks = dict(
+            past_mask=torch.tensor([True, False]),
+            future_mask=torch.tensor([0.0, 1.0]) if model.cfg.num_future else None,
+        )
     eps = model(x, t, past, future, **masks)
     assert eps.shape == x.shape and torch.isfinite(eps).all()
     eps.square().mean().backward()
@@ -248,8 +259,7 @@ def test_every_parameter_gets_a_finite_gradient(name, b, size):
 
 
 @settings(max_examples=6)
-@given(b=st.integers(1, 2), h=st.sampled_from([16, 24, 32]), w=st.sampled_from([16, 24, 32]),
-       float_t=st.booleans())
+@given(b=st.integers(1, 2), h=st.sampled_from([16, 24, 32]), w=st.sampled_from([16, 24, 32]), float_t=st.booleans())
 def test_output_is_shaped_like_the_noisy_frames(b, h, w, float_t):
     model = _tiny("tiny_evdm_l")
     x, t, past, future = _inputs(model.cfg, b=b, h=h, w=w)
@@ -320,8 +330,11 @@ def test_init_weights_starts_every_branch_as_identity(name):
         torch.testing.assert_close(out, expected)
         seen.append(type(module))
 
-    hooks = [m.register_forward_hook(check) for m in model.modules()
-             if isinstance(m, (AttentionBlock, ResBlock2d, BRPResBlock))]
+    hooks = [
+        m.register_forward_hook(check)
+        for m in model.modules()
+        if isinstance(m, (AttentionBlock, ResBlock2d, BRPResBlock))
+    ]
     emb_seen = []
     if model.past_encoder is not None:
         hooks.append(model.past_encoder.register_forward_hook(lambda m, a, out: emb_seen.append(out)))
@@ -371,8 +384,13 @@ def test_past_encoder_pools_any_frame_size_to_one_vector():
 
 def test_bench_quick_json_reports_the_kth_rows_and_passing_checks():
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, str(root / "bench" / "evdm_table.py"), "--quick", "--json"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "evdm_table.py"), "--quick", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"machine", "results", "table8", "checks"} <= payload.keys()

@@ -39,8 +39,14 @@ from reference_models.evdm.unet import EVDMUNet
 
 # A very small EVDM (BRP + temporal enhancement + mixed attention): two levels of 8 and 16 channels,
 # 2 past, 2 current and 1 future frame of 16x16, masks 0.5 / 0.5 (the tiny preset's).
-OVERRIDES = {"base_channels": 8, "head_channels": 8, "channel_mult": [1, 2], "attn_levels": [1],
-             "num_res_blocks": 1, "image_size": 16}
+OVERRIDES = {
+    "base_channels": 8,
+    "head_channels": 8,
+    "channel_mult": [1, 2],
+    "attn_levels": [1],
+    "num_res_blocks": 1,
+    "image_size": 16,
+}
 STEPS = 40
 
 
@@ -51,9 +57,33 @@ def tiny_cfg(**kw):
 
 def flags(out, steps=STEPS, *extra):
     sets = [f"--set={k}={json.dumps(v)}" for k, v in OVERRIDES.items()]
-    return [*sets, "--out", str(out), "--steps", str(steps), "--batch-size", "8", "--lr", "3e-3",
-            "--warmup-steps", "5", "--log-every", "1", "--sampler", "ddim", "--sample-steps", "2",
-            "--num-samples", "2", "--num-videos", "64", "--device", "cpu", "--no-progress", *extra]
+    return [
+        *sets,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--log-every",
+        "1",
+        "--sampler",
+        "ddim",
+        "--sample-steps",
+        "2",
+        "--num-samples",
+        "2",
+        "--num-videos",
+        "64",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -96,7 +126,11 @@ def test_split_clip_and_check_clip_reject_bad_clips():
     with pytest.raises(ValueError, match=r"t >= P \+ T \+ F"):
         split_clip(torch.zeros(1, 4, 8, 8), 2, 2, 1)
     cfg = tiny_cfg()
-    good = {"past": torch.zeros(1, 2, 16, 16), "current": torch.zeros(1, 2, 16, 16), "future": torch.zeros(1, 1, 16, 16)}
+    good = {
+        "past": torch.zeros(1, 2, 16, 16),
+        "current": torch.zeros(1, 2, 16, 16),
+        "future": torch.zeros(1, 1, 16, 16),
+    }
     check_clip(cfg, good)
     with pytest.raises(ValueError, match=r"\(c, t, h, w\) with c=1, t=2"):
         check_clip(cfg, {**good, "past": torch.zeros(1, 3, 16, 16)})
@@ -199,16 +233,27 @@ def test_generation_ignores_past_and_future_content(model):
     assert torch.equal(masked_a, masked_b)
     assert torch.equal(masked_a, generate(model, 2, generator=torch.Generator().manual_seed(0), **FAST))
     # the same model with the masks on uses what it is given
-    assert not torch.allclose(predict(model, a, generator=torch.Generator().manual_seed(0), **FAST),
-                              predict(model, b, generator=torch.Generator().manual_seed(0), **FAST))
-    assert not torch.allclose(interpolate(model, a, fa, generator=torch.Generator().manual_seed(0), **FAST),
-                              interpolate(model, a, fb, generator=torch.Generator().manual_seed(0), **FAST))
+    assert not torch.allclose(
+        predict(model, a, generator=torch.Generator().manual_seed(0), **FAST),
+        predict(model, b, generator=torch.Generator().manual_seed(0), **FAST),
+    )
+    assert not torch.allclose(
+        interpolate(model, a, fa, generator=torch.Generator().manual_seed(0), **FAST),
+        interpolate(model, a, fb, generator=torch.Generator().manual_seed(0), **FAST),
+    )
 
 
 def test_one_batch_mixes_tasks_per_sample(model):
     past, future = frames(3, 2, 20), frames(3, 1, 21)
-    mixed = sample_frames(model, past=past, future=future, past_mask=torch.tensor([1, 1, 0]),
-                          future_mask=torch.tensor([1, 0, 0]), generator=torch.Generator().manual_seed(4), **FAST)
+    mixed = sample_frames(
+        model,
+        past=past,
+        future=future,
+        past_mask=torch.tensor([1, 1, 0]),
+        future_mask=torch.tensor([1, 0, 0]),
+        generator=torch.Generator().manual_seed(4),
+        **FAST,
+    )
     g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
     assert torch.allclose(mixed[0], interpolate(model, past, future, generator=g(), **FAST)[0], atol=1e-5)
     assert torch.allclose(mixed[1], predict(model, past, generator=g(), **FAST)[1], atol=1e-5)
@@ -300,8 +345,14 @@ def fixed_batch_loss(model, cfg, batch):
     noise = torch.randn(x0.shape, generator=g)
     keep = torch.arange(x0.shape[0])
     with torch.no_grad():
-        pred = model.eval()(schedule.q_sample(x0, t, noise), t, past=batch["past"], future=batch["future"],
-                            past_mask=keep % 2 == 0, future_mask=keep % 4 < 2)
+        pred = model.eval()(
+            schedule.q_sample(x0, t, noise),
+            t,
+            past=batch["past"],
+            future=batch["future"],
+            past_mask=keep % 2 == 0,
+            future_mask=keep % 4 < 2,
+        )
     target = noise if cfg.prediction_type == "epsilon" else schedule.velocity(x0, t, noise)
     return float((pred - target).pow(2).mean())
 
@@ -360,7 +411,18 @@ def test_baselines_are_the_trivial_guesses_they_name():
 
 def test_sampling_cli_writes_videos_and_best_of_k_metrics(run, tmp_path):
     out, _ = run
-    common = ["--checkpoint", str(out), "--sampler", "ddim", "--steps", "2", "--num-samples", "2", "--out", str(tmp_path)]
+    common = [
+        "--checkpoint",
+        str(out),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--num-samples",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     written = sample_mod.main([*common, "--task", "predict", "--frames", "3", "--trajectories", "2"])
     assert tmp_path / "predict_grid.png" in written
     for stem in ("predict", "predict_real"):
@@ -371,7 +433,9 @@ def test_sampling_cli_writes_videos_and_best_of_k_metrics(run, tmp_path):
     sample_mod.main([*common, "--task", "interpolate"])
     assert read_video(tmp_path / "interpolate_00.mp4")[0].shape[0] == 5
     sample_mod.main([*common, "--task", "generate", "--frames", "4"])
-    assert read_video(tmp_path / "generate_01.mp4")[0].shape[0] == 4 and not (tmp_path / "generate_real_00.mp4").exists()
+    assert (
+        read_video(tmp_path / "generate_01.mp4")[0].shape[0] == 4 and not (tmp_path / "generate_real_00.mp4").exists()
+    )
 
 
 def test_load_model_uses_the_ema_weights(run):
@@ -421,8 +485,10 @@ def test_sample_cli_fps_zero_is_an_argparse_error_from_the_command_line():
     assert proc.returncode == 2 and "expected a positive frame rate, got '0'" in proc.stderr
 
 
-@pytest.mark.parametrize("key,holds", [("etc", "an ETC model"), ("pvdm_diffusion", "a PVDM diffusion U-Net"),
-                                       ("cmd_motion", "a CMD motion model")])
+@pytest.mark.parametrize(
+    "key,holds",
+    [("etc", "an ETC model"), ("pvdm_diffusion", "a PVDM diffusion U-Net"), ("cmd_motion", "a CMD motion model")],
+)
 def test_sample_cli_names_what_another_systems_checkpoint_holds(key, holds, tmp_path):
     ckpt = other_checkpoint(tmp_path / key, key)
     with pytest.raises(SystemExit, match=rf"--checkpoint: .* is not an EVDM checkpoint \(it holds {holds}; .*'{key}'"):

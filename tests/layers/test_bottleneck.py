@@ -149,12 +149,14 @@ def _general_reference(m: BottleneckResidualPathway, x, emb):
 
 
 @given(
-    kwargs=st.sampled_from([
-        {},
-        {"shortcut": "group_shuffle", "shortcut_groups": 2},
-        {"channel_split": True},
-        {"channel_split": True, "shortcut": "group_shuffle", "shortcut_groups": 2},
-    ]),
+    kwargs=st.sampled_from(
+        [
+            {},
+            {"shortcut": "group_shuffle", "shortcut_groups": 2},
+            {"channel_split": True},
+            {"channel_split": True, "shortcut": "group_shuffle", "shortcut_groups": 2},
+        ]
+    ),
     sizes=st.sampled_from([(4, 8), (8, 4), (8, 8), (6, 10)]),
     seed=st.integers(0, 2**16),
 )
@@ -260,7 +262,9 @@ def test_group_shuffle_shortcut_and_split_save_parameters(g, a, b, split):
     grouped = BottleneckResidualPathway(c_in, c_out, 8, shortcut="group_shuffle", **kw)
     assert _n_params(grouped) < _n_params(conv)
     if not split:
-        with_split = BottleneckResidualPathway(c_in, c_out, 8, shortcut="conv", channel_split=True, project_shortcut=True)
+        with_split = BottleneckResidualPathway(
+            c_in, c_out, 8, shortcut="conv", channel_split=True, project_shortcut=True
+        )
         assert _n_params(with_split) < _n_params(conv)
 
 

@@ -9,8 +9,14 @@ from vdblocks.layers.bottleneck_conv import BottleneckConv
 from vdblocks.layers.modulation import ScaleShiftGroupNorm
 
 
-@given(b=st.integers(1, 2), c_in=st.integers(1, 12), width=st.integers(1, 6), c_out=st.integers(1, 12),
-       hw=st.integers(1, 6), emb=st.sampled_from([None, 5]))
+@given(
+    b=st.integers(1, 2),
+    c_in=st.integers(1, 12),
+    width=st.integers(1, 6),
+    c_out=st.integers(1, 12),
+    hw=st.integers(1, 6),
+    emb=st.sampled_from([None, 5]),
+)
 def test_shapes_and_the_two_paths_concatenated(b, c_in, width, c_out, hw, emb):
     torch.manual_seed(0)
     conv = BottleneckConv(c_in, width, c_out, emb)

@@ -85,8 +85,12 @@ def test_shape_widths_and_reference(sizes, b, h, w, emb_dim):
     torch.testing.assert_close(y, _reference(m, x, emb), atol=1e-5, rtol=1e-5)
 
 
-@given(sizes=split_sizes(), groups=st.sampled_from([None, 1, 2, 3]), emb_dim=st.one_of(st.none(), st.just(3)),
-       seed=st.integers(0, 2**16))
+@given(
+    sizes=split_sizes(),
+    groups=st.sampled_from([None, 1, 2, 3]),
+    emb_dim=st.one_of(st.none(), st.just(3)),
+    seed=st.integers(0, 2**16),
+)
 def test_gradients_and_no_grad_path_match_the_reference(sizes, groups, emb_dim, seed):
     """The split writes its parts straight to their shuffled channels; that must change nothing."""
     c_in, c_out, ratio = sizes

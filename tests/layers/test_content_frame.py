@@ -19,8 +19,13 @@ def _head(channels=3, patch_size=None):
 
 
 @given(
-    b=st.integers(1, 2), c=st.integers(1, 3), t=st.integers(1, 4), h=st.integers(1, 3), w=st.integers(1, 3),
-    p=st.sampled_from([1, 2, 4]), explicit=st.booleans(),
+    b=st.integers(1, 2),
+    c=st.integers(1, 3),
+    t=st.integers(1, 4),
+    h=st.integers(1, 3),
+    w=st.integers(1, 3),
+    p=st.sampled_from([1, 2, 4]),
+    explicit=st.booleans(),
 )
 def test_content_frame_is_a_convex_combination_of_frames(b, c, t, h, w, p, explicit):
     head = _head(c, p if explicit else None)
@@ -128,7 +133,11 @@ def test_content_head_rejects_wrong_dtypes():
 
 
 @given(
-    b=st.integers(1, 2), d=st.integers(1, 4), t=st.integers(1, 4), h=st.integers(1, 5), w=st.integers(1, 5),
+    b=st.integers(1, 2),
+    d=st.integers(1, 4),
+    t=st.integers(1, 4),
+    h=st.integers(1, 5),
+    w=st.integers(1, 5),
     shared=st.booleans(),
 )
 def test_motion_latents_match_axis_means_through_a_1x1_conv(b, d, t, h, w, shared):

@@ -81,8 +81,9 @@ def reference_block(block: DiTBlock, x: torch.Tensor, c: torch.Tensor) -> torch.
     k, v = F.linear(h, block.attn.to_kv.weight, block.attn.to_kv.bias).chunk(2, dim=-1)
     q, k, v = (t.reshape(*t.shape[:2], heads, dh).transpose(1, 2) for t in (q, k, v))
     attn = torch.softmax(q @ k.transpose(-1, -2) / dh**0.5, dim=-1) @ v
-    attn = F.linear(attn.transpose(1, 2).reshape(*x.shape[:2], heads * dh), block.attn.to_out.weight,
-                    block.attn.to_out.bias)
+    attn = F.linear(
+        attn.transpose(1, 2).reshape(*x.shape[:2], heads * dh), block.attn.to_out.weight, block.attn.to_out.bias
+    )
     x = x + g1[:, None] * attn
     h = F.layer_norm(x, (x.shape[-1],), eps=1e-6) * (1 + sc2[:, None]) + s2[:, None]
     lin1, lin2 = block.mlp.net[0], block.mlp.net[3]

@@ -134,7 +134,9 @@ def reference_embedding(channels, rows, cols, h, w, theta, order):
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("channels,grid,h,w", [(4, (2, 2), 3, 3), (5, (2, 3), 2, 3), (1, (3, 1), 2, 2), (6, (1, 1), 4, 2)])
+@pytest.mark.parametrize(
+    "channels,grid,h,w", [(4, (2, 2), 3, 3), (5, (2, 3), 2, 3), (1, (3, 1), 2, 2), (6, (1, 1), 4, 2)]
+)
 def test_embedding_matches_algorithm1_loop(order, channels, grid, h, w):
     rows, cols = grid
     me = SpatialTemporalMixedEmbedding(channels, theta=100.0, order=order)

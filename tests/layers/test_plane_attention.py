@@ -65,14 +65,27 @@ def reference(block: JointPlaneAttention, planes: list[torch.Tensor]) -> list[to
 sizes = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=4)
 
 
-@given(b=st.integers(1, 2), heads=st.integers(1, 3), dim_head=st.integers(1, 6), channels=st.integers(2, 12),
-       shapes=sizes, attention=st.sampled_from(["softmax", "mixed"]), triplane=st.booleans())
+@given(
+    b=st.integers(1, 2),
+    heads=st.integers(1, 3),
+    dim_head=st.integers(1, 6),
+    channels=st.integers(2, 12),
+    shapes=sizes,
+    attention=st.sampled_from(["softmax", "mixed"]),
+    triplane=st.booleans(),
+)
 def test_every_plane_comes_back_in_its_shape(b, heads, dim_head, channels, shapes, attention, triplane):
     if triplane:
         shapes = (shapes * 3)[:3]
     torch.manual_seed(0)
-    block = JointPlaneAttention(channels, heads, dim_head, attention=attention, max_groups=channels // 2,
-                                positions="triplane" if triplane else None)
+    block = JointPlaneAttention(
+        channels,
+        heads,
+        dim_head,
+        attention=attention,
+        max_groups=channels // 2,
+        positions="triplane" if triplane else None,
+    )
     planes = _planes(b, channels, shapes)
     with torch.no_grad():
         out = block(planes)
@@ -80,8 +93,13 @@ def test_every_plane_comes_back_in_its_shape(b, heads, dim_head, channels, shape
     assert all(torch.isfinite(o).all() for o in out)
 
 
-@given(b=st.integers(1, 2), shapes=sizes, attention=st.sampled_from(["softmax", "mixed"]), triplane=st.booleans(),
-       dim_head=st.sampled_from([None, 3]))
+@given(
+    b=st.integers(1, 2),
+    shapes=sizes,
+    attention=st.sampled_from(["softmax", "mixed"]),
+    triplane=st.booleans(),
+    dim_head=st.sampled_from([None, 3]),
+)
 def test_equals_sdpa_over_the_concatenated_tokens_in_float64(b, shapes, attention, triplane, dim_head):
     if triplane:
         shapes = (shapes * 3)[:3]
@@ -101,8 +119,11 @@ def test_equals_sdpa_over_the_concatenated_tokens_in_float64(b, shapes, attentio
         torch.testing.assert_close(g, h, atol=1e-10, rtol=1e-10)
 
 
-@given(shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=2, max_size=4),
-       attention=st.sampled_from(["softmax", "mixed"]), data=st.data())
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=2, max_size=4),
+    attention=st.sampled_from(["softmax", "mixed"]),
+    data=st.data(),
+)
 def test_without_positions_the_order_of_the_planes_does_not_matter(shapes, attention, data):
     """Attention is permutation-equivariant over tokens, and each plane is normalised on its own:
     permuting the planes permutes the results and changes nothing else."""
@@ -197,7 +218,9 @@ def test_malformed_planes_raise_errors_naming_the_layout():
         block([ok, torch.randn(2, 8, 12)])
     with pytest.raises(ValueError, match=f"expected planes\\[0\\] of shape {layout} with c=8, got \\(2, 6, 3, 4\\)"):
         block([torch.randn(2, 6, 3, 4), ok])
-    with pytest.raises(ValueError, match=f"expected planes\\[2\\] of shape {layout} with b=2, c=8, got \\(3, 8, 1, 1\\)"):
+    with pytest.raises(
+        ValueError, match=f"expected planes\\[2\\] of shape {layout} with b=2, c=8, got \\(3, 8, 1, 1\\)"
+    ):
         block([ok, ok, torch.randn(3, 8, 1, 1)])
     with pytest.raises(TypeError, match="torch.float32"):
         block([ok, ok.double()])

@@ -15,9 +15,16 @@ def conv_case(draw):
     c_out = groups * draw(st.integers(1, 5))
     extra = draw(st.integers(0, 3))  # channels around the input: x is a channel slice when > 0
     return dict(
-        groups=groups, c_in=c_in, c_out=c_out, extra=extra, b=draw(st.integers(1, 3)),
-        h=draw(st.integers(1, 6)), w=draw(st.integers(1, 6)), bias=draw(st.booleans()),
-        offset=draw(st.integers(0, extra)), seed=draw(st.integers(0, 2**16)),
+        groups=groups,
+        c_in=c_in,
+        c_out=c_out,
+        extra=extra,
+        b=draw(st.integers(1, 3)),
+        h=draw(st.integers(1, 6)),
+        w=draw(st.integers(1, 6)),
+        bias=draw(st.booleans()),
+        offset=draw(st.integers(0, extra)),
+        seed=draw(st.integers(0, 2**16)),
     )
 
 
@@ -31,7 +38,7 @@ def test_equals_conv2d_in_value_and_gradient(case):
     weight = torch.randn(c_out, c_in // g, 1, 1, **f64, requires_grad=True)
     bias = torch.randn(c_out, **f64, requires_grad=True) if case["bias"] else None
     full.requires_grad_()
-    x = full[:, case["offset"]:case["offset"] + c_in]  # a strided view when extra > 0
+    x = full[:, case["offset"] : case["offset"] + c_in]  # a strided view when extra > 0
     ours = pointwise_conv2d(x, weight, bias, groups=g)
     ref = F.conv2d(x, weight, bias, groups=g)
     assert ours.shape == (b, c_out, case["h"], case["w"]) and ours.is_contiguous()

@@ -63,7 +63,11 @@ def test_timestep_embedding_rejects_bad_input():
 @pytest.mark.parametrize(
     "t, error, message",
     [
-        (torch.tensor([3.0, float("nan")]), ValueError, r"expected t of shape \(b,\) with finite t values >= 0, got \[nan\]"),
+        (
+            torch.tensor([3.0, float("nan")]),
+            ValueError,
+            r"expected t of shape \(b,\) with finite t values >= 0, got \[nan\]",
+        ),
         (torch.tensor([float("inf")]), ValueError, r"finite t values >= 0, got \[inf\]"),
         (torch.tensor([5, -1]), ValueError, r"finite t values >= 0, got \[-1\]"),
         (torch.zeros(0), ValueError, r"expected t of shape \(b,\) with no empty axis"),
@@ -77,7 +81,9 @@ def test_timesteps_nan_negative_empty_complex_rejected(t, error, message):
     with pytest.raises(error, match=message):
         TimestepEmbedding(8)(t)
     if isinstance(t, torch.Tensor) and t.device.type != "meta":
-        with pytest.raises(error, match=message.replace("t of", "values of").replace(" t values", " values").replace(r"on cpu", "")):
+        with pytest.raises(
+            error, match=message.replace("t of", "values of").replace(" t values", " values").replace(r"on cpu", "")
+        ):
             sinusoidal_embedding(t, 8)
         with pytest.raises(error):
             SinusoidalEmbedding(8)(t)
@@ -87,8 +93,12 @@ def test_sinusoids_keep_float64():
     values = torch.tensor([0.0, 1.5, 999.0], dtype=torch.float64)
     emb = sinusoidal_embedding(values, 9)
     assert emb.dtype == torch.float64
-    torch.testing.assert_close(emb[:, :4], torch.cos(values[:, None] * 10000.0 ** (-torch.arange(4.0, dtype=torch.float64) / 4)))
-    assert sinusoidal_embedding(values.float(), 9).dtype == sinusoidal_embedding(values.long(), 9).dtype == torch.float32
+    torch.testing.assert_close(
+        emb[:, :4], torch.cos(values[:, None] * 10000.0 ** (-torch.arange(4.0, dtype=torch.float64) / 4))
+    )
+    assert (
+        sinusoidal_embedding(values.float(), 9).dtype == sinusoidal_embedding(values.long(), 9).dtype == torch.float32
+    )
     assert sincos_1d(4, values).dtype == torch.float64 and sincos_1d(4, torch.arange(3)).dtype == torch.float32
     assert sincos_2d(8, 2, 3, dtype=torch.float64).dtype == torch.float64
     torch.testing.assert_close(sincos_2d(8, 2, 3, dtype=torch.float64).float(), sincos_2d(8, 2, 3))
@@ -153,7 +163,12 @@ def test_modulate_formula():
     torch.testing.assert_close(modulate(x, shift, scale), x * (1 + scale[..., None, None]) + shift[..., None, None])
 
 
-@given(b=st.integers(1, 3), c=st.sampled_from([4, 8, 12]), e=st.integers(1, 16), spatial=st.lists(st.integers(2, 5), min_size=1, max_size=3))
+@given(
+    b=st.integers(1, 3),
+    c=st.sampled_from([4, 8, 12]),
+    e=st.integers(1, 16),
+    spatial=st.lists(st.integers(2, 5), min_size=1, max_size=3),
+)
 def test_scale_shift_group_norm(b, c, e, spatial):
     m = ScaleShiftGroupNorm(c, e)
     x = torch.randn(b, c, *spatial)
@@ -164,8 +179,12 @@ def test_scale_shift_group_norm(b, c, e, spatial):
     torch.testing.assert_close(y, modulate(m.norm(x), shift, scale))
 
 
-@given(b=st.integers(1, 3), c=st.sampled_from([4, 6, 8]), spatial=st.lists(st.integers(2, 4), min_size=1, max_size=2),
-       seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 3),
+    c=st.sampled_from([4, 6, 8]),
+    spatial=st.lists(st.integers(2, 4), min_size=1, max_size=2),
+    seed=st.integers(0, 2**16),
+)
 def test_scale_shift_group_norm_folded_affine_matches_the_composition(b, c, spatial, seed):
     """The block folds GroupNorm's affine into the scale-shift; values and gradients must not change."""
     gen = torch.Generator().manual_seed(seed)
@@ -190,8 +209,13 @@ def test_scale_shift_group_norm_folded_affine_matches_the_composition(b, c, spat
         torch.testing.assert_close(got, want)
 
 
-@given(b=st.integers(1, 3), groups=st.integers(1, 4), per=st.integers(1, 4), hw=st.integers(1, 3),
-       scale=st.sampled_from([None, 0.5]))
+@given(
+    b=st.integers(1, 3),
+    groups=st.integers(1, 4),
+    per=st.integers(1, 4),
+    hw=st.integers(1, 3),
+    scale=st.sampled_from([None, 0.5]),
+)
 def test_add_channel_shuffled_equals_add_of_the_shuffle(b, groups, per, hw, scale):
     c = groups * per
     x = torch.randn(b, c, hw, hw, requires_grad=True)

@@ -172,7 +172,7 @@ def old_state(block: ResBlock2d) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in block.state_dict().items():
         prefix = next((p for p in renames if key.startswith(p)), None)
-        out[renames[prefix] + key[len(prefix):] if prefix else key] = value
+        out[renames[prefix] + key[len(prefix) :] if prefix else key] = value
     return out
 
 
@@ -203,6 +203,7 @@ def randomised(module: nn.Module, seed: int = 0) -> nn.Module:
 
 def formula(block: ResBlock2d, x, emb, *, g1, g2, eps, resample, fir, project, rescale):
     """The docstring's formulas, on the block's own weights."""
+
     def gn(t, norm, groups):
         return F.group_norm(t, groups, norm.weight, norm.bias, eps)
 
@@ -250,12 +251,19 @@ def block_case(draw):
     projects = [None, True] + ([False] if c_in == c_out else [])
     small = draw(st.booleans())
     return dict(
-        c_in=c_in, c_out=c_out, emb_dim=draw(st.integers(1, 6)),
+        c_in=c_in,
+        c_out=c_out,
+        emb_dim=draw(st.integers(1, 6)),
         emb_mode=draw(st.sampled_from(["bias", "scale_shift", "scale_shift_both"])),
-        resample=resample, fir=draw(st.booleans()), project_shortcut=draw(st.sampled_from(projects)),
-        skip_rescale=draw(st.booleans()), norm_groups=small_map if small else draw(st.integers(1, 8)),
+        resample=resample,
+        fir=draw(st.booleans()),
+        project_shortcut=draw(st.sampled_from(projects)),
+        skip_rescale=draw(st.booleans()),
+        norm_groups=small_map if small else draw(st.integers(1, 8)),
         eps=draw(st.sampled_from([1e-5, 1e-6])),
-        b=draw(st.integers(1, 3)), h=draw(st.integers(2, 7)), w=draw(st.integers(2, 7)),
+        b=draw(st.integers(1, 3)),
+        h=draw(st.integers(2, 7)),
+        w=draw(st.integers(2, 7)),
         seed=draw(st.integers(0, 2**16)),
     )
 
@@ -270,8 +278,9 @@ def test_any_configuration_follows_its_formula_in_value_gradient_size_and_macs(c
     torch.manual_seed(case["seed"])
     c, o, e, b, h, w = (case[k] for k in ("c_in", "c_out", "emb_dim", "b", "h", "w"))
     block = _build(case)
-    project = case["project_shortcut"] if case["project_shortcut"] is not None else (
-        c != o or case["resample"] is not None)
+    project = (
+        case["project_shortcut"] if case["project_shortcut"] is not None else (c != o or case["resample"] is not None)
+    )
     assert isinstance(block.shortcut, PointwiseConv2d if project else nn.Identity)
     assert sum(p.numel() for p in block.parameters()) == expected_params(c, o, e, case["emb_mode"], project)
     x, emb = torch.randn(b, c, h, w), torch.randn(b, e)
@@ -287,8 +296,18 @@ def test_any_configuration_follows_its_formula_in_value_gradient_size_and_macs(c
     assert out.shape == (b, o, hp, wp) and out.dtype == torch.float64
     bound = case["norm_groups"]
     g1, g2 = (divisor_at_most(n, bound(n) if callable(bound) else bound) for n in (c, o))
-    ref = formula(block, x, emb, g1=g1, g2=g2, eps=case["eps"], resample=case["resample"], fir=case["fir"],
-                  project=project, rescale=case["skip_rescale"])
+    ref = formula(
+        block,
+        x,
+        emb,
+        g1=g1,
+        g2=g2,
+        eps=case["eps"],
+        resample=case["resample"],
+        fir=case["fir"],
+        project=project,
+        rescale=case["skip_rescale"],
+    )
     torch.testing.assert_close(out, ref, **TIGHT)
     grad = torch.randn(out.shape, **F64)
     got = torch.autograd.grad(out, (x, emb), grad)  # the in-place activations keep gradients exact
@@ -365,9 +384,13 @@ def test_etc_keeps_sd_state_dict_keys():
     """ETC's blocks keep the old ResBlock's keys: diffusers' ResnetBlock2D names with ``emb_proj``
     for ``time_emb_proj`` and ``shortcut`` for ``conv_shortcut``."""
     block = ResBlock2d(64, 96, emb_dim=32, emb_mode="bias", norm_groups=32, eps=1e-5)
-    assert set(block.state_dict()) == set(RefSD(64, 96, 32).state_dict()) == {
-        f"{m}.{p}" for m in ("norm1", "conv1", "emb_proj", "norm2", "conv2", "shortcut") for p in ("weight", "bias")
-    }
+    assert (
+        set(block.state_dict())
+        == set(RefSD(64, 96, 32).state_dict())
+        == {
+            f"{m}.{p}" for m in ("norm1", "conv1", "emb_proj", "norm2", "conv2", "shortcut") for p in ("weight", "bias")
+        }
+    )
 
 
 def test_old_resample_arithmetic_is_score_sde_upfirdn2d():
@@ -408,8 +431,13 @@ def _etc(name):
     cfg = get_config(name)
 
     def inputs(dtype=torch.float32):
-        return (torch.randn(1, cfg.in_channels, cfg.frames, cfg.height, cfg.width, dtype=dtype),
-                torch.tensor([17]), torch.tensor([8.0], dtype=dtype), torch.randn(1, 5, cfg.context_dim, dtype=dtype))
+        return (
+            torch.randn(1, cfg.in_channels, cfg.frames, cfg.height, cfg.width, dtype=dtype),
+            torch.tensor([17]),
+            torch.tensor([8.0], dtype=dtype),
+            torch.randn(1, 5, cfg.context_dim, dtype=dtype),
+        )
+
     return lambda: ETCUNet(cfg), inputs
 
 
@@ -422,7 +450,9 @@ def _evdm(name):
     def inputs(dtype=torch.float32):
         def frames(n):
             return torch.randn(1, cfg.channels, n, cfg.image_size, cfg.image_size, dtype=dtype) if n else None
+
         return frames(cfg.num_frames), torch.tensor([17]), frames(cfg.num_past), frames(cfg.num_future)
+
     return lambda: EVDMUNet(cfg), inputs
 
 
@@ -434,6 +464,7 @@ def _cmd(name):
 
     def inputs(dtype=torch.float32):
         return torch.randn(1, cfg.channels, cfg.height, cfg.width, dtype=dtype), torch.tensor([17])
+
     return lambda: ContentUNet(cfg), inputs
 
 
@@ -446,6 +477,7 @@ def _pvdm(name):
 
     def inputs(dtype=torch.float32):
         return torch.randn(1, cfg.latent_channels, h * w + t * w + t * h, dtype=dtype), torch.tensor([17])
+
     return lambda: TriplaneUNet(cfg), inputs
 
 
@@ -494,10 +526,17 @@ def test_tiny_models_equal_their_old_block_builds_in_float64(preset):
 # --------------------------------------------------------------------------- diffusers as a reference
 
 
-@pytest.mark.parametrize("emb_mode, resample, fir", [
-    ("bias", None, True), ("scale_shift", None, True), ("scale_shift", "up", True), ("scale_shift", "down", True),
-    ("bias", "up", False), ("bias", "down", False),
-])
+@pytest.mark.parametrize(
+    "emb_mode, resample, fir",
+    [
+        ("bias", None, True),
+        ("scale_shift", None, True),
+        ("scale_shift", "up", True),
+        ("scale_shift", "down", True),
+        ("bias", "up", False),
+        ("bias", "down", False),
+    ],
+)
 @pytest.mark.parametrize("c_in, c_out", [(8, 12), (12, 12)])
 def test_matches_diffusers_resnet_block(emb_mode, resample, fir, c_in, c_out):
     """SD's configuration is diffusers' ``ResnetBlock2D`` (``time_embedding_norm="default"``), ADM's its
@@ -505,20 +544,41 @@ def test_matches_diffusers_resnet_block(emb_mode, resample, fir, c_in, c_out):
     resnet = pytest.importorskip("diffusers.models.resnet")
     torch.manual_seed(0)
     groups, e = 4, 6
-    ours = ResBlock2d(c_in, c_out, emb_dim=e, emb_mode=emb_mode, resample=resample, fir=fir,
-                      project_shortcut=c_in != c_out, norm_groups=groups, eps=1e-5, skip_rescale=True)
+    ours = ResBlock2d(
+        c_in,
+        c_out,
+        emb_dim=e,
+        emb_mode=emb_mode,
+        resample=resample,
+        fir=fir,
+        project_shortcut=c_in != c_out,
+        norm_groups=groups,
+        eps=1e-5,
+        skip_rescale=True,
+    )
     theirs = resnet.ResnetBlock2D(
-        in_channels=c_in, out_channels=c_out, temb_channels=e, groups=groups, eps=1e-5,
-        time_embedding_norm="default" if emb_mode == "bias" else "scale_shift", output_scale_factor=math.sqrt(2.0),
-        up=resample == "up", down=resample == "down", kernel="fir" if fir else "sde_vp",
+        in_channels=c_in,
+        out_channels=c_out,
+        temb_channels=e,
+        groups=groups,
+        eps=1e-5,
+        time_embedding_norm="default" if emb_mode == "bias" else "scale_shift",
+        output_scale_factor=math.sqrt(2.0),
+        up=resample == "up",
+        down=resample == "down",
+        kernel="fir" if fir else "sde_vp",
     )
     ours = randomised(ours)
-    renames = {"emb_proj.": "time_emb_proj.", "norm2.proj.": "time_emb_proj.", "norm2.norm.": "norm2.",
-               "shortcut.": "conv_shortcut."}
+    renames = {
+        "emb_proj.": "time_emb_proj.",
+        "norm2.proj.": "time_emb_proj.",
+        "norm2.norm.": "norm2.",
+        "shortcut.": "conv_shortcut.",
+    }
     state = {}
     for key, value in ours.state_dict().items():
         prefix = next((p for p in renames if key.startswith(p)), None)
-        state[renames[prefix] + key[len(prefix):] if prefix else key] = value
+        state[renames[prefix] + key[len(prefix) :] if prefix else key] = value
     theirs.double().eval().load_state_dict(state, strict=True)
     x, emb = torch.randn(2, c_in, 4, 6, **F64), torch.randn(2, e, **F64)
     with torch.no_grad():
@@ -539,14 +599,22 @@ def test_every_parameter_gets_a_gradient(emb_mode, resample):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("c_in, c_out, resample, rescale", [
-    (6, 6, None, False), (6, 6, None, True), (4, 6, None, False), (6, 6, "down", True), (4, 6, "up", True),
-])
+@pytest.mark.parametrize(
+    "c_in, c_out, resample, rescale",
+    [
+        (6, 6, None, False),
+        (6, 6, None, True),
+        (4, 6, None, False),
+        (6, 6, "down", True),
+        (4, 6, "up", True),
+    ],
+)
 @pytest.mark.parametrize("emb_mode", ["bias", "scale_shift", "scale_shift_both"])
 def test_zero_residual_makes_the_block_its_rescaled_shortcut(emb_mode, c_in, c_out, resample, rescale):
     torch.manual_seed(0)
-    block = ResBlock2d(c_in, c_out, emb_dim=5, emb_mode=emb_mode, resample=resample, skip_rescale=rescale,
-                       norm_groups=2)
+    block = ResBlock2d(
+        c_in, c_out, emb_dim=5, emb_mode=emb_mode, resample=resample, skip_rescale=rescale, norm_groups=2
+    )
     block.zero_residual_()
     x, emb = torch.randn(2, c_in, 4, 4), torch.randn(2, 5)
     skip = block.resample(x) if block.resample is not None else x
@@ -572,14 +640,21 @@ def test_attributes_follow_the_embedding_mode():
 EMB = r"expected emb of shape \(b, emb_dim\)"
 
 
-@pytest.mark.parametrize("x, emb, match", [
-    (torch.randn(2, 5, 4, 4), torch.randn(2, 3), r"expected x of shape \(b, c, h, w\) with c=4, got \(2, 5, 4, 4\)"),
-    (torch.randn(2, 4, 4), torch.randn(2, 3), r"expected x of shape \(b, c, h, w\)"),
-    (torch.randn(2, 4, 4, 4), torch.randn(2, 5), EMB + r" with b=2, emb_dim=3, got \(2, 5\)"),
-    (torch.randn(2, 4, 4, 4), torch.randn(2, 3, 1), EMB),
-    (torch.randn(2, 4, 4, 4), torch.randn(3, 3), EMB + r" with b=2, emb_dim=3, got \(3, 3\)"),
-    (torch.randn(2, 4, 1, 4), torch.randn(2, 3), r"expected x of shape \(b, c, h, w\) with h, w >= 2"),
-])
+@pytest.mark.parametrize(
+    "x, emb, match",
+    [
+        (
+            torch.randn(2, 5, 4, 4),
+            torch.randn(2, 3),
+            r"expected x of shape \(b, c, h, w\) with c=4, got \(2, 5, 4, 4\)",
+        ),
+        (torch.randn(2, 4, 4), torch.randn(2, 3), r"expected x of shape \(b, c, h, w\)"),
+        (torch.randn(2, 4, 4, 4), torch.randn(2, 5), EMB + r" with b=2, emb_dim=3, got \(2, 5\)"),
+        (torch.randn(2, 4, 4, 4), torch.randn(2, 3, 1), EMB),
+        (torch.randn(2, 4, 4, 4), torch.randn(3, 3), EMB + r" with b=2, emb_dim=3, got \(3, 3\)"),
+        (torch.randn(2, 4, 1, 4), torch.randn(2, 3), r"expected x of shape \(b, c, h, w\) with h, w >= 2"),
+    ],
+)
 def test_bad_inputs_name_the_layout(x, emb, match):
     block = ResBlock2d(4, 6, emb_dim=3, resample="down")
     with pytest.raises(ValueError, match=match):
@@ -591,17 +666,20 @@ def test_dtype_mismatch_is_a_type_error():
         ResBlock2d(4, emb_dim=3)(torch.randn(2, 4, 3, 3).double(), torch.randn(2, 3))
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(emb_mode="film"), ValueError, "emb_mode"),
-    (dict(resample="sideways"), ValueError, "resample"),
-    (dict(project_shortcut=False, out_channels=8), ValueError, "project_shortcut=False"),
-    (dict(project_shortcut="yes"), TypeError, "project_shortcut"),
-    (dict(dropout=1.5), ValueError, "dropout"),
-    (dict(eps=0.0), ValueError, "eps"),
-    (dict(norm_groups=0), ValueError, "norm_groups"),
-    (dict(norm_groups=lambda c: 0), ValueError, "norm_groups"),
-    (dict(emb_dim=0), ValueError, "emb_dim"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(emb_mode="film"), ValueError, "emb_mode"),
+        (dict(resample="sideways"), ValueError, "resample"),
+        (dict(project_shortcut=False, out_channels=8), ValueError, "project_shortcut=False"),
+        (dict(project_shortcut="yes"), TypeError, "project_shortcut"),
+        (dict(dropout=1.5), ValueError, "dropout"),
+        (dict(eps=0.0), ValueError, "eps"),
+        (dict(norm_groups=0), ValueError, "norm_groups"),
+        (dict(norm_groups=lambda c: 0), ValueError, "norm_groups"),
+        (dict(emb_dim=0), ValueError, "emb_dim"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs, error, match):
     kwargs = {"emb_dim": 3, **kwargs}
     with pytest.raises(error, match=match):

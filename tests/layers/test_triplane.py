@@ -20,8 +20,13 @@ def _projector(dim=8, latent_channels=3, pool="token", **kwargs):
 
 
 @given(
-    b=st.integers(1, 2), dim=st.sampled_from([4, 5, 8]), c=st.integers(1, 4),
-    t=sizes, h=sizes, w=sizes, pool=st.sampled_from(["token", "mean"]),
+    b=st.integers(1, 2),
+    dim=st.sampled_from([4, 5, 8]),
+    c=st.integers(1, 4),
+    t=sizes,
+    h=sizes,
+    w=sizes,
+    pool=st.sampled_from(["token", "mean"]),
 )
 def test_shapes_and_range(b, dim, c, t, h, w, pool):
     model = _projector(dim, c, pool)
@@ -56,8 +61,11 @@ def test_each_code_sees_only_its_own_line(pool):
     v[1, :, t0, h0, w0] += 3.0 * torch.randn(8)
     with torch.no_grad():
         before, after = model(u), model(v)
-    masks = [torch.zeros(b, h, w, dtype=torch.bool), torch.zeros(b, t, w, dtype=torch.bool),
-             torch.zeros(b, t, h, dtype=torch.bool)]
+    masks = [
+        torch.zeros(b, h, w, dtype=torch.bool),
+        torch.zeros(b, t, w, dtype=torch.bool),
+        torch.zeros(b, t, h, dtype=torch.bool),
+    ]
     masks[0][1, h0, w0] = masks[1][1, t0, w0] = masks[2][1, t0, h0] = True
     for z0, z1, mask in zip(before, after, masks):
         diff = (z1 - z0).abs().amax(dim=1)  # largest change over the latent channels

@@ -13,8 +13,14 @@ from vdblocks.layers.video_transformer import (
 
 
 @given(
-    b=st.integers(1, 2), c=st.integers(1, 3), pt=st.integers(1, 2), ph=st.integers(1, 3), pw=st.integers(1, 3),
-    t=st.integers(1, 3), h=st.integers(1, 3), w=st.integers(1, 3),
+    b=st.integers(1, 2),
+    c=st.integers(1, 3),
+    pt=st.integers(1, 2),
+    ph=st.integers(1, 3),
+    pw=st.integers(1, 3),
+    t=st.integers(1, 3),
+    h=st.integers(1, 3),
+    w=st.integers(1, 3),
 )
 def test_patch_embed_unembed_shapes(b, c, pt, ph, pw, t, h, w):
     embed = VideoPatchEmbed(c, 8, (pt, ph, pw))

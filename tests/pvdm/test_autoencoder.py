@@ -15,9 +15,24 @@ from reference_models.pvdm.planes import pack_planes, plane_shapes, unpack_plane
 from vdblocks.layers.triplane import triplane_latent_size
 
 # A very small autoencoder: width 16, one block everywhere; patch 1 x 2 x 2.
-SMALL = dict(channels=3, frames=4, height=8, width=8, patch_size=(1, 2, 2), dim=16, encoder_depth=1,
-             decoder_depth=1, heads=2, dim_head=8, mlp_ratio=2.0, proj_depth=1, proj_heads=2, proj_mlp_dim=16,
-             latent_channels=4, use_gan=False)
+SMALL = dict(
+    channels=3,
+    frames=4,
+    height=8,
+    width=8,
+    patch_size=(1, 2, 2),
+    dim=16,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=2,
+    dim_head=8,
+    mlp_ratio=2.0,
+    proj_depth=1,
+    proj_heads=2,
+    proj_mlp_dim=16,
+    latent_channels=4,
+    use_gan=False,
+)
 
 
 @pytest.fixture(scope="module")

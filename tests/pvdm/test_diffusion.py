@@ -23,8 +23,17 @@ from reference_models.pvdm.unet import TriplaneUNet
 
 GRID = (2, 3, 2)
 N = 3 * 2 + 2 * 2 + 2 * 3
-SMALL = dict(latent_channels=2, base_channels=8, channel_mult=(1, 2), attn_resolutions=(2,), num_res_blocks=1,
-             heads=2, latent_frames=2, latent_height=3, latent_width=2)
+SMALL = dict(
+    latent_channels=2,
+    base_channels=8,
+    channel_mult=(1, 2),
+    attn_resolutions=(2,),
+    num_res_blocks=1,
+    heads=2,
+    latent_frames=2,
+    latent_height=3,
+    latent_width=2,
+)
 
 
 class Spy(nn.Module):
@@ -54,8 +63,12 @@ def test_table6_schedule_is_ldm_linear_in_sqrt_beta():
     assert len(betas) == 1000
     assert betas[0].item() == pytest.approx(0.0015) and betas[-1].item() == pytest.approx(0.0195)
     root = betas.sqrt()
-    torch.testing.assert_close(root[1:] - root[:-1], torch.full((999,), (root[-1] - root[0]).item() / 999, dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        root[1:] - root[:-1],
+        torch.full((999,), (root[-1] - root[0]).item() / 999, dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 @given(p=st.sampled_from([0.0, 0.3, 0.5, 1.0]))
@@ -110,8 +123,9 @@ def test_conditional_and_null_paths_both_train(cond_prob):
 def test_long_sampler_conditions_each_clip_on_the_previous_one():
     spy = Spy(get_diffusion_config("tiny", **SMALL))
     clips, first, nxt = 4, 3, 2
-    latents = sample_long_latents(spy, 2, clips, grid=GRID, first_steps=first, next_steps=nxt,
-                                  generator=torch.Generator().manual_seed(0))
+    latents = sample_long_latents(
+        spy, 2, clips, grid=GRID, first_steps=first, next_steps=nxt, generator=torch.Generator().manual_seed(0)
+    )
     assert len(latents) == clips and all(z.shape == (2, 2, N) for z in latents)
     calls = spy.calls
     assert len(calls) == first + (clips - 1) * nxt  # N steps for the first clip, M for each later one
@@ -120,21 +134,54 @@ def test_long_sampler_conditions_each_clip_on_the_previous_one():
         for c in calls[first + (k - 1) * nxt : first + k * nxt]:
             torch.testing.assert_close(c["cond"], latents[k - 1])  # clip k sees clip k-1's clean latent
     # ... and the condition shows in the result: clip k moves with clip k-1
-    again = sample_long_latents(spy, 2, 2, grid=GRID, first_steps=first, next_steps=nxt,
-                                first=latents[0] + 1.0, generator=torch.Generator().manual_seed(0))
-    alone = sample_long_latents(spy, 2, 2, grid=GRID, first_steps=first, next_steps=nxt, first=latents[0],
-                                generator=torch.Generator().manual_seed(0))
+    again = sample_long_latents(
+        spy,
+        2,
+        2,
+        grid=GRID,
+        first_steps=first,
+        next_steps=nxt,
+        first=latents[0] + 1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    alone = sample_long_latents(
+        spy,
+        2,
+        2,
+        grid=GRID,
+        first_steps=first,
+        next_steps=nxt,
+        first=latents[0],
+        generator=torch.Generator().manual_seed(0),
+    )
     assert not torch.allclose(again[1], alone[1])
 
 
 def test_long_video_has_clips_times_frames_frames_and_decodes_each_clip():
     torch.manual_seed(0)
-    ae = PVDMAutoencoder(get_autoencoder_config(
-        "tiny", channels=1, frames=2, height=6, width=4, patch_size=(1, 2, 2), dim=8, encoder_depth=1,
-        decoder_depth=1, heads=1, dim_head=8, proj_depth=1, proj_heads=1, proj_mlp_dim=8, latent_channels=2)).eval()
+    ae = PVDMAutoencoder(
+        get_autoencoder_config(
+            "tiny",
+            channels=1,
+            frames=2,
+            height=6,
+            width=4,
+            patch_size=(1, 2, 2),
+            dim=8,
+            encoder_depth=1,
+            decoder_depth=1,
+            heads=1,
+            dim_head=8,
+            proj_depth=1,
+            proj_heads=1,
+            proj_mlp_dim=8,
+            latent_channels=2,
+        )
+    ).eval()
     spy = Spy(get_diffusion_config("tiny", **SMALL))
-    video, latents = generate_long_video(spy, ae, 2, 3, first_steps=2, next_steps=2, return_latents=True,
-                                         generator=torch.Generator().manual_seed(0))
+    video, latents = generate_long_video(
+        spy, ae, 2, 3, first_steps=2, next_steps=2, return_latents=True, generator=torch.Generator().manual_seed(0)
+    )
     assert video.shape == (2, 1, 3 * 2, 6, 4)
     for k, z in enumerate(latents):
         with torch.no_grad():

@@ -19,9 +19,25 @@ from reference_models.pvdm.losses import (
     hinge_g_loss,
 )
 
-SMALL = dict(channels=3, frames=4, height=8, width=8, patch_size=(1, 2, 2), dim=16, encoder_depth=1,
-             decoder_depth=1, heads=2, dim_head=8, mlp_ratio=2.0, proj_depth=1, proj_heads=2, proj_mlp_dim=16,
-             latent_channels=4, disc_channels=8, disc_layers=2)
+SMALL = dict(
+    channels=3,
+    frames=4,
+    height=8,
+    width=8,
+    patch_size=(1, 2, 2),
+    dim=16,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=2,
+    dim_head=8,
+    mlp_ratio=2.0,
+    proj_depth=1,
+    proj_heads=2,
+    proj_mlp_dim=16,
+    latent_channels=4,
+    disc_channels=8,
+    disc_layers=2,
+)
 
 
 def small_conv_net() -> nn.Module:
@@ -56,9 +72,10 @@ def nonzero(g: torch.Tensor | None) -> bool:
 @pytest.fixture()
 def objective():
     torch.manual_seed(0)
-    return AutoencoderObjective(get_autoencoder_config("tiny", **SMALL, use_gan=True, gan_start=0,
-                                                       perceptual_weight=1.0),
-                                perceptual=small_conv_net())
+    return AutoencoderObjective(
+        get_autoencoder_config("tiny", **SMALL, use_gan=True, gan_start=0, perceptual_weight=1.0),
+        perceptual=small_conv_net(),
+    )
 
 
 def test_gan_terms_are_finite_and_reach_each_player_as_intended(objective):

@@ -22,13 +22,28 @@ from reference_models.pvdm.data import (
     videos_from_record,
 )
 
-AE_SETS = dict(frames=2, height=8, width=12, patch_size=[1, 4, 4], dim=8, encoder_depth=1, decoder_depth=1, heads=1,
-               dim_head=8, proj_depth=1, proj_heads=1, proj_mlp_dim=8, latent_channels=2, use_gan=True, gan_start=1,
-               disc_channels=4, disc_layers=1)
+AE_SETS = dict(
+    frames=2,
+    height=8,
+    width=12,
+    patch_size=[1, 4, 4],
+    dim=8,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=1,
+    dim_head=8,
+    proj_depth=1,
+    proj_heads=1,
+    proj_mlp_dim=8,
+    latent_channels=2,
+    use_gan=True,
+    gan_start=1,
+    disc_channels=4,
+    disc_layers=1,
+)
 # The perceptual network is a TorchScript file, the format LPIPS ports ship in; torch 2.13 warns
 # that TorchScript is deprecated, which is not what these tests are about.
-pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
 DIFF_SETS = dict(base_channels=8, channel_mult=[1], attn_resolutions=[1], num_res_blocks=1, heads=2)
 
@@ -37,10 +52,21 @@ def sets(overrides):
     return [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
 
 
-COMMON = ["--batch-size", "4", "--num-videos", "8", "--device", "cpu", "--no-progress", "--log-every", "1",
-          "--warmup-steps", "1", "--num-samples", "1"]
-
-
+COMMON = [
+    "--batch-size",
+    "4",
+    "--num-videos",
+    "8",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--log-every",
+    "1",
+    "--warmup-steps",
+    "1",
+    "--num-samples",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +75,40 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pvdm")
     net = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()))
     net.save(str(root / "features.pt"))
-    ae = train_mod.main(["--stage", "ae", "--out", str(root / "ae"), "--steps", "2", *sets(AE_SETS), *COMMON,
-                         "--perceptual", str(root / "features.pt")])
-    diff = train_mod.main(["--stage", "diffusion", "--autoencoder", str(root / "ae"), "--out", str(root / "diff"),
-                           "--steps", "2", *sets(DIFF_SETS), *COMMON, "--clips", "3", "--first-steps", "2",
-                           "--next-steps", "1"])
+    ae = train_mod.main(
+        [
+            "--stage",
+            "ae",
+            "--out",
+            str(root / "ae"),
+            "--steps",
+            "2",
+            *sets(AE_SETS),
+            *COMMON,
+            "--perceptual",
+            str(root / "features.pt"),
+        ]
+    )
+    diff = train_mod.main(
+        [
+            "--stage",
+            "diffusion",
+            "--autoencoder",
+            str(root / "ae"),
+            "--out",
+            str(root / "diff"),
+            "--steps",
+            "2",
+            *sets(DIFF_SETS),
+            *COMMON,
+            "--clips",
+            "3",
+            "--first-steps",
+            "2",
+            "--next-steps",
+            "1",
+        ]
+    )
     return root, ae, diff
 
 
@@ -88,8 +143,11 @@ def test_diffusion_stage_caches_latents_of_consecutive_clip_pairs(runs):
     _, config = read_checkpoint_config(root / "diff")
     model_cfg = config["model"]
     assert model_cfg["pvdm_diffusion"]["latent_channels"] == 2  # tied to the autoencoder
-    assert (model_cfg["pvdm_diffusion"]["latent_frames"], model_cfg["pvdm_diffusion"]["latent_height"],
-            model_cfg["pvdm_diffusion"]["latent_width"]) == (2, 2, 3)
+    assert (
+        model_cfg["pvdm_diffusion"]["latent_frames"],
+        model_cfg["pvdm_diffusion"]["latent_height"],
+        model_cfg["pvdm_diffusion"]["latent_width"],
+    ) == (2, 2, 3)
     assert model_cfg["autoencoder"]["checkpoint"].endswith("step_00000002.json")
     frames, _, _ = read_video(root / "diff" / "samples" / "step000002_long_00.mp4")
     assert frames.shape[:3] == (3 * 2, 8, 12)
@@ -99,8 +157,23 @@ def test_resumed_diffusion_run_reuses_the_cache_and_continues(runs):
     root, _, _ = runs
     cache = root / "diff" / "latents.safetensors"
     stamp = cache.stat().st_mtime_ns
-    state = train_mod.main(["--stage", "diffusion", "--autoencoder", str(root / "ae"), "--out", str(root / "diff"),
-                            "--steps", "3", *sets(DIFF_SETS), *COMMON, "--sample-every", "0", "--resume"])
+    state = train_mod.main(
+        [
+            "--stage",
+            "diffusion",
+            "--autoencoder",
+            str(root / "ae"),
+            "--out",
+            str(root / "diff"),
+            "--steps",
+            "3",
+            *sets(DIFF_SETS),
+            *COMMON,
+            "--sample-every",
+            "0",
+            "--resume",
+        ]
+    )
     assert state.step == 3
     assert cache.stat().st_mtime_ns == stamp
     assert load_checkpoint(root / "diff").step == 3
@@ -108,8 +181,24 @@ def test_resumed_diffusion_run_reuses_the_cache_and_continues(runs):
 
 def test_sample_cli_writes_long_videos_of_clips_times_frames(runs, tmp_path):
     root, _, _ = runs
-    written = sample_mod.main(["--checkpoint", str(root / "diff"), "--clips", "4", "--first-steps", "2",
-                               "--next-steps", "1", "--num-samples", "2", "--device", "cpu", "--out", str(tmp_path)])
+    written = sample_mod.main(
+        [
+            "--checkpoint",
+            str(root / "diff"),
+            "--clips",
+            "4",
+            "--first-steps",
+            "2",
+            "--next-steps",
+            "1",
+            "--num-samples",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     videos = [p for p in written if p.suffix == ".mp4"]
     assert len(videos) == 2 and (tmp_path / "long_grid.png").is_file()
     frames, _, _ = read_video(videos[0])
@@ -123,8 +212,18 @@ def test_stage_arguments_are_checked(runs, tmp_path):
     with pytest.raises(SystemExit, match="autoencoder preset"):
         train_mod.main(["--stage", "ae", "--preset", "pvdm_s", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="contradicts the autoencoder"):
-        train_mod.main(["--stage", "diffusion", "--autoencoder", str(root / "ae"), "--out", str(tmp_path),
-                        "--set", "latent_channels=4"])
+        train_mod.main(
+            [
+                "--stage",
+                "diffusion",
+                "--autoencoder",
+                str(root / "ae"),
+                "--out",
+                str(tmp_path),
+                "--set",
+                "latent_channels=4",
+            ]
+        )
     with pytest.raises(ValueError, match="multiple of the patch size 4"):
         get_autoencoder_config("tiny", height=10)
 
@@ -140,8 +239,9 @@ def other_checkpoint(directory, key):
     return directory
 
 
-@pytest.mark.parametrize("key,holds", [("etc", "an ETC model"), ("evdm", "an EVDM U-Net"),
-                                       ("cmd_content", "a CMD content-frame model")])
+@pytest.mark.parametrize(
+    "key,holds", [("etc", "an ETC model"), ("evdm", "an EVDM U-Net"), ("cmd_content", "a CMD content-frame model")]
+)
 def test_sample_cli_says_another_systems_checkpoint_is_not_a_pvdm_diffusion_one(key, holds, tmp_path):
     ckpt = other_checkpoint(tmp_path / key, key)
     with pytest.raises(SystemExit, match=rf"is not a PVDM diffusion checkpoint \(it holds {holds}") as exit_info:
@@ -154,8 +254,11 @@ def test_sample_cli_tells_the_two_pvdm_stages_apart(tmp_path):
     diffusion = other_checkpoint(tmp_path / "diffusion", "pvdm_diffusion")
     with pytest.raises(SystemExit, match=r"holds a PVDM autoencoder; .*--stage diffusion"):
         sample_mod.main(["--checkpoint", str(ae)])
-    with pytest.raises(SystemExit, match=r"--autoencoder: .* is not a PVDM autoencoder checkpoint \(it holds a PVDM "
-                                         r"diffusion U-Net"):
+    with pytest.raises(
+        SystemExit,
+        match=r"--autoencoder: .* is not a PVDM autoencoder checkpoint \(it holds a PVDM "
+        r"diffusion U-Net",
+    ):
         sample_mod.main(["--checkpoint", str(diffusion), "--autoencoder", str(diffusion)])
     with pytest.raises(SystemExit, match="give --autoencoder"):  # a diffusion run that names no autoencoder
         sample_mod.main(["--checkpoint", str(diffusion)])

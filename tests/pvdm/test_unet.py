@@ -8,14 +8,23 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reference_models.common.unet_blocks import adm_res_block
 from reference_models.pvdm.config import DiffusionConfig, get_diffusion_config
 from reference_models.pvdm.planes import pack_planes, unpack_planes
-from reference_models.common.unet_blocks import adm_res_block
 from reference_models.pvdm.unet import TriplaneUNet, _per_plane
 from vdblocks import JointPlaneAttention
 
-SMALL = dict(latent_channels=2, base_channels=8, channel_mult=(1, 2), attn_resolutions=(1, 2), num_res_blocks=1,
-             heads=2, latent_frames=3, latent_height=4, latent_width=5)
+SMALL = dict(
+    latent_channels=2,
+    base_channels=8,
+    channel_mult=(1, 2),
+    attn_resolutions=(1, 2),
+    num_res_blocks=1,
+    heads=2,
+    latent_frames=3,
+    latent_height=4,
+    latent_width=5,
+)
 
 
 def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -51,7 +60,12 @@ def test_table6_presets():
     for name, width in (("pvdm_s", 128), ("pvdm_l", 256)):
         cfg = get_diffusion_config(name)
         assert (cfg.base_channels, cfg.channel_mult, cfg.attn_resolutions, cfg.num_res_blocks, cfg.heads) == (
-            width, (1, 2, 4), (4, 2, 1), 2, 8)
+            width,
+            (1, 2, 4),
+            (4, 2, 1),
+            2,
+            8,
+        )
         assert (cfg.beta_start, cfg.beta_end, cfg.num_train_steps) == (0.0015, 0.0195, 1000)
         assert cfg.latent_size == 8192
         assert DiffusionConfig.from_dict(cfg.to_dict()) == cfg
@@ -124,8 +138,9 @@ def test_every_parameter_gets_a_finite_gradient():
     torch.manual_seed(2)
     net = perturbed(TriplaneUNet(get_diffusion_config("tiny", **SMALL))).train()
     grid = (3, 4, 5)
-    eps = net(latent(grid), torch.tensor([3, 900]), cond=latent(grid, seed=1), cond_mask=torch.tensor([1, 0]),
-              grid=grid)
+    eps = net(
+        latent(grid), torch.tensor([3, 900]), cond=latent(grid, seed=1), cond_mask=torch.tensor([1, 0]), grid=grid
+    )
     eps.square().mean().backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

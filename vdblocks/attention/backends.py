@@ -172,8 +172,7 @@ class FavorBackend(AttentionBackend):
             reasons.append("needs projection_matrix (r, d) of random features")
         elif projection_matrix.ndim != 2 or projection_matrix.shape[-1] != q.shape[-1]:
             reasons.append(
-                f"projection_matrix must be (r, d) with d={q.shape[-1]}, "
-                f"got {tuple(projection_matrix.shape)}"
+                f"projection_matrix must be (r, d) with d={q.shape[-1]}, got {tuple(projection_matrix.shape)}"
             )
         return reasons
 

@@ -146,8 +146,13 @@ def favor_crossover(
     if not lengths:
         raise ValueError("expected at least one length to measure")
     r, d = projection_matrix.shape
-    key = CalibrationKey(_device_name(projection_matrix.device), str(projection_matrix.dtype).removeprefix("torch."),
-                         int(d), int(r), int(batch_heads))
+    key = CalibrationKey(
+        _device_name(projection_matrix.device),
+        str(projection_matrix.dtype).removeprefix("torch."),
+        int(d),
+        int(r),
+        int(batch_heads),
+    )
     with _LOCK:
         if not refresh and key in _CACHE:
             return _CACHE[key]

@@ -17,7 +17,6 @@ import contextvars
 import math
 import os
 from collections.abc import Iterator, Sequence
-from typing import Union
 
 import torch
 
@@ -39,7 +38,7 @@ __all__ = [
 ENV_VAR = "VDBLOCKS_ATTENTION_BACKEND"
 DEFAULT_PRIORITY: tuple[str, ...] = ("sdpa", "math")
 
-BackendSpec = Union[str, Sequence[str], AttentionBackend]
+BackendSpec = str | Sequence[str] | AttentionBackend
 
 _REGISTRY: dict[str, AttentionBackend] = {}
 _CONTEXT: contextvars.ContextVar[BackendSpec | None] = contextvars.ContextVar(
@@ -77,9 +76,7 @@ def get_backend(name: str | AttentionBackend) -> AttentionBackend:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"unknown attention backend {name!r}; registered: {', '.join(_REGISTRY)}"
-        ) from None
+        raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(_REGISTRY)}") from None
 
 
 def _parse(spec: BackendSpec) -> tuple[list[AttentionBackend], bool]:
@@ -127,10 +124,24 @@ def _current_spec(backend: BackendSpec | None) -> BackendSpec:
 def _check_qkv(q: object, k: object, v: object) -> None:
     """q ``(b, k, n, d)``, k and v ``(b, k, m, d)``: one floating dtype (autocast or not), one device."""
     check_tensor(q, "q", "(b, k, n, d)")
-    check_tensor(k, "k", "(b, k, m, d)", sizes={"b": q.shape[0], "k": q.shape[1], "d": q.shape[3]},
-                 like=q, like_name="q", autocast=False)
-    check_tensor(v, "v", "(b, k, m, d)", sizes={"b": q.shape[0], "k": q.shape[1], "m": k.shape[2]},
-                 like=q, like_name="q", autocast=False)
+    check_tensor(
+        k,
+        "k",
+        "(b, k, m, d)",
+        sizes={"b": q.shape[0], "k": q.shape[1], "d": q.shape[3]},
+        like=q,
+        like_name="q",
+        autocast=False,
+    )
+    check_tensor(
+        v,
+        "v",
+        "(b, k, m, d)",
+        sizes={"b": q.shape[0], "k": q.shape[1], "m": k.shape[2]},
+        like=q,
+        like_name="q",
+        autocast=False,
+    )
 
 
 def select_backend(
@@ -164,12 +175,13 @@ def _select(
         if not reasons:
             return cand
         collected.append(f"  {cand.name}: " + "; ".join(reasons))
-    what = f"attention backend {candidates[0].name!r} was forced but" if forced else (
-        "no attention backend in the priority list " + repr([c.name for c in candidates])
+    what = (
+        f"attention backend {candidates[0].name!r} was forced but"
+        if forced
+        else ("no attention backend in the priority list " + repr([c.name for c in candidates]))
     )
     raise AttentionBackendError(
-        f"{what} cannot run on q {tuple(q.shape)} {q.dtype} on {q.device.type}:\n"
-        + "\n".join(collected)
+        f"{what} cannot run on q {tuple(q.shape)} {q.dtype} on {q.device.type}:\n" + "\n".join(collected)
     )
 
 

@@ -116,8 +116,9 @@ class MixedSelfAttention(nn.Module):
         resolved = (matrix.device if device is None else torch.device(device), matrix.dtype if dtype is None else dtype)
         rows = batch_heads_bucket(batch_heads)
         if resolved[0].type == "meta" or _is_fake(matrix) or torch.compiler.is_compiling():
-            key = CalibrationKey(str(resolved[0]), str(resolved[1]).removeprefix("torch."), self.dim_head,
-                                 self.nb_features, rows)
+            key = CalibrationKey(
+                str(resolved[0]), str(resolved[1]).removeprefix("torch."), self.dim_head, self.nb_features, rows
+            )
             return calibration_cache().get(key, paper)
         # a crossover of L means FAVOR+ wins from L on; the gate is "seq_len > crossover"
         measured = favor_crossover(matrix.detach().to(*resolved), batch_heads=rows, backend=self.backend) - 0.5

@@ -104,8 +104,14 @@ def _expand_mask(mask: object, sq: torch.Tensor) -> torch.Tensor:
         ) from None
 
 
-def _min_snr_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, snr: torch.Tensor,
-                  gamma: float, prediction_type: str) -> torch.Tensor:
+def _min_snr_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    snr: torch.Tensor,
+    gamma: float,
+    prediction_type: str,
+) -> torch.Tensor:
     """Batch mean of per-sample masked MSEs, each weighted by min-SNR-gamma (see ``diffusion_loss``)."""
     clipped = snr.clamp(max=gamma)  # b, float64
     weight = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1.0), "sample": clipped}[prediction_type]
@@ -176,8 +182,9 @@ def diffusion_loss(
     if x0.ndim < 1:
         raise ValueError("expected x0 of shape (b, ...), got a 0-d tensor")
     check_prediction_type(prediction_type)
-    if snr_gamma is not None and (isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float))
-                                  or not 0 < snr_gamma < float("inf")):
+    if snr_gamma is not None and (
+        isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float)) or not 0 < snr_gamma < float("inf")
+    ):
         raise ValueError(f"expected snr_gamma to be None or a positive finite number, got {snr_gamma!r}")
     batch = x0.shape[0]
     if t is None:
@@ -201,7 +208,9 @@ def diffusion_loss(
     if snr_gamma is None:
         loss = masked_mse(prediction, target, mask)
     else:
-        loss = _min_snr_loss(prediction, target, mask, schedule.snr(t, dtype=torch.float64), float(snr_gamma), prediction_type)
+        loss = _min_snr_loss(
+            prediction, target, mask, schedule.snr(t, dtype=torch.float64), float(snr_gamma), prediction_type
+        )
     if return_details:
         return DiffusionLossOutput(loss=loss, t=t, noise=noise, x_t=x_t, prediction=prediction)
     return loss

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Union
 
 import torch
 from einops import rearrange
@@ -18,7 +17,7 @@ from einops import rearrange
 __all__ = ["Condition", "guided_eps", "cfg_model_fn"]
 
 # labels (b,), embeddings (b, n, d), or keyword tensors for the model (e.g. {"labels": ..., "fps": ...})
-Condition = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+Condition = torch.Tensor | Mapping[str, torch.Tensor]
 # model(x (b, ...), t (b,), cond) for a tensor condition, model(x, t, **cond) for a mapping
 CondModelFn = Callable[..., torch.Tensor]
 

@@ -107,15 +107,15 @@ def _check_step_inputs(schedule: NoiseSchedule, eps: torch.Tensor, x_t: torch.Te
         if not value.is_floating_point():
             raise TypeError(f"expected {name} of shape (b, ...) to have a floating-point dtype, got {value.dtype}")
     if eps.shape != x_t.shape:
-        raise ValueError(f"expected the model output of shape {tuple(x_t.shape)} like x_t (b, ...), got {tuple(eps.shape)}")
+        raise ValueError(
+            f"expected the model output of shape {tuple(x_t.shape)} like x_t (b, ...), got {tuple(eps.shape)}"
+        )
     t = _check_int(t, "t", 0, schedule.num_steps - 1)
     t_prev = _check_int(t_prev, "t_prev", -1, t - 1)
     return t, t_prev
 
 
-def _step_noise(
-    x_t: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None
-) -> torch.Tensor:
+def _step_noise(x_t: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
     if noise is not None and generator is not None:
         raise ValueError("pass either noise or generator, not both")
     if noise is None:
@@ -147,8 +147,14 @@ def split_prediction(
     return output, (x_t - s0 * output) / s1
 
 
-def _pred_x0_eps(x_t: torch.Tensor, output: torch.Tensor, abar_t: float, prediction_type: PredictionType,
-                 clip_sample: bool, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _pred_x0_eps(
+    x_t: torch.Tensor,
+    output: torch.Tensor,
+    abar_t: float,
+    prediction_type: PredictionType,
+    clip_sample: bool,
+    clip_range: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     pred_x0, eps = split_prediction(output, x_t, abar_t, prediction_type)  # b ...
     if clip_sample:
         pred_x0 = pred_x0.clamp(-clip_range, clip_range)
@@ -378,11 +384,34 @@ def sample_ddpm(
     )
 
     def step(eps, t, t_prev, x):
-        return ddpm_step(schedule, eps, t, x, t_prev=t_prev, generator=generator, variance=variance,
-                         clip_sample=clip_sample, clip_range=clip_range, prediction_type=prediction_type)
+        return ddpm_step(
+            schedule,
+            eps,
+            t,
+            x,
+            t_prev=t_prev,
+            generator=generator,
+            variance=variance,
+            clip_sample=clip_sample,
+            clip_range=clip_range,
+            prediction_type=prediction_type,
+        )
 
-    return _sample_loop(model_fn, shape, schedule, timesteps, step, generator=generator, x_T=x_T, device=device,
-                        dtype=dtype, known=known, known_mask=known_mask, progress=progress, callback=callback)
+    return _sample_loop(
+        model_fn,
+        shape,
+        schedule,
+        timesteps,
+        step,
+        generator=generator,
+        x_T=x_T,
+        device=device,
+        dtype=dtype,
+        known=known,
+        known_mask=known_mask,
+        progress=progress,
+        callback=callback,
+    )
 
 
 def sample_ddim(
@@ -412,11 +441,35 @@ def sample_ddim(
     timesteps = make_timesteps(schedule.num_steps, steps, spacing, steps_offset)
 
     def step(eps, t, t_prev, x):
-        return ddim_step(schedule, eps, t, t_prev, x, eta, generator=generator, clip_sample=clip_sample,
-                         clip_range=clip_range, set_alpha_to_one=set_alpha_to_one, prediction_type=prediction_type)
+        return ddim_step(
+            schedule,
+            eps,
+            t,
+            t_prev,
+            x,
+            eta,
+            generator=generator,
+            clip_sample=clip_sample,
+            clip_range=clip_range,
+            set_alpha_to_one=set_alpha_to_one,
+            prediction_type=prediction_type,
+        )
 
-    return _sample_loop(model_fn, shape, schedule, timesteps, step, generator=generator, x_T=x_T, device=device,
-                        dtype=dtype, known=known, known_mask=known_mask, progress=progress, callback=callback)
+    return _sample_loop(
+        model_fn,
+        shape,
+        schedule,
+        timesteps,
+        step,
+        generator=generator,
+        x_T=x_T,
+        device=device,
+        dtype=dtype,
+        known=known,
+        known_mask=known_mask,
+        progress=progress,
+        callback=callback,
+    )
 
 
 for _fn in (sample_ddpm, sample_ddim):

@@ -82,15 +82,20 @@ class _BRPStage(nn.Module):
         super().__init__()
         self.scale_shift_input = scale_shift_input
         self.temporal_enhancement = temporal_enhancement
-        self.norm: nn.Module = ScaleShiftGroupNorm(in_channels, emb_dim) if scale_shift_input else group_norm(in_channels)
+        self.norm: nn.Module = (
+            ScaleShiftGroupNorm(in_channels, emb_dim) if scale_shift_input else group_norm(in_channels)
+        )
         self.act = nn.ReLU(inplace=True)  # its input is the norm's fresh output, kept by nothing
         self.dropout = nn.Dropout(dropout)
         body_emb_dim = emb_dim if temporal_enhancement else None
         self.body: nn.Module
         if channel_split:
             self.body = ChannelSplit(
-                in_channels, out_channels, emb_dim=body_emb_dim,
-                bottleneck_ratio=bottleneck_ratio, shuffle_groups=shuffle_groups,
+                in_channels,
+                out_channels,
+                emb_dim=body_emb_dim,
+                bottleneck_ratio=bottleneck_ratio,
+                shuffle_groups=shuffle_groups,
             )
         else:
             self.body = BottleneckConv(in_channels, out_channels // bottleneck_ratio, out_channels, body_emb_dim)

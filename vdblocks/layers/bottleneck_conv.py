@@ -39,9 +39,7 @@ class BottleneckConv(nn.Module):
         else:
             self.norm = ScaleShiftGroupNorm(bottleneck_channels, emb_dim)
         self.conv3x3 = nn.Conv2d(bottleneck_channels, out_channels - out_channels // 2, kernel_size=3, padding=1)
-        self.conv1x1 = (
-            PointwiseConv2d(bottleneck_channels, out_channels // 2) if out_channels // 2 else None
-        )
+        self.conv1x1 = PointwiseConv2d(bottleneck_channels, out_channels // 2) if out_channels // 2 else None
 
     def branches(self, x: torch.Tensor, emb: torch.Tensor | None) -> list[torch.Tensor]:
         """The parallel paths' outputs, in concatenation order: ``[3x3 (b, ceil(c_out/2), h, w), 1x1 (...)]``."""

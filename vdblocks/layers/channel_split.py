@@ -73,7 +73,7 @@ def _concat_shuffled(parts: list[torch.Tensor], groups: int) -> torch.Tensor:
         while done < n:
             i, j = divmod(start + done, per_row)
             take = min(n - done, per_row - j)
-            rows[i].append(part[:, done:done + take])  # b take h w
+            rows[i].append(part[:, done : done + take])  # b take h w
             done += take
         start += n
     stacked = torch.stack([r[0] if len(r) == 1 else torch.cat(r, dim=1) for r in rows], dim=2)  # b c/g g h w

@@ -24,8 +24,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..validation import check_positive_int, check_same_batch, check_tensor
 from ..attention.dispatch import BackendSpec
+from ..validation import check_positive_int, check_same_batch, check_tensor
 from .embeddings import sincos_2d
 from .modulation import modulate
 from .transformer import Attention, FeedForward
@@ -66,8 +66,7 @@ class PatchEmbed2d(nn.Module):
         for size, name in ((height, "h"), (width, "w")):
             if size % p:
                 raise ValueError(
-                    f"expected x of shape (b, c, h, w) with {name} divisible by the patch size {p}, "
-                    f"got {name}={size}"
+                    f"expected x of shape (b, c, h, w) with {name} divisible by the patch size {p}, got {name}={size}"
                 )
         return height // p, width // p
 

@@ -50,9 +50,7 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 100
 def _sinusoid(values: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
     work = _work_dtype(values)
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=work, device=values.device) / max(half, 1)
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=work, device=values.device) / max(half, 1))
     args = values.to(work)[:, None] * freqs[None]  # b D
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # b 2D
     if dim % 2:

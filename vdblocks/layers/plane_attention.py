@@ -51,9 +51,7 @@ _ATTENTIONS = ("softmax", "mixed")
 _POSITIONS = (None, "triplane")
 
 
-def plane_positions(
-    dim: int, shapes: Sequence[tuple[int, int]], like: torch.Tensor | None = None
-) -> torch.Tensor:
+def plane_positions(dim: int, shapes: Sequence[tuple[int, int]], like: torch.Tensor | None = None) -> torch.Tensor:
     """Sin-cos positions of the tokens of PVDM's three planes: ``-> (n, dim)``, ``n = sum of p_k q_k``.
 
     ``shapes`` are the planes' spatial shapes ``(p_k, q_k)`` in the order ``z_s (h, w)``,
@@ -76,8 +74,8 @@ def plane_positions(
         if a:
             rows = sincos_1d(a, torch.arange(p))  # p a
             cols = sincos_1d(a, torch.arange(q))  # q a
-            pos[:, :, slots[axes[0]]:slots[axes[0]] + a] = rows[:, None]
-            pos[:, :, slots[axes[1]]:slots[axes[1]] + a] = cols[None, :]
+            pos[:, :, slots[axes[0]] : slots[axes[0]] + a] = rows[:, None]
+            pos[:, :, slots[axes[1]] : slots[axes[1]] + a] = cols[None, :]
         parts.append(rearrange(pos, "p q c -> (p q) c"))
     out = torch.cat(parts)  # n dim
     if like is not None:
@@ -137,9 +135,7 @@ class JointPlaneAttention(nn.Module):
         heads = check_positive_int(heads, "heads")
         if dim_head is None:
             if channels % heads:
-                raise ValueError(
-                    f"expected channels={channels} divisible by heads={heads} (or an explicit dim_head)"
-                )
+                raise ValueError(f"expected channels={channels} divisible by heads={heads} (or an explicit dim_head)")
             dim_head = channels // heads
         dim_head = check_positive_int(dim_head, "dim_head")
         if attention not in _ATTENTIONS:
@@ -153,8 +149,9 @@ class JointPlaneAttention(nn.Module):
         if attention == "softmax":
             self.attn: nn.Module = Attention(channels, heads, dim_head, backend=backend)
         else:
-            self.attn = MixedSelfAttention(channels, heads=heads, dim_head=dim_head, threshold=threshold,
-                                           backend=backend)
+            self.attn = MixedSelfAttention(
+                channels, heads=heads, dim_head=dim_head, threshold=threshold, backend=backend
+            )
 
     def _check(self, planes: object) -> None:
         if not isinstance(planes, (list, tuple)):

@@ -109,8 +109,9 @@ class ResBlock2d(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.out_channels = out = check_positive_int(in_channels if out_channels is None else out_channels,
-                                                     "out_channels")
+        self.out_channels = out = check_positive_int(
+            in_channels if out_channels is None else out_channels, "out_channels"
+        )
         self.emb_dim = check_positive_int(emb_dim, "emb_dim")
         if emb_mode not in _EMB_MODES:
             raise ValueError(f"expected emb_mode to be one of {_EMB_MODES}, got {emb_mode!r}")
@@ -121,9 +122,7 @@ class ResBlock2d(nn.Module):
         if project_shortcut not in (None, True, False):
             raise TypeError(f"expected project_shortcut to be None, True or False, got {project_shortcut!r}")
         if project_shortcut is False and in_channels != out:
-            raise ValueError(
-                f"project_shortcut=False needs in_channels == out_channels, got {in_channels} and {out}"
-            )
+            raise ValueError(f"project_shortcut=False needs in_channels == out_channels, got {in_channels} and {out}")
         if not (isinstance(eps, (int, float)) and eps > 0):
             raise ValueError(f"expected eps > 0, got {eps!r}")
         if not callable(norm_groups):
@@ -182,5 +181,7 @@ class ResBlock2d(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels} -> {self.out_channels}, emb_dim={self.emb_dim}, emb_mode={self.emb_mode!r}, "
-                f"skip_rescale={self.skip_rescale}")
+        return (
+            f"{self.in_channels} -> {self.out_channels}, emb_dim={self.emb_dim}, emb_mode={self.emb_mode!r}, "
+            f"skip_rescale={self.skip_rescale}"
+        )

@@ -21,9 +21,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     check_positive_int(groups, "groups")
     check_tensor(x, "x", "(b, c, ...)", floating=False)  # any dtype: a permutation
     if x.shape[1] % groups:
-        raise ValueError(
-            f"expected x of shape (b, c, ...) with c divisible by groups={groups}, got c={x.shape[1]}"
-        )
+        raise ValueError(f"expected x of shape (b, c, ...) with c divisible by groups={groups}, got c={x.shape[1]}")
     return rearrange(x, "b (g c) ... -> b (c g) ...", g=groups)
 
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from ..validation import check_positive_int, check_same_batch, check_tensor
 from ..attention.dispatch import BackendSpec, attention
+from ..validation import check_positive_int, check_same_batch, check_tensor
 
 __all__ = ["Attention", "FeedForward", "TransformerBlock"]
 
@@ -54,8 +54,13 @@ class Attention(nn.Module):
                 )
             context = x
         else:
-            check_tensor(context, "context", "(b, m, context_dim)",
-                         sizes={"context_dim": self.context_dim or self.dim}, like=self)
+            check_tensor(
+                context,
+                "context",
+                "(b, m, context_dim)",
+                sizes={"context_dim": self.context_dim or self.dim},
+                like=self,
+            )
             check_same_batch(x, "x", context, "context")
         q = rearrange(self.to_q(x), "b n (k d) -> b k n d", k=self.heads)
         k, v = rearrange(self.to_kv(context), "b m (two k d) -> two b k m d", two=2, k=self.heads)
@@ -75,9 +80,7 @@ class FeedForward(nn.Module):
         hidden = int(dim * mult)
         if hidden < 1:
             raise ValueError(f"expected mult * dim >= 1 hidden units, got dim={dim}, mult={mult}")
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
-        )
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor(x, "x", "(b, ..., dim)", sizes={"dim": self.dim}, like=self)
@@ -127,8 +130,7 @@ class TransformerBlock(nn.Module):
                     f"expected context of shape (b, m, context_dim) with context_dim={self.context_dim} "
                     "(this TransformerBlock has cross-attention), got None"
                 )
-            check_tensor(context, "context", "(b, m, context_dim)", sizes={"context_dim": self.context_dim},
-                         like=self)
+            check_tensor(context, "context", "(b, m, context_dim)", sizes={"context_dim": self.context_dim}, like=self)
             check_same_batch(x, "x", context, "context")
         x = x + self.attn(self.norm1(x))  # b n dim
         if self.cross is not None:

@@ -38,8 +38,8 @@ import torch
 import torch.nn as nn
 from einops import rearrange, repeat
 
-from ..validation import check_positive_int, check_tensor
 from ..attention.dispatch import BackendSpec
+from ..validation import check_positive_int, check_tensor
 from .embeddings import sincos_1d
 from .transformer import TransformerBlock
 
@@ -148,7 +148,9 @@ class AxisProjector(nn.Module):
         return f"dim={self.dim}, latent_channels={self.latent_channels}, depth={self.depth}, pool={self.pool!r}"
 
 
-def triplane_expand(z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor, *, combine: str = "concat") -> torch.Tensor:
+def triplane_expand(
+    z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor, *, combine: str = "concat"
+) -> torch.Tensor:
     """PVDM's decoder volume ``v_shw = [z^s_hw, z^h_sw, z^w_sh]`` (section 3.2), or its sum.
 
     Shapes: ``z_s (b, c, h, w)``, ``z_h (b, c, t, w)``, ``z_w (b, c, t, h)`` ->
@@ -165,11 +167,11 @@ def triplane_expand(z_s: torch.Tensor, z_h: torch.Tensor, z_w: torch.Tensor, *, 
         raise ValueError(f"expected combine to be one of {_COMBINES}, got {combine!r}")
     check_tensor(z_s, "z_s", "(b, c, h, w)")
     b, c, h, w = z_s.shape
-    check_tensor(z_h, "z_h", "(b, c, t, w)", sizes={"b": b, "c": c, "w": w}, like=z_s, like_name="z_s",
-                 autocast=False)
+    check_tensor(z_h, "z_h", "(b, c, t, w)", sizes={"b": b, "c": c, "w": w}, like=z_s, like_name="z_s", autocast=False)
     t = z_h.shape[2]
-    check_tensor(z_w, "z_w", "(b, c, t, h)", sizes={"b": b, "c": c, "t": t, "h": h}, like=z_s, like_name="z_s",
-                 autocast=False)
+    check_tensor(
+        z_w, "z_w", "(b, c, t, h)", sizes={"b": b, "c": c, "t": t, "h": h}, like=z_s, like_name="z_s", autocast=False
+    )
     if combine == "sum":
         # Broadcasting adds the three without materialising three full volumes.
         return (
@@ -215,8 +217,13 @@ class TriplaneProjector(nn.Module):
         self.dim = check_positive_int(dim, "dim")
         self.latent_channels = check_positive_int(latent_channels, "latent_channels")
         kwargs = dict(
-            depth=depth, heads=heads, dim_head=dim_head, mlp_ratio=mlp_ratio, pool=pool,
-            max_period=max_period, backend=backend,
+            depth=depth,
+            heads=heads,
+            dim_head=dim_head,
+            mlp_ratio=mlp_ratio,
+            pool=pool,
+            max_period=max_period,
+            backend=backend,
         )
         self.phi_s = AxisProjector(dim, latent_channels, **kwargs)
         self.phi_h = AxisProjector(dim, latent_channels, **kwargs)

@@ -23,8 +23,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..validation import check_positive_int, check_tensor
 from ..attention.dispatch import BackendSpec
+from ..validation import check_positive_int, check_tensor
 from .embeddings import sincos_1d, sincos_2d
 from .transformer import Attention, FeedForward
 

@@ -108,7 +108,8 @@ class _FolderDataset(Dataset, abc.ABC):
             raise NotADirectoryError(f"{type(self).__name__} root {str(self.root)!r} is not a directory")
         self.extensions = tuple(e.lower() for e in extensions)
         found = sorted(
-            p for p in self.root.rglob("*")
+            p
+            for p in self.root.rglob("*")
             if p.is_file() and p.suffix.lower() in self.extensions and not p.name.startswith(".")
         )
         if not found:

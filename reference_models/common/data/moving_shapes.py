@@ -168,8 +168,21 @@ def render_shapes(
 class _ShapeScenes:
     """Scene sampling, labels and captions shared by the video and image datasets."""
 
-    def __init__(self, num_samples, height, width, channels, max_shapes, seed, label_by, kinds,
-                 colors, size_range, speed_range, directions=tuple(DIRECTIONS)):
+    def __init__(
+        self,
+        num_samples,
+        height,
+        width,
+        channels,
+        max_shapes,
+        seed,
+        label_by,
+        kinds,
+        colors,
+        size_range,
+        speed_range,
+        directions=tuple(DIRECTIONS),
+    ):
         self.num_samples = check_positive_int(num_samples, "num_samples")
         self.height = check_positive_int(height, "height")
         self.width = check_positive_int(width, "width")
@@ -189,8 +202,11 @@ class _ShapeScenes:
         if not self.colors or any(c not in PALETTE for c in self.colors) or len(set(self.colors)) < len(self.colors):
             raise ValueError(f"expected colors to be distinct names from {tuple(PALETTE)}, got {colors!r}")
         self.directions = tuple(directions)
-        if (not self.directions or any(d not in DIRECTIONS for d in self.directions)
-                or len(set(self.directions)) < len(self.directions)):
+        if (
+            not self.directions
+            or any(d not in DIRECTIONS for d in self.directions)
+            or len(set(self.directions)) < len(self.directions)
+        ):
             raise ValueError(f"expected directions to be distinct names from {tuple(DIRECTIONS)}, got {directions!r}")
         for name, (lo, hi) in (("size_range", size_range), ("speed_range", speed_range)):
             if not 0 <= lo <= hi:
@@ -255,8 +271,17 @@ class _ShapeScenes:
             direction = self.directions[rng.integers(len(self.directions))]
             speed = (self.speed_range[0] + float(rng.random()) * (self.speed_range[1] - self.speed_range[0])) * unit
             ux, uy = DIRECTIONS[direction]
-            shapes.append(ShapeSpec(kind, color, "large" if u >= _LARGE_FROM else "small", radius,
-                                    (x0, y0), (speed * ux, speed * uy), direction))
+            shapes.append(
+                ShapeSpec(
+                    kind,
+                    color,
+                    "large" if u >= _LARGE_FROM else "small",
+                    radius,
+                    (x0, y0),
+                    (speed * ux, speed * uy),
+                    direction,
+                )
+            )
         return shapes
 
     def caption(self, shapes: Sequence[ShapeSpec], *, motion: bool) -> str:
@@ -299,11 +324,25 @@ class MovingShapes(Dataset):
         speed_range: tuple[float, float] = (0.25, 1.0),
         directions: Sequence[str] = tuple(DIRECTIONS),
     ) -> None:
-        self._scenes = _ShapeScenes(num_samples, height, width, channels, max_shapes, seed, label_by,
-                                    kinds, colors, size_range, speed_range, directions)
+        self._scenes = _ShapeScenes(
+            num_samples,
+            height,
+            width,
+            channels,
+            max_shapes,
+            seed,
+            label_by,
+            kinds,
+            colors,
+            size_range,
+            speed_range,
+            directions,
+        )
         self.frames = check_positive_int(frames, "frames")
         rates = [fps] if isinstance(fps, numbers.Real) else list(fps)
-        if not rates or any(isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 < r < math.inf for r in rates):
+        if not rates or any(
+            isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 < r < math.inf for r in rates
+        ):
             raise ValueError(f"expected fps to be a positive number or a sequence of them, got {fps!r}")
         self.fps_choices = tuple(float(r) for r in rates)
         self.num_samples, self.height, self.width = num_samples, height, width
@@ -364,8 +403,9 @@ class MovingShapes(Dataset):
         # A stream of its own, so the rate choice never perturbs the scene.
         return self.fps_choices[int(np.random.default_rng([self.seed, index, 1]).integers(len(self.fps_choices)))]
 
-    def render(self, index: int, *, fps: float | None = None, frames: int | None = None,
-               start: float = 0.0) -> torch.Tensor:
+    def render(
+        self, index: int, *, fps: float | None = None, frames: int | None = None, start: float = 0.0
+    ) -> torch.Tensor:
         """Video ``(c, t, h, w)`` of item ``index`` sampled at ``start + k / fps`` seconds."""
         fps = self.fps_of(index) if fps is None else fps
         if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps < math.inf:
@@ -408,8 +448,9 @@ class MovingShapesImages(Dataset):
         colors: Sequence[str] = tuple(PALETTE),
         size_range: tuple[float, float] = (0.08, 0.16),
     ) -> None:
-        self._scenes = _ShapeScenes(num_samples, height, width, channels, max_shapes, seed, label_by,
-                                    kinds, colors, size_range, (0.0, 0.0))
+        self._scenes = _ShapeScenes(
+            num_samples, height, width, channels, max_shapes, seed, label_by, kinds, colors, size_range, (0.0, 0.0)
+        )
         self.num_samples, self.height, self.width = num_samples, height, width
         self.channels, self.seed = channels, seed
 

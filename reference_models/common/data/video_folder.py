@@ -41,7 +41,6 @@ import torch
 from vdblocks.validation import check_positive_int
 
 from ..video_io import frame_to_array
-
 from .image_folder import _FolderDataset, center_crop_box, resize_crop_size
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoTooShortError", "nearest_frame_indices", "VideoFolder"]
@@ -213,7 +212,10 @@ class VideoFolder(_FolderDataset):
         rh, rw = resize_crop_size(frame.height, frame.width, self.height, self.width)
         shrink = rh * rw < frame.height * frame.width
         image = frame_to_array(
-            frame, width=rw, height=rh, format="rgb24" if self.channels == 3 else "gray",
+            frame,
+            width=rw,
+            height=rh,
+            format="rgb24" if self.channels == 3 else "gray",
             interpolation="AREA" if shrink else "BICUBIC",
         )
         top, left = center_crop_box(rh, rw, self.height, self.width)

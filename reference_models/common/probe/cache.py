@@ -38,8 +38,10 @@ def _cache_paths(cache_dir: str | os.PathLike | bool | None, key: str) -> tuple[
     elif isinstance(cache_dir, (str, os.PathLike)):
         root = Path(cache_dir).expanduser()
     else:
-        raise TypeError(f"expected cache_dir to be a path, None (the default location) or False (no cache), "
-                        f"got {type(cache_dir).__name__}")
+        raise TypeError(
+            f"expected cache_dir to be a path, None (the default location) or False (no cache), "
+            f"got {type(cache_dir).__name__}"
+        )
     folder = root / _SUBDIR
     return folder / f"probe-{key}.json", folder / f"probe-{key}.safetensors"
 
@@ -77,7 +79,11 @@ def _load(paths: tuple[Path, Path], spec: ProbeSpec) -> tuple[ProbeNet, dict[str
         raise ValueError(f"{manifest_path.name} is not valid JSON ({err})") from err
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != PROBE_VERSION:
         raise ValueError(f"{manifest_path.name} is not a {_FORMAT} manifest of version {PROBE_VERSION}")
-    if meta.get("key") != spec.key() or meta.get("spec") != spec.to_dict() or meta.get("tensors_file") != tensor_path.name:
+    if (
+        meta.get("key") != spec.key()
+        or meta.get("spec") != spec.to_dict()
+        or meta.get("tensors_file") != tensor_path.name
+    ):
         raise ValueError(f"{manifest_path.name} describes another probe")
     if not isinstance(meta.get("ground_truth"), dict):
         raise ValueError(f"{manifest_path.name} lacks the ground-truth accuracies")

@@ -12,8 +12,10 @@ from .spec import ATTRIBUTES, SIZES, ProbeSpec
 __all__ = ["parse_caption", "parse_caption_objects"]
 
 _ALIASES = {"colour": "color", "shape": "kind"}
-_CAPTION_GRAMMAR = ("'[a] [small|large] [<colour>] <kind> [moving <direction>]', objects joined by ' and ' "
-                    "(e.g. 'a large red circle moving up-left')")
+_CAPTION_GRAMMAR = (
+    "'[a] [small|large] [<colour>] <kind> [moving <direction>]', objects joined by ' and ' "
+    "(e.g. 'a large red circle moving up-left')"
+)
 
 
 def parse_caption_objects(caption: str) -> list[dict[str, str]]:
@@ -48,8 +50,10 @@ def parse_caption_objects(caption: str) -> list[dict[str, str]]:
             obj["direction"] = rest[1]
             rest = rest[2:]
         if "kind" not in obj or rest:
-            raise ValueError(f"expected a moving-shapes caption {_CAPTION_GRAMMAR}, "
-                             f"could not read {' '.join(current)!r} in {caption!r}")
+            raise ValueError(
+                f"expected a moving-shapes caption {_CAPTION_GRAMMAR}, "
+                f"could not read {' '.join(current)!r} in {caption!r}"
+            )
         objects.append(obj)
         current = []
     return objects
@@ -69,21 +73,26 @@ def _condition(item: Any, index: int, spec: ProbeSpec) -> dict[str, str]:
         for key, value in item.items():
             name = _ALIASES.get(key, key)
             if name not in ATTRIBUTES:
-                raise ValueError(f"conditions[{index}]: unknown key {key!r}; expected keys from {ATTRIBUTES} "
-                                 "('colour' and 'shape' are accepted too)")
+                raise ValueError(
+                    f"conditions[{index}]: unknown key {key!r}; expected keys from {ATTRIBUTES} "
+                    "('colour' and 'shape' are accepted too)"
+                )
             if value is not None:
                 cond[name] = value
     elif item is None:
         cond = {}
     else:
-        raise TypeError(f"expected each condition to be a caption str, a dict with keys from {ATTRIBUTES} "
-                        f"or None, got {type(item).__name__} at conditions[{index}]")
+        raise TypeError(
+            f"expected each condition to be a caption str, a dict with keys from {ATTRIBUTES} "
+            f"or None, got {type(item).__name__} at conditions[{index}]"
+        )
     out = {}
     for name, value in cond.items():
         if name not in spec.attributes:
             continue  # colour of gray clips, direction of stills: not measurable, not counted
         if value not in spec.classes(name):
-            raise ValueError(f"conditions[{index}]: {name} {value!r} is not one this probe knows "
-                             f"({', '.join(spec.classes(name))})")
+            raise ValueError(
+                f"conditions[{index}]: {name} {value!r} is not one this probe knows ({', '.join(spec.classes(name))})"
+            )
         out[name] = value
     return out

@@ -28,20 +28,36 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m reference_models.common.probe",
-                                     description="Train the moving-shapes probes of the examples' geometries "
-                                                 "and write their held-out ground-truth accuracies, or render "
-                                                 "an example's run report into its docs page.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reference_models.common.probe",
+        description="Train the moving-shapes probes of the examples' geometries "
+        "and write their held-out ground-truth accuracies, or render "
+        "an example's run report into its docs page.",
+    )
     parser.add_argument("--ground-truth", action="store_true", help="measure the ground-truth figures")
-    parser.add_argument("--run-report", type=Path, nargs="+", default=None, metavar="JSON",
-                        help="render an example's probe.json (or EVDM's <task>_metrics.json files, one per task) "
-                             "into --page's probe-run block instead")
-    parser.add_argument("--kind", choices=RUN_REPORT_KINDS, default=None,
-                        help="with --run-report: which example wrote it (default: read from its keys)")
+    parser.add_argument(
+        "--run-report",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="render an example's probe.json (or EVDM's <task>_metrics.json files, one per task) "
+        "into --page's probe-run block instead",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=RUN_REPORT_KINDS,
+        default=None,
+        help="with --run-report: which example wrote it (default: read from its keys)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write (with --render-only: to read)")
     parser.add_argument("--render-only", action="store_true", help="only rebuild --page from the JSON in --out")
-    parser.add_argument("--page", type=Path, default=None,
-                        help="markdown page whose generated block (ground-truth, or probe-run with --run-report) to rebuild")
+    parser.add_argument(
+        "--page",
+        type=Path,
+        default=None,
+        help="markdown page whose generated block (ground-truth, or probe-run with --run-report) to rebuild",
+    )
     parser.add_argument("--probe", action="append", choices=sorted(_DOC_PROBES), help="only these (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (timings are for 1)")
     args = parser.parse_args(argv)

@@ -29,7 +29,9 @@ def _moments(x: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch
     vxy = (mask * dx * dy).sum(dim=(2, 3)) / mass
     step = F.pad(torch.stack([cx.diff(dim=1), cy.diff(dim=1)], dim=1), (0, 1))  # b 2 t
     color = einops.reduce(mask[:, None] * x, "b c t h w -> b c t", "sum") / mass[:, None]
-    stats = torch.stack([(mass / (h * w)).sqrt(), cx, cy, vxx.clamp_min(1e-8).sqrt(), vyy.clamp_min(1e-8).sqrt(), vxy], dim=1)
+    stats = torch.stack(
+        [(mass / (h * w)).sqrt(), cx, cy, vxx.clamp_min(1e-8).sqrt(), vyy.clamp_min(1e-8).sqrt(), vxy], dim=1
+    )
     return torch.cat([stats, step, color], dim=1), mask  # b k t, b t h w
 
 
@@ -60,9 +62,12 @@ class ProbeNet(nn.Module):
         self.pool = max(1, round(min(h, w) / 16))
         wd = r.width
         self.cnn = nn.Sequential(
-            nn.Conv2d(c + 1, wd, 3, padding=1), nn.GELU(),
-            nn.Conv2d(wd, 2 * wd, 3, padding=1, stride=2), nn.GELU(),
-            nn.Conv2d(2 * wd, 2 * wd, 3, padding=1), nn.GELU(),
+            nn.Conv2d(c + 1, wd, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(wd, 2 * wd, 3, padding=1, stride=2),
+            nn.GELU(),
+            nn.Conv2d(2 * wd, 2 * wd, 3, padding=1),
+            nn.GELU(),
         )
         self.mlp = nn.Sequential(nn.Linear(k * t, r.hidden), nn.GELU(), nn.Linear(r.hidden, 128), nn.GELU())
         self.joint = nn.Sequential(nn.Linear(128 + 4 * wd, r.features), nn.GELU())
@@ -81,8 +86,11 @@ class ProbeNet(nn.Module):
         m, mask = _moments(x, self.coords)  # b k t, b t h w
         frames = torch.cat([x, mask[:, None]], dim=1)[:, :, self.cnn_frames]  # b c+1 f h w
         if self.pool > 1:
-            frames = einops.rearrange(F.avg_pool2d(einops.rearrange(frames, "b c f h w -> b (c f) h w"), self.pool),
-                                      "b (c f) h w -> b c f h w", c=x.shape[1] + 1)
+            frames = einops.rearrange(
+                F.avg_pool2d(einops.rearrange(frames, "b c f h w -> b (c f) h w"), self.pool),
+                "b (c f) h w -> b c f h w",
+                c=x.shape[1] + 1,
+            )
         return (m - self.moment_mean) / self.moment_std, frames
 
     def features_from_inputs(self, moments: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

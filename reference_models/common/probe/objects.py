@@ -26,8 +26,10 @@ def _check_videos(videos: Any, spec: ProbeSpec | None = None) -> torch.Tensor:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("expected videos (b, c, t, h, w) with finite values in [-1, 1], got NaN or inf")
         if lo < -1.5 or hi > 1.5:
-            raise ValueError(f"expected videos (b, c, t, h, w) with values in [-1, 1] (background -1), got values "
-                             f"in [{lo:g}, {hi:g}]; map 8-bit frames with x / 127.5 - 1")
+            raise ValueError(
+                f"expected videos (b, c, t, h, w) with values in [-1, 1] (background -1), got values "
+                f"in [{lo:g}, {hi:g}]; map 8-bit frames with x / 127.5 - 1"
+            )
     return videos.detach().to("cpu", torch.float32).clamp(-1, 1)
 
 
@@ -58,7 +60,9 @@ def _check_min_pixels(min_pixels: Any) -> int:
     return int(min_pixels)
 
 
-def count_objects(videos: torch.Tensor, *, threshold: float = FOREGROUND_THRESHOLD, min_pixels: int = 2) -> torch.Tensor:
+def count_objects(
+    videos: torch.Tensor, *, threshold: float = FOREGROUND_THRESHOLD, min_pixels: int = 2
+) -> torch.Tensor:
     """Objects per frame: ``(b, c, t, h, w)`` in [-1, 1] -> ``(b, t)`` int64.
 
     Foreground is where the largest channel exceeds ``threshold`` (the background is -1); objects
@@ -72,8 +76,9 @@ def count_objects(videos: torch.Tensor, *, threshold: float = FOREGROUND_THRESHO
     return torch.bincount(frame[sizes >= min_pixels], minlength=b * t).view(b, t)
 
 
-def one_object_fraction(videos: torch.Tensor, *, threshold: float = FOREGROUND_THRESHOLD, min_pixels: int = 2,
-                        max_pixels: int | None = None) -> float:
+def one_object_fraction(
+    videos: torch.Tensor, *, threshold: float = FOREGROUND_THRESHOLD, min_pixels: int = 2, max_pixels: int | None = None
+) -> float:
     """The fraction of clips ``(b, c, t, h, w)`` in which more than half of the frames show exactly
     one object: one component of at least ``min_pixels`` pixels (see :func:`count_objects`), of at
     most ``max_pixels`` (larger blobs, e.g. of noise, are more than any one shape can cover)."""

@@ -50,13 +50,17 @@ class ProbeResult:
         """A short table for a log."""
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         rates = "the probe's rates" if self.fps is None else ", ".join(f"{r:g}" for r in sorted(set(self.fps)))
-        lines = [f"shapes probe ({self.probe} clips, c x t x h x w) on {self.num_clips} clips at fps {rates}",
-                 f"{'attribute':<14}{'clips':>6}{'accuracy':>10}{'on real':>9}{'chance':>8}"]
+        lines = [
+            f"shapes probe ({self.probe} clips, c x t x h x w) on {self.num_clips} clips at fps {rates}",
+            f"{'attribute':<14}{'clips':>6}{'accuracy':>10}{'on real':>9}{'chance':>8}",
+        ]
         for a in ATTRIBUTES:
             if a not in self.chance:
                 continue
-            lines.append(f"{a:<14}{self.counts[a]:>6}{fmt(self.accuracy[a]):>10}{fmt(self.ground_truth[a]):>9}"
-                         f"{self.chance[a]:>8.3f}")
+            lines.append(
+                f"{a:<14}{self.counts[a]:>6}{fmt(self.accuracy[a]):>10}{fmt(self.ground_truth[a]):>9}"
+                f"{self.chance[a]:>8.3f}"
+            )
             if a == "kind":
                 for k, acc in self.kind_accuracy.items():
                     if self.kind_counts[k]:
@@ -64,8 +68,10 @@ class ProbeResult:
         lines.append("(on real: the probe's own accuracy on real clips at these rates, its ceiling)")
         lines.append(f"one object in {self.one_object_fraction:.1%} of clips")
         if self.frechet_distance is not None:
-            lines.append(f"Frechet distance to {self.num_real} real clips (probe features): {self.frechet_distance:.3f} "
-                         f"(real vs real: {self.frechet_floor:.3f})")
+            lines.append(
+                f"Frechet distance to {self.num_real} real clips (probe features): {self.frechet_distance:.3f} "
+                f"(real vs real: {self.frechet_floor:.3f})"
+            )
         return "\n".join(lines)
 
     table = format

@@ -56,15 +56,19 @@ def _rates(probe: Mapping[str, Any]) -> str:
 
 def _run_sentence(run: Mapping[str, Any]) -> str:
     """How long the run took, as the examples record it (``run.seconds_to_here``, ``run.probe_seconds``)."""
-    return (f"the run took {run.get('seconds_to_here', '?')} s from its start to the end of the probe, "
-            f"{run.get('probe_seconds', '?')} s of them the probe's sampling and scoring.")
+    return (
+        f"the run took {run.get('seconds_to_here', '?')} s from its start to the end of the probe, "
+        f"{run.get('probe_seconds', '?')} s of them the probe's sampling and scoring."
+    )
 
 
 def _frechet_row(probe: Mapping[str, Any]) -> list[str]:
     if probe.get("frechet_distance") is None:
         return []
-    return [f"| Frechet distance to {probe['num_real']} real clips (probe features) | "
-            f"{probe['frechet_distance']:.1f} | {_fmt(probe.get('frechet_floor'))} between two real sets of that size |"]
+    return [
+        f"| Frechet distance to {probe['num_real']} real clips (probe features) | "
+        f"{probe['frechet_distance']:.1f} | {_fmt(probe.get('frechet_floor'))} between two real sets of that size |"
+    ]
 
 
 def _one_object_row(probe: Mapping[str, Any]) -> str:
@@ -80,21 +84,30 @@ def _render_etc(report: Mapping[str, Any]) -> str:
     rows = ["| attribute | clips | accuracy | probe on real clips | chance |", "|---|---:|---:|---:|---:|"]
     for a in ATTRIBUTES:
         if a in probe["chance"]:
-            rows.append(f"| {a} | {probe['counts'][a]} | {_fmt(probe['accuracy'][a])} | "
-                        f"{_fmt(probe['ground_truth'][a])} | {probe['chance'][a]:.3f} |")
+            rows.append(
+                f"| {a} | {probe['counts'][a]} | {_fmt(probe['accuracy'][a])} | "
+                f"{_fmt(probe['ground_truth'][a])} | {probe['chance'][a]:.3f} |"
+            )
             if a == "kind":
-                rows += [f"| &nbsp;&nbsp;{k} | {probe['kind_counts'][k]} | {_fmt(acc)} | | |"
-                         for k, acc in probe["kind_accuracy"].items() if probe["kind_counts"][k]]
+                rows += [
+                    f"| &nbsp;&nbsp;{k} | {probe['kind_counts'][k]} | {_fmt(acc)} | | |"
+                    for k, acc in probe["kind_accuracy"].items()
+                    if probe["kind_counts"][k]
+                ]
     floor = probe.get("frechet_floor")
     tail = [f"One object in {probe['one_object_fraction']:.1%} of the clips."]
     if probe.get("frechet_distance") is not None:
-        tail.append(f"Frechet distance to {probe['num_real']} real clips (probe features): "
-                    f"{probe['frechet_distance']:.1f} (two real sets of that size: {_fmt(floor)}).")
-    head = (f"{probe['num_clips']} held-out captions at {report.get('fps', '?')} fps, DDIM "
-            f"{sampler.get('ddim_steps', '?')} steps, guidance {sampler.get('guidance_scale', '?')}, after "
-            f"{run.get('steps', '?')} training steps of batch {run.get('batch_size', '?')}; the run took "
-            f"{run.get('seconds_to_here', '?')} s from its start to the end of the probe, "
-            f"{run.get('probe_seconds', '?')} s of them the probe's sampling and scoring.")
+        tail.append(
+            f"Frechet distance to {probe['num_real']} real clips (probe features): "
+            f"{probe['frechet_distance']:.1f} (two real sets of that size: {_fmt(floor)})."
+        )
+    head = (
+        f"{probe['num_clips']} held-out captions at {report.get('fps', '?')} fps, DDIM "
+        f"{sampler.get('ddim_steps', '?')} steps, guidance {sampler.get('guidance_scale', '?')}, after "
+        f"{run.get('steps', '?')} training steps of batch {run.get('batch_size', '?')}; the run took "
+        f"{run.get('seconds_to_here', '?')} s from its start to the end of the probe, "
+        f"{run.get('probe_seconds', '?')} s of them the probe's sampling and scoring."
+    )
     return "\n".join([head, "", *rows, "", *tail])
 
 
@@ -108,22 +121,28 @@ def _render_cmd(report: Mapping[str, Any]) -> str:
     classes, per_class = list(report["classes"]), int(report["per_class"])
     predictions = probe.get("predictions") or []
     read_as = len(predictions) == len(classes) * per_class
-    rows = ["| class | videos | kind read right | read as |" if read_as else "| class | videos | kind read right |",
-            "|---|---:|---:|---|" if read_as else "|---|---:|---:|"]
+    rows = [
+        "| class | videos | kind read right | read as |" if read_as else "| class | videos | kind read right |",
+        "|---|---:|---:|---|" if read_as else "|---|---:|---:|",
+    ]
     for i, name in enumerate(classes):
         row = f"| {name} | {probe['kind_counts'].get(name, 0)} | {_fmt(probe['kind_accuracy'].get(name))} |"
         if read_as:
-            read = [p.get("kind") for p in predictions[i * per_class:(i + 1) * per_class]]
+            read = [p.get("kind") for p in predictions[i * per_class : (i + 1) * per_class]]
             counts = sorted({k: read.count(k) for k in set(read)}.items(), key=lambda kv: (-kv[1], str(kv[0])))
             row += " " + ", ".join(f"{k} {n}" for k, n in counts) + " |"
         rows.append(row)
     rows.append(f"| all | {probe['counts']['kind']} | {_fmt(probe['accuracy']['kind'])} |" + (" |" if read_as else ""))
-    head = (f"{probe['num_clips']} videos, {per_class} of each of the {len(classes)} classes, at {_rates(probe)} fps: "
-            f"content frame by DDIM {sampler.get('content_steps', '?')} steps with guidance "
-            f"{sampler.get('guidance_scale', '?')}, motion by DDIM {sampler.get('motion_steps', '?')} steps; "
-            + _run_sentence(run))
-    ceiling = (f"On real clips the probe reads the kind right in {_fmt(probe['ground_truth'].get('kind'))} "
-               f"of cases (its ceiling); chance is {_fmt(probe['chance'].get('kind'))}.")
+    head = (
+        f"{probe['num_clips']} videos, {per_class} of each of the {len(classes)} classes, at {_rates(probe)} fps: "
+        f"content frame by DDIM {sampler.get('content_steps', '?')} steps with guidance "
+        f"{sampler.get('guidance_scale', '?')}, motion by DDIM {sampler.get('motion_steps', '?')} steps; "
+        + _run_sentence(run)
+    )
+    ceiling = (
+        f"On real clips the probe reads the kind right in {_fmt(probe['ground_truth'].get('kind'))} "
+        f"of cases (its ceiling); chance is {_fmt(probe['chance'].get('kind'))}."
+    )
     measures = ["| measure | value | compare with |", "|---|---:|---|", _one_object_row(probe), *_frechet_row(probe)]
     return "\n".join([head, "", *rows, "", ceiling, "", *measures])
 
@@ -133,13 +152,20 @@ def _render_pvdm(report: Mapping[str, Any]) -> str:
     long video keeps its object, and (when recorded) the autoencoder's reconstruction PSNR."""
     probe, run, sampler = report["probe"], report.get("run", {}), report.get("sampler", {})
     videos, clips = report["long_videos"], report["clips_per_video"]
-    head = (f"{videos} long videos of {clips} clips each, sampled without a condition (the first clip by DDIM "
-            f"{sampler.get('first_steps', '?')} steps, each next one by {sampler.get('next_steps', '?')} steps given "
-            f"the clip before it), cut into their {probe['num_clips']} clips of {probe.get('probe', '?')} "
-            f"(c x t x h x w) at {_rates(probe)} fps; " + _run_sentence(run))
-    rows = ["| measure | value | compare with |", "|---|---:|---|", _one_object_row(probe), *_frechet_row(probe),
-            f"| long videos whose clips all show the same colour and kind (probe) | {report['keeps_its_object']:.1%} "
-            f"of {videos} | |"]
+    head = (
+        f"{videos} long videos of {clips} clips each, sampled without a condition (the first clip by DDIM "
+        f"{sampler.get('first_steps', '?')} steps, each next one by {sampler.get('next_steps', '?')} steps given "
+        f"the clip before it), cut into their {probe['num_clips']} clips of {probe.get('probe', '?')} "
+        f"(c x t x h x w) at {_rates(probe)} fps; " + _run_sentence(run)
+    )
+    rows = [
+        "| measure | value | compare with |",
+        "|---|---:|---|",
+        _one_object_row(probe),
+        *_frechet_row(probe),
+        f"| long videos whose clips all show the same colour and kind (probe) | {report['keeps_its_object']:.1%} "
+        f"of {videos} | |",
+    ]
     recon = report.get("reconstruction")
     if recon and recon.get("psnr") is not None:
         step = f", step {recon['step']}" if recon.get("step") is not None else ""
@@ -161,14 +187,18 @@ def _render_custom(report: Mapping[str, Any]) -> str:
     else:
         kinds, fraction, share = list(dist), dist, None
     settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sampler.items())
-    head = (f"{probe['num_clips']} clips at {report.get('fps', _rates(probe))} fps, asked for nothing but the frame "
-            f"rate ({settings or 'sampler not recorded'}); " + _run_sentence(run))
+    head = (
+        f"{probe['num_clips']} clips at {report.get('fps', _rates(probe))} fps, asked for nothing but the frame "
+        f"rate ({settings or 'sampler not recorded'}); " + _run_sentence(run)
+    )
     rows = ["| measure | value | compare with |", "|---|---:|---|", _one_object_row(probe), *_frechet_row(probe)]
-    kinds_table = (["| kind the probe reads | share of clips | share in the data |", "|---|---:|---:|"]
-                   + [f"| {k} | {_fmt(fraction.get(k))} | {_fmt(share.get(k))} |" for k in kinds]
-                   if share is not None else
-                   ["| kind the probe reads | share of clips |", "|---|---:|"]
-                   + [f"| {k} | {_fmt(fraction.get(k))} |" for k in kinds])
+    kinds_table = (
+        ["| kind the probe reads | share of clips | share in the data |", "|---|---:|---:|"]
+        + [f"| {k} | {_fmt(fraction.get(k))} | {_fmt(share.get(k))} |" for k in kinds]
+        if share is not None
+        else ["| kind the probe reads | share of clips |", "|---|---:|"]
+        + [f"| {k} | {_fmt(fraction.get(k))} |" for k in kinds]
+    )
     return "\n".join([head, "", *rows, "", *kinds_table])
 
 
@@ -188,8 +218,10 @@ def _render_evdm(report: Mapping[str, Any]) -> str:
         for metric in _EVDM_METRICS:
             baselines += [b for b in _baselines(tasks[task], metric) if b not in baselines]
     label = {b: b.replace("_", "-") for b in baselines}
-    rows = ["| task | clips | metric | model | " + " | ".join(label[b] for b in baselines) + " | model beats |",
-            "|---|---:|---|---:|" + "---:|" * len(baselines) + "---|"]
+    rows = [
+        "| task | clips | metric | model | " + " | ".join(label[b] for b in baselines) + " | model beats |",
+        "|---|---:|---|---:|" + "---:|" * len(baselines) + "---|",
+    ]
     for task in order:
         values = tasks[task]
         for metric, name in _EVDM_METRICS.items():
@@ -197,21 +229,35 @@ def _render_evdm(report: Mapping[str, Any]) -> str:
                 continue
             model = values[metric]
             cells = [_fmt(values.get(f"{b}_{metric}")) for b in baselines]
-            verdict = ", ".join(f"{label[b]} {'yes' if model > values[f'{b}_{metric}'] else 'no'}"
-                                for b in baselines if f"{b}_{metric}" in values)
+            verdict = ", ".join(
+                f"{label[b]} {'yes' if model > values[f'{b}_{metric}'] else 'no'}"
+                for b in baselines
+                if f"{b}_{metric}" in values
+            )
             clips = values.get("num_clips", "?")  # older metrics files do not say
-            rows.append(f"| {task} | {clips} | {name} | {_fmt(model)} | " + " | ".join(cells) + f" | {verdict or '-'} |")
+            rows.append(
+                f"| {task} | {clips} | {name} | {_fmt(model)} | " + " | ".join(cells) + f" | {verdict or '-'} |"
+            )
     runs = sorted({(v.get("step"), v.get("sampler"), v.get("steps")) for v in tasks.values()}, key=str)
-    setting = "; ".join(f"after {step if step is not None else '?'} training steps, {sampler or '?'} sampler with "
-                        f"{steps if steps is not None else '?'} steps" for step, sampler, steps in runs)
-    head = (f"Held-out clips, {setting}: the model's frames against trivial guesses of them "
-            "(copy-last repeats the last past frame, mean-frame the mean known frame, blend cross-fades from the "
-            "last past to the first future frame); each score is the mean over the clips.")
+    setting = "; ".join(
+        f"after {step if step is not None else '?'} training steps, {sampler or '?'} sampler with "
+        f"{steps if steps is not None else '?'} steps"
+        for step, sampler, steps in runs
+    )
+    head = (
+        f"Held-out clips, {setting}: the model's frames against trivial guesses of them "
+        "(copy-last repeats the last past frame, mean-frame the mean known frame, blend cross-fades from the "
+        "last past to the first future frame); each score is the mean over the clips."
+    )
     return "\n".join([head, "", *rows])
 
 
 _RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
-    "etc": _render_etc, "cmd": _render_cmd, "pvdm": _render_pvdm, "evdm": _render_evdm, "custom": _render_custom,
+    "etc": _render_etc,
+    "cmd": _render_cmd,
+    "pvdm": _render_pvdm,
+    "evdm": _render_evdm,
+    "custom": _render_custom,
 }
 
 
@@ -234,8 +280,10 @@ def run_report_kind(report: Mapping[str, Any]) -> str:
             return "custom"
         if "captions" in report:
             return "etc"
-    raise ValueError(f"cannot tell which example wrote this report (keys {sorted(report)}); expected an example's "
-                     f"probe.json or EVDM's metrics read by load_run_report, or pass kind= one of {RUN_REPORT_KINDS}")
+    raise ValueError(
+        f"cannot tell which example wrote this report (keys {sorted(report)}); expected an example's "
+        f"probe.json or EVDM's metrics read by load_run_report, or pass kind= one of {RUN_REPORT_KINDS}"
+    )
 
 
 def render_run_table(report: Mapping[str, Any], kind: str | None = None) -> str:
@@ -263,7 +311,9 @@ def load_run_report(paths: str | Path | Sequence[str | Path]) -> dict[str, Any]:
     matches = [_METRICS_FILE.match(p.name) for p in paths]
     if not any(matches):
         if len(paths) > 1:
-            raise ValueError(f"expected one probe.json, or EVDM's <task>_metrics.json files, got {[str(p) for p in paths]}")
+            raise ValueError(
+                f"expected one probe.json, or EVDM's <task>_metrics.json files, got {[str(p) for p in paths]}"
+            )
         return json.loads(paths[0].read_text(encoding="utf-8"))
     if not all(matches):
         odd = [str(p) for p, m in zip(paths, matches) if not m]

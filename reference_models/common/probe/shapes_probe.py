@@ -71,21 +71,43 @@ class ShapesProbe:
         ranges (``MovingShapes``' arguments, ``max_shapes=1``) at the frame rates ``fps`` it will
         be asked about; trained or loaded from the cache (see the docstring of
         :mod:`reference_models.common.probe`)."""
-        spec = ProbeSpec(channels, frames, height, width, fps=fps, size_range=size_range, speed_range=speed_range,
-                         kinds=tuple(kinds), colors=tuple(colors), directions=tuple(directions), seed=seed,
-                         recipe=recipe or ProbeRecipe())
+        spec = ProbeSpec(
+            channels,
+            frames,
+            height,
+            width,
+            fps=fps,
+            size_range=size_range,
+            speed_range=speed_range,
+            kinds=tuple(kinds),
+            colors=tuple(colors),
+            directions=tuple(directions),
+            seed=seed,
+            recipe=recipe or ProbeRecipe(),
+        )
         return cls.from_spec(spec, cache_dir=cache_dir)
 
     @classmethod
-    def for_dataset(cls, dataset: MovingShapes, *, fps: float | Sequence[float] | None = None, **kwargs: Any) -> ShapesProbe:
+    def for_dataset(
+        cls, dataset: MovingShapes, *, fps: float | Sequence[float] | None = None, **kwargs: Any
+    ) -> ShapesProbe:
         """The probe for a :class:`MovingShapes` dataset's geometry, ranges, kinds and colours, at its
         frame rates or ``fps``; ``kwargs`` (``seed``, ``recipe``, ``cache_dir``) go to :meth:`for_geometry`."""
         if not isinstance(dataset, MovingShapes):
             raise TypeError(f"expected a MovingShapes dataset, got {type(dataset).__name__}")
-        return cls.for_geometry(dataset.channels, dataset.frames, dataset.height, dataset.width,
-                                fps=dataset.fps_choices if fps is None else fps, size_range=dataset.size_range,
-                                speed_range=dataset.speed_range, kinds=dataset.kinds, colors=dataset.colors,
-                                directions=dataset.directions, **kwargs)
+        return cls.for_geometry(
+            dataset.channels,
+            dataset.frames,
+            dataset.height,
+            dataset.width,
+            fps=dataset.fps_choices if fps is None else fps,
+            size_range=dataset.size_range,
+            speed_range=dataset.speed_range,
+            kinds=dataset.kinds,
+            colors=dataset.colors,
+            directions=dataset.directions,
+            **kwargs,
+        )
 
     @classmethod
     def from_spec(cls, spec: ProbeSpec, *, cache_dir: str | os.PathLike | bool | None = None) -> ShapesProbe:
@@ -100,22 +122,34 @@ class ShapesProbe:
             try:
                 net, meta = _load(paths, spec)
             except ValueError as err:
-                warnings.warn(f"shapes probe cache {paths[0].parent}: {err}; rebuilding it", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"shapes probe cache {paths[0].parent}: {err}; rebuilding it", RuntimeWarning, stacklevel=2
+                )
             else:
                 probe = cls._memo[key] = cls(spec, net, meta, paths[1])
                 return probe
         start = time.perf_counter()
         net = train_probe(spec)
         seconds = time.perf_counter() - start
-        meta = {"format": _FORMAT, "version": PROBE_VERSION, "key": key, "spec": spec.to_dict(),
-                "train_seconds": round(seconds, 2), "torch": torch.__version__,
-                "ground_truth": _measure_ground_truth(net, spec)}
+        meta = {
+            "format": _FORMAT,
+            "version": PROBE_VERSION,
+            "key": key,
+            "spec": spec.to_dict(),
+            "train_seconds": round(seconds, 2),
+            "torch": torch.__version__,
+            "ground_truth": _measure_ground_truth(net, spec),
+        }
         if paths is not None:
             try:
                 _save(paths, net, meta)
             except OSError as err:
-                warnings.warn(f"could not cache the shapes probe in {paths[0].parent} ({err}); it will be "
-                              "trained again in the next process", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"could not cache the shapes probe in {paths[0].parent} ({err}); it will be "
+                    "trained again in the next process",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 paths = None
         probe = cls._memo[key] = cls(spec, net, meta, None if paths is None else paths[1])
         return probe
@@ -136,8 +170,9 @@ class ShapesProbe:
         preds, _ = _predict(self.net, _check_videos(videos, self.spec))
         return [{a: self.spec.classes(a)[int(preds[a][i])] for a in preds} for i in range(len(videos))]
 
-    def real_clips(self, num: int, *, fps: float | Sequence[float] | None = None, seed: int = 0
-                   ) -> tuple[torch.Tensor, list[dict[str, str]], list[float]]:
+    def real_clips(
+        self, num: int, *, fps: float | Sequence[float] | None = None, seed: int = 0
+    ) -> tuple[torch.Tensor, list[dict[str, str]], list[float]]:
         """``num`` real clips ``(num, c, t, h, w)`` of this probe's distribution, their conditions and
         rates: each clip at ``fps`` (one rate, or one per clip, cycled), else at a rate drawn from the
         probe's. ``seed`` picks the scenes (none is a training or held-out scene of the probe)."""
@@ -160,14 +195,18 @@ class ShapesProbe:
         if isinstance(fps, torch.Tensor):
             fps = fps.tolist() if fps.ndim else float(fps)
         rates = [fps] if isinstance(fps, numbers.Real) else list(fps) if isinstance(fps, Sequence) else None
-        if not rates or any(isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 < r < math.inf for r in rates):
+        if not rates or any(
+            isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 < r < math.inf for r in rates
+        ):
             raise ValueError(f"expected fps to be a positive number or one per clip, got {fps!r}")
         if batch is not None and len(rates) not in (1, batch):
             raise ValueError(f"expected fps to be one rate or one per clip (b={batch}), got {len(rates)} rates")
         unknown = sorted({float(r) for r in rates if not any(math.isclose(r, k) for k in self.spec.fps)})
         if unknown:
-            raise ValueError(f"this probe was trained at fps {self.spec.fps}, got {unknown}: build it with "
-                             "fps= covering every rate it is asked about")
+            raise ValueError(
+                f"this probe was trained at fps {self.spec.fps}, got {unknown}: build it with "
+                "fps= covering every rate it is asked about"
+            )
         return tuple(next(k for k in self.spec.fps if math.isclose(r, k)) for r in rates)
 
     # ------------------------------------------------------------------ evaluation
@@ -193,11 +232,15 @@ class ShapesProbe:
         videos = _check_videos(videos, self.spec)
         b = videos.shape[0]
         if isinstance(conditions, (str, Mapping)) or not isinstance(conditions, Sequence):
-            raise TypeError(f"expected conditions to be a sequence with one caption or dict per clip (b={b}), "
-                            f"got {type(conditions).__name__}")
+            raise TypeError(
+                f"expected conditions to be a sequence with one caption or dict per clip (b={b}), "
+                f"got {type(conditions).__name__}"
+            )
         if len(conditions) != b:
-            raise ValueError(f"expected one condition per clip of videos (b, c, t, h, w) with b={b}, "
-                             f"got {len(conditions)} conditions")
+            raise ValueError(
+                f"expected one condition per clip of videos (b, c, t, h, w) with b={b}, "
+                f"got {len(conditions)} conditions"
+            )
         conds = [_condition(item, i, self.spec) for i, item in enumerate(conditions)]
         rates = self._clip_rates(fps, b)
         clip_rates = None if rates is None else (rates * b if len(rates) == 1 else rates)
@@ -215,8 +258,15 @@ class ShapesProbe:
             reference[a] = self._reference(a, [None if clip_rates is None else clip_rates[i] for i in named])
         kind_counts = {k: sum(c.get("kind") == k for c in conds) for k in self.spec.kinds}
         kind_accuracy = {
-            k: (float(np.mean([self.spec.kinds[int(preds["kind"][i])] == k for i, c in enumerate(conds) if c.get("kind") == k]))
-                if kind_counts[k] else None)
+            k: (
+                float(
+                    np.mean(
+                        [self.spec.kinds[int(preds["kind"][i])] == k for i, c in enumerate(conds) if c.get("kind") == k]
+                    )
+                )
+                if kind_counts[k]
+                else None
+            )
             for k in self.spec.kinds
         }
         fd = floor = None

@@ -33,8 +33,16 @@ object is red in gray clips (Rec. 601 luma 0.40, i.e. -0.19 in [-1, 1])."""
 _FORMAT = "vdblocks-shapes-probe"
 # MovingShapes seeds of the probe's own clips, far from the small seeds the examples train on.
 _TRAIN_SEED, _HELDOUT_SEED, _REAL_SEED = 7_000_000, 8_000_000, 9_000_000
-_FLIP = {"left": "right", "right": "left", "up-left": "up-right", "up-right": "up-left",
-         "down-left": "down-right", "down-right": "down-left", "up": "up", "down": "down"}
+_FLIP = {
+    "left": "right",
+    "right": "left",
+    "up-left": "up-right",
+    "up-right": "up-left",
+    "down-left": "down-right",
+    "down-right": "down-left",
+    "up": "up",
+    "down": "down",
+}
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,11 @@ def _rates(fps: Any) -> tuple[float, ...]:
 
 
 def _pair(value: Any, name: str) -> tuple[float, float]:
-    if not isinstance(value, Sequence) or len(value) != 2 or not all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+    if (
+        not isinstance(value, Sequence)
+        or len(value) != 2
+        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+    ):
         raise ValueError(f"expected {name} as (low, high), got {value!r}")
     return float(value[0]), float(value[1])
 
@@ -138,7 +149,9 @@ class ProbeSpec:
     @property
     def attributes(self) -> tuple[str, ...]:
         """The attributes this probe reads."""
-        return tuple(a for a in ATTRIBUTES if (a != "color" or self.has_color) and (a != "direction" or self.has_direction))
+        return tuple(
+            a for a in ATTRIBUTES if (a != "color" or self.has_color) and (a != "direction" or self.has_direction)
+        )
 
     def classes(self, attribute: str) -> tuple[str, ...]:
         return {"color": self.colors, "kind": self.kinds, "size": SIZES, "direction": self.directions}[attribute]
@@ -166,10 +179,24 @@ class ProbeSpec:
 
     def dataset(self, num_samples: int, seed: int) -> MovingShapes:
         """One-object moving shapes of this spec (each item draws its rate from ``fps``)."""
-        return MovingShapes(num_samples, frames=self.frames, height=self.height, width=self.width, fps=self.fps,
-                            channels=self.channels, max_shapes=1, seed=seed, kinds=self.kinds, colors=self.colors,
-                            size_range=self.size_range, speed_range=self.speed_range, directions=self.directions)
+        return MovingShapes(
+            num_samples,
+            frames=self.frames,
+            height=self.height,
+            width=self.width,
+            fps=self.fps,
+            channels=self.channels,
+            max_shapes=1,
+            seed=seed,
+            kinds=self.kinds,
+            colors=self.colors,
+            size_range=self.size_range,
+            speed_range=self.speed_range,
+            directions=self.directions,
+        )
 
     def describe(self) -> str:
-        return (f"{self.channels}x{self.frames}x{self.height}x{self.width} (c x t x h x w), "
-                f"fps {', '.join(f'{r:g}' for r in self.fps)}")
+        return (
+            f"{self.channels}x{self.frames}x{self.height}x{self.width} (c x t x h x w), "
+            f"fps {', '.join(f'{r:g}' for r in self.fps)}"
+        )

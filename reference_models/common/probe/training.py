@@ -16,7 +16,9 @@ from .spec import _FLIP, _HELDOUT_SEED, _TRAIN_SEED, ATTRIBUTES, ProbeSpec
 __all__ = ["train_probe"]
 
 
-def _render(spec: ProbeSpec, num: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def _render(
+    spec: ProbeSpec, num: int, seed: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """``num`` ground-truth clips ``(n, c, t, h, w)``, their labels ``{attribute: (n,)}`` (class
     indices), frame rates ``(n,)`` and whether the shape bounces before frame 1 ``(n,)`` bool."""
     data = spec.dataset(num, seed)
@@ -31,8 +33,12 @@ def _render(spec: ProbeSpec, num: int, seed: int) -> tuple[torch.Tensor, dict[st
         x, y = shape.center_at(np.array([1.0 / rate]), spec.height, spec.width)
         free = (shape.position[0] + shape.velocity[0] / rate, shape.position[1] + shape.velocity[1] / rate)
         bounced.append(abs(float(x[0]) - free[0]) > 1e-9 or abs(float(y[0]) - free[1]) > 1e-9)
-    return (torch.stack(videos), {a: torch.tensor(v) for a, v in labels.items()},
-            torch.tensor(rates, dtype=torch.float64), torch.tensor(bounced))
+    return (
+        torch.stack(videos),
+        {a: torch.tensor(v) for a, v in labels.items()},
+        torch.tensor(rates, dtype=torch.float64),
+        torch.tensor(bounced),
+    )
 
 
 def train_probe(spec: ProbeSpec) -> ProbeNet:
@@ -70,12 +76,14 @@ def train_probe(spec: ProbeSpec) -> ProbeNet:
     y_all = {a: torch.stack([v, flip[v]]) if a == "direction" else torch.stack([v, v]) for a, v in y_all.items()}
     steps_per_epoch = max(1, r.num_clips // r.batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=r.epochs * steps_per_epoch, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=r.lr, total_steps=r.epochs * steps_per_epoch, pct_start=0.15
+    )
     net.train()
     for _ in range(r.epochs):
         order = torch.randperm(r.num_clips, generator=gen)
         for i in range(steps_per_epoch):
-            idx = order[i * r.batch_size:(i + 1) * r.batch_size]
+            idx = order[i * r.batch_size : (i + 1) * r.batch_size]
             side = (torch.rand(len(idx), generator=gen) < 0.5).long() * mirror  # plain or mirrored
             f = net.features_from_inputs(moments[side, idx], frames[side, idx])
             loss = sum(F.cross_entropy(head(f), y_all[a][side, idx]) for a, head in net.heads.items())
