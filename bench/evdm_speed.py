@@ -68,7 +68,7 @@ from reference_models.evdm import (
     count_model_flops,
     get_config,
 )
-from vdblocks.diffusion import NoiseSchedule, diffusion_loss
+from vdblocks.diffusion import diffusion_loss
 
 MODELS = ("mcvd", "evdm", "evdm_l")
 LABELS = {
@@ -230,7 +230,7 @@ class Setup:
         self.model = EVDMUNet(cfg)
         self.model.to(device=device, dtype=dtype)
         self.optimizer = build_optimizer(self.model, lr=1e-4)  # what the training loop steps with
-        self.schedule = NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)
+        self.schedule = cfg.diffusion.noise_schedule()
         gen = torch.Generator().manual_seed(seed)
         size = cfg.image_size
 
@@ -242,14 +242,14 @@ class Setup:
         self.x0 = frames(cfg.num_frames)  # b c t h w
         self.past, self.future = frames(cfg.num_past), frames(cfg.num_future)
         self.noise = frames(cfg.num_frames)  # b c t h w
-        self.t = torch.randint(0, cfg.num_train_steps, (batch,), generator=gen).to(device)  # b
+        self.t = torch.randint(0, cfg.diffusion.num_train_steps, (batch,), generator=gen).to(device)  # b
         self.x_t = self.schedule.q_sample(self.x0, self.t, self.noise)  # b c t h w
         self.model_fn = functools.partial(self.model, past=self.past, future=self.future)
 
     def train(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = diffusion_loss(self.model_fn, self.x0, self.schedule, t=self.t, noise=self.noise)
+        loss = diffusion_loss(self.model_fn, self.x0, self.cfg.diffusion, t=self.t, noise=self.noise)
         loss.backward()
         self.optimizer.step()
 

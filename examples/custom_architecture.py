@@ -71,7 +71,6 @@ from reference_models.common.config import (
     ConfigBase,
     check_channel_mult,
     check_config_ints,
-    check_noise_schedule,
 )
 from reference_models.common.data import MovingShapes
 from reference_models.common.distributed import resolve_device
@@ -94,12 +93,7 @@ from vdblocks import (
     group_norm,
     triplane_expand,
 )
-from vdblocks.diffusion import (
-    NoiseSchedule,
-    check_prediction_type,
-    diffusion_loss,
-    sample_ddim,
-)
+from vdblocks.diffusion import DiffusionSpec, diffusion_loss, sample_ddim
 from vdblocks.validation import check_tensor
 
 __all__ = [
@@ -135,9 +129,10 @@ class CustomConfig(ConfigBase):
     ``motion_channels`` (``C`` of the motion planes), ``projector_depth``. Denoiser:
     ``model_channels``, ``channel_mult``, ``bottleneck_ratio`` (EVDM's delta, 8 for EVDM-L),
     ``head_channels``, ``attention_threshold`` (lambda of EVDM eq. 14), ``emb_dim``, ``max_fps``.
-    Diffusion: ``schedule``, ``num_train_steps``, ``beta_start``, ``beta_end``, ``prediction_type``
-    (velocity: a model trained for minutes gets ``x_0`` far better from ``v`` than from ``eps``,
-    see the ETC config's docstring).
+    Diffusion: ``diffusion``, a :class:`~vdblocks.diffusion.DiffusionSpec`: 1000 cosine steps, the
+    velocity predicted (a model trained for minutes gets ``x_0`` far better from ``v`` than from
+    ``eps``, see the ETC config's docstring), no clipping (the latents are standardised, not
+    bounded by 1).
     """
 
     channels: int = 1
@@ -158,11 +153,7 @@ class CustomConfig(ConfigBase):
     attention_threshold: float = 2.0
     emb_dim: int = 128
     max_fps: float = 120.0
-    schedule: str = "cosine"
-    num_train_steps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "v_prediction"
+    diffusion: DiffusionSpec = DiffusionSpec(schedule="cosine", prediction_type="v_prediction", clip_sample=False)
 
     _tuple_fields: ClassVar[tuple[str, ...]] = ("fps_choices", "channel_mult")
 
@@ -184,12 +175,9 @@ class CustomConfig(ConfigBase):
                 "bottleneck_ratio",
                 "head_channels",
                 "emb_dim",
-                "num_train_steps",
             ),
         )
         check_channel_mult(self.channel_mult)
-        check_noise_schedule(self)
-        check_prediction_type(self.prediction_type)
         if self.channels not in (1, 3):
             raise ValueError(f"expected channels in (1, 3), got {self.channels}")
         if self.size % self.patch:
@@ -555,7 +543,6 @@ def sample_clips(
     denoiser: nn.Module,
     ae: ContentMotionAutoencoder,
     layout: LatentLayout,
-    schedule: NoiseSchedule,
     cfg: CustomConfig,
     *,
     rate: float,
@@ -575,13 +562,7 @@ def sample_clips(
 
     generator = torch.Generator().manual_seed(seed)
     z = sample_ddim(
-        model_fn,
-        (num, layout.numel),
-        schedule,
-        steps=steps,
-        generator=generator,
-        device=device,
-        prediction_type=cfg.prediction_type,
+        model_fn, (num, layout.numel), cfg.diffusion, steps=steps, generator=generator, device=device
     )  # b N
     content, z_h, z_w = layout.unpack(z)
     videos = ae.decode(content, z_h, z_w).clamp(-1, 1)  # b c t H W
@@ -591,7 +572,6 @@ def sample_clips(
 def make_sample_fn(
     ae: ContentMotionAutoencoder,
     layout: LatentLayout,
-    schedule: NoiseSchedule,
     cfg: CustomConfig,
     *,
     rates: Sequence[float],
@@ -607,7 +587,7 @@ def make_sample_fn(
         paths: list[Path] = []
         for rate in rates:
             videos, content = sample_clips(
-                denoiser, ae, layout, schedule, cfg, rate=rate, num=num_samples, steps=steps, seed=seed
+                denoiser, ae, layout, cfg, rate=rate, num=num_samples, steps=steps, seed=seed
             )
             paths += write_samples(videos.cpu(), out_dir, stem=f"fps{rate:g}", fps=rate)
             paths.append(
@@ -631,7 +611,6 @@ def probe_samples(
     denoiser: nn.Module,
     ae: ContentMotionAutoencoder,
     layout: LatentLayout,
-    schedule: NoiseSchedule,
     cfg: CustomConfig,
     data: MovingShapes,
     out: Path,
@@ -652,7 +631,7 @@ def probe_samples(
     probe_start = time.perf_counter()
     rate = probe_rate(cfg)
     probe = ShapesProbe.for_dataset(data, fps=rate)  # trained once (seconds), then cached
-    videos, _ = sample_clips(denoiser, ae, layout, schedule, cfg, rate=rate, num=clips, steps=steps, seed=seed)
+    videos, _ = sample_clips(denoiser, ae, layout, cfg, rate=rate, num=clips, steps=steps, seed=seed)
     videos = videos.float().cpu()
     result = probe.evaluate(videos, [None] * clips, fps=rate)
     read = [p["kind"] for p in result.predictions]
@@ -674,7 +653,7 @@ def probe_samples(
             "eta": 0.0,
             "seed": seed,
             "clips": clips,
-            "prediction_type": cfg.prediction_type,
+            "prediction_type": cfg.diffusion.prediction_type,
         },
         "run": {
             "seconds_to_here": round(time.perf_counter() - started, 1),
@@ -822,7 +801,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg.attention_threshold,
         cfg.max_fps,
     )
-    schedule = NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)
     plan = ", ".join(
         f"{n} tokens: {algo}" for n, algo in denoiser.attention_plan(cfg.frames, cfg.latent_size, cfg.latent_size)
     )
@@ -836,12 +814,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         def model_fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return layout.pack(model(layout.unpack(z_t, standardized=True), t, batch["fps"]), standardized=True)
 
-        return diffusion_loss(
-            model_fn, batch["latent"], schedule, generator=generator, prediction_type=cfg.prediction_type
-        )
+        return diffusion_loss(model_fn, batch["latent"], cfg.diffusion, generator=generator)
 
     sample_fn = make_sample_fn(
-        ae, layout, schedule, cfg, rates=args.fps, num_samples=args.num_samples, steps=args.sample_steps, seed=args.seed
+        ae, layout, cfg, rates=args.fps, num_samples=args.num_samples, steps=args.sample_steps, seed=args.seed
     )
     tcfg = _train_config(args, args.steps, out / "denoiser", ema_decay=min(0.999, max(0.0, 1 - 10 / args.steps)))
     den_state = train(
@@ -872,7 +848,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             den_state.ema.module,
             ae,
             layout,
-            schedule,
             cfg,
             shapes,
             out,

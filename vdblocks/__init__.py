@@ -9,7 +9,8 @@ The seven blocks from the papers:
   :class:`FPSEmbedding`
 
 plus the primitives they need. Attention kernels and their dispatch live in
-:mod:`vdblocks.attention` (``vdblocks.attention.attention`` is the kernel function), FLOP accounting in :mod:`vdblocks.flops`.
+:mod:`vdblocks.attention` (``vdblocks.attention.attention`` is the kernel function), FLOP accounting in :mod:`vdblocks.flops`,
+schedules, losses and samplers in :mod:`vdblocks.diffusion` (:class:`DiffusionSpec` names the diffusion a model uses).
 """
 
 from .attention import (
@@ -19,6 +20,7 @@ from .attention import (
     list_backends,
     select_backend,
 )
+from .diffusion import DiffusionSpec
 from .flops import FlopCounter, FlopReport, count_flops
 from .layers import (
     Attention,
@@ -70,6 +72,7 @@ __all__ = [
     "ChannelSplit",
     "ContentFrameHead",
     "DiTBlock",
+    "DiffusionSpec",
     "DiTFinalLayer",
     "DividedSpaceTimeBlock",
     "FPSEmbedding",

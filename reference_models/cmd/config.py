@@ -37,19 +37,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vdblocks.diffusion import check_prediction_type
+from vdblocks.diffusion import DiffusionSpec
 
 from ..common.config import (
     ConfigBase,
     check_config_fractions,
     check_config_ints,
-    check_noise_schedule,
     get_preset,
     is_int,
     is_number,
 )
 
-__all__ = ["DIT_SIZES", "PRESETS", "CMDConfig", "get_config", "with_dit"]
+__all__ = ["DIT_DIFFUSION", "DIT_SIZES", "PRESETS", "CMDConfig", "get_config", "with_dit"]
 
 # DiT's model sizes (DiT Table 1): width, depth, heads. "/2" names the patch size.
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -58,6 +57,12 @@ DIT_SIZES: dict[str, tuple[int, int, int]] = {
     "L": (1024, 24, 16),
     "XL": (1152, 28, 16),
 }
+
+DIT_DIFFUSION = DiffusionSpec(
+    schedule="linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", clip_sample=True
+)
+"""DiT's diffusion (1000 linear steps 1e-4 -> 0.02, epsilon) with the content frame's ``x_0``
+clipped as pixels are: the default. The SD-latent presets turn the clipping off."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +89,15 @@ class CMDConfig(ConfigBase):
     (patch of the content frame fed as dense condition, "Key. patch size"), ``motion_dim``,
     ``motion_depth``, ``motion_heads``. ``mlp_ratio`` for both DiTs.
 
-    Diffusion (DiT's defaults): ``schedule``, ``num_train_steps``, ``beta_start``, ``beta_end``,
-    ``prediction_type`` of both diffusion models (``"epsilon"`` as the paper's DiTs; ``tiny``
-    predicts the velocity: a model trained for CPU minutes has a noise error near 0.1, which the
-    first DDIM steps multiply by ``sqrt((1 - abar) / abar) ~ 156`` on the way to ``x_0``).
+    Diffusion: ``diffusion``, the :class:`~vdblocks.diffusion.DiffusionSpec` of both diffusion
+    models (:data:`DIT_DIFFUSION`, DiT's, by default): one schedule and one prediction type
+    (``"epsilon"`` as the paper's DiTs; ``tiny`` predicts the velocity: a model trained for CPU
+    minutes has a noise error near 0.1, which the first DDIM steps multiply by
+    ``sqrt((1 - abar) / abar) ~ 156`` on the way to ``x_0``). Its ``clip_sample`` is the content
+    model's: on in pixel space (``channels`` 1 or 3, to the fitted normaliser's bound when there is
+    one), off on SD latents. The motion model always clips its ``x_0`` estimate to its normaliser's
+    bound (the largest value seen in training; ``[-1, 1]`` before it is fitted), whatever the spec
+    says.
     """
 
     channels: int = 3
@@ -120,11 +130,7 @@ class CMDConfig(ConfigBase):
     motion_depth: int = 4
     motion_heads: int = 4
     mlp_ratio: float = 4.0
-    schedule: str = "linear"
-    num_train_steps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "epsilon"
+    diffusion: DiffusionSpec = DIT_DIFFUSION
 
     _tuple_fields: ClassVar[tuple[str, ...]] = ("content_unet_mult", "content_unet_attention")
 
@@ -152,7 +158,6 @@ class CMDConfig(ConfigBase):
                 "motion_dim",
                 "motion_depth",
                 "motion_heads",
-                "num_train_steps",
             ),
         )
         check_config_ints(self, ("num_classes", "text_dim"), optional=True)
@@ -182,8 +187,11 @@ class CMDConfig(ConfigBase):
             if getattr(self, dim) % getattr(self, heads):
                 raise ValueError(f"expected {dim}={getattr(self, dim)} divisible by {heads}={getattr(self, heads)}")
         self.check_size(self.frames, self.height, self.width)
-        check_noise_schedule(self)
-        check_prediction_type(self.prediction_type)
+
+    @classmethod
+    def legacy_clip_sample(cls, data: Any) -> bool:
+        """Configs saved before the spec clipped the content frame's ``x_0`` in pixel space (1 or 3 channels)."""
+        return data.get("channels", cls.channels) in (1, 3)
 
     def check_size(self, frames: int, height: int, width: int) -> None:
         """Raise ``ValueError`` unless every patch divides its axis for a ``frames x height x width`` input.
@@ -277,6 +285,7 @@ def _paper(**kw: Any) -> CMDConfig:
         content_dit_patch=2,
         motion_patch=2,
         cond_dropout=0.1,
+        diffusion=DIT_DIFFUSION.replace(clip_sample=False),  # SD latents: not bounded by 1
     )
     base.update(kw)
     return CMDConfig(**base)
@@ -284,7 +293,7 @@ def _paper(**kw: Any) -> CMDConfig:
 
 PRESETS: dict[str, CMDConfig] = {
     "tiny": CMDConfig(
-        prediction_type="v_prediction",
+        diffusion=DIT_DIFFUSION.replace(prediction_type="v_prediction"),
         ae_pixel_weights=False,
         content_model="unet",
         content_unet_channels=32,

@@ -1,12 +1,13 @@
 """CMD's content-frame diffusion model (eq. 7): an image DiT or U-Net over content frames, class/text
 conditioned.
 
-``eps_theta_I(x_bar_t, c, t)`` learns ``p(x_bar | c)`` with the plain eps objective of eq. 7. For
+``eps_theta_I(x_bar_t, c, t)`` learns ``p(x_bar | c)`` with the plain eps objective of eq. 7 (or,
+where ``cfg.diffusion.prediction_type`` says so, the velocity or ``x_0`` objective). For
 UCF-101 the paper trains a DiT-XL/2 from scratch (Table 7), for WebVid it fine-tunes Stable
 Diffusion; :mod:`reference_models.cmd.diffusers_adapter` puts a pretrained diffusers model behind
 the same call as :class:`ContentDiT` and :class:`ContentUNet`:
 
-    ``model(x (b, C, H, W), t (b,), labels=None, text=None, drop=None) -> eps (b, C, H, W)``
+    ``model(x (b, C, H, W), t (b,), labels=None, text=None, drop=None) -> prediction (b, C, H, W)``
 
 Conditioning (:class:`ConditionEmbedding`, shared with the motion model): DiT's adaLN vector
 ``c = TimestepMLP(t) + LabelEmbedding(y) + Linear(text)``. Class ``num_classes`` is the learned null
@@ -216,8 +217,9 @@ class ContentDiT(nn.Module, PretrainedMixin):
 
     Patch embedding (``cfg.content_dit_patch``), fixed 2D sin-cos positions for any ``H x W``
     divisible by the patch, ``cfg.content_dit_depth`` adaLN-Zero :class:`~vdblocks.layers.dit.DiTBlock`\\ s,
-    the adaLN final layer and unpatchify. Predicts eps only (DiT also learns the variance; DDIM with
-    ``eta = 0``, the paper's sampler, does not use it).
+    the adaLN final layer and unpatchify. Predicts what ``cfg.diffusion.prediction_type`` names (the
+    paper's DiT: eps) and no variance (DiT also learns the variance; DDIM with ``eta = 0``, the
+    paper's sampler, does not use it).
 
     ``forward(x, t, labels=None, text=None, drop=None)``: see :class:`ConditionEmbedding`.
     ``save_pretrained`` / ``from_pretrained``: kind ``"cmd_content"``.

@@ -4,9 +4,11 @@ pretrained image diffusion model without adding additional parameters").
 :class:`DiffusersContentModel` puts a ``diffusers`` ``UNet2DModel``, ``UNet2DConditionModel`` or
 ``DiTTransformer2DModel`` behind the call of :class:`~reference_models.cmd.content_model.ContentDiT`:
 
-    ``model(x (b, C, H, W), t (b,), labels=None, text=None, drop=None) -> eps (b, C, H, W)``
+    ``model(x (b, C, H, W), t (b,), labels=None, text=None, drop=None) -> prediction (b, C, H, W)``
 
-so CMD's trainer and sampler drive either. Conditions map onto what each model has:
+so CMD's trainer and sampler drive either. The prediction is whatever the pretrained model predicts
+(its scheduler's ``prediction_type``: eps for Stable Diffusion 1.5 and 2.1-base, the velocity for
+2.1 at 768 px); the CMD config's ``diffusion`` spec must name the same. Conditions map onto what each model has:
 
 * ``labels``: the model's own class embedding (``UNet2D*Model(num_class_embeds=...)``, the
   ``class_labels`` of a DiT). The null class for guidance is ``num_classes``, so the embedding needs
@@ -20,7 +22,7 @@ so CMD's trainer and sampler drive either. Conditions map onto what each model h
 * ``drop (b,)`` bool: those samples get the null class and the null text.
 
 Outputs with more channels than ``C`` (a DiT that also predicts its variance, ``learn_sigma``) are cut
-to the first ``C``: eps. The model is held, not copied; fine-tuning the adapter fine-tunes it.
+to the first ``C``: the prediction. The model is held, not copied; fine-tuning the adapter fine-tunes it.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ class DiffusersContentModel(nn.Module):
         if self.kind == "UNet2DConditionModel":
             kwargs["encoder_hidden_states"] = self._text(text, None if drop is None else drop.to(x.device), b)
         out = self.model(x, t.to(x.device), return_dict=False, **kwargs)[0]  # b C_out H W
-        return out[:, : self.in_channels]  # b C H W: eps (a learned variance is dropped)
+        return out[:, : self.in_channels]  # b C H W: the prediction (a learned variance is dropped)
 
 
 def from_diffusers(

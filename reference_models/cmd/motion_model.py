@@ -12,10 +12,11 @@ section 4.3. Each part gets its own patch embedding (``z_x`` and ``z_y`` share o
 embedding that tells the three parts apart. The condition ``c`` (class and/or pooled text) and the
 timestep enter through adaLN (:class:`~reference_models.cmd.content_model.ConditionEmbedding`;
 the CMD release ignores ``c`` here, we do not), and the adaLN final layer reads only the motion
-tokens, which unpatchify to ``eps`` for ``z_x`` and ``z_y``.
+tokens, which unpatchify to the prediction for ``z_x`` and ``z_y``: the noise of eq. 8, the
+velocity or ``z_0``, as ``cfg.diffusion.prediction_type`` says.
 
 Call: ``model(z (b, D, L, H' + W'), t (b,), content (b, C, H, W), labels=None, text=None,
-drop=None) -> eps (b, D, L, H' + W')``, with ``z`` packed as
+drop=None) -> prediction (b, D, L, H' + W')``, with ``z`` packed as
 :func:`~reference_models.cmd.autoencoder.pack_motion` does; ``H' = H / cfg.ae_patch``.
 
 Latent scale. The motion latents come out of a 1x1 convolution with no prior on their scale; the
@@ -65,7 +66,8 @@ class MotionDiT(nn.Module, PretrainedMixin):
     """The motion DiT of eq. 8; see the module docstring for the sequence layout.
 
     Shapes: ``z (b, D, L, H' + W')``, ``t (b,)``, ``content (b, C, H, W)``, optional ``labels (b,)``,
-    ``text (b, text_dim)``, ``drop (b,)`` -> ``eps (b, D, L, H' + W')``. Any ``L``, ``H``, ``W`` that
+    ``text (b, text_dim)``, ``drop (b,)`` -> prediction ``(b, D, L, H' + W')`` (noise, velocity or
+    ``z_0`` as ``cfg.diffusion`` says). Any ``L``, ``H``, ``W`` that
     :meth:`CMDConfig.check_size` accepts.
     ``save_pretrained`` / ``from_pretrained``: kind ``"cmd_motion"`` (the fitted normaliser included).
     """

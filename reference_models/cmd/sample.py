@@ -46,7 +46,7 @@ from reference_models.common.cli import add_sampling_arguments, check_checkpoint
 from reference_models.common.distributed import resolve_device
 from reference_models.common.pretrained import export_pretrained
 from reference_models.common.video_io import save_frame_grid, write_samples
-from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
+from vdblocks.diffusion import cfg_model_fn, sample_ddim
 
 from .autoencoder import CMDAutoencoder, ImageLatentCodec, unpack_motion
 from .config import CMDConfig
@@ -70,17 +70,11 @@ __all__ = [
     "sample_content",
     "sample_motion",
     "sample_videos",
-    "schedule_from_config",
 ]
 
 PAPER_CONTENT_STEPS = 50  # B.4
 PAPER_MOTION_STEPS = 100  # B.4
 PAPER_GUIDANCE = 4.0  # B.4, UCF-101 content model
-
-
-def schedule_from_config(cfg: CMDConfig) -> NoiseSchedule:
-    """The noise schedule ``cfg`` names (DiT's: 1000 linear steps, 1e-4 to 0.02)."""
-    return NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)
 
 
 def _conditions(b: int, labels: torch.Tensor | None, text: torch.Tensor | None, device: torch.device) -> dict:
@@ -100,7 +94,8 @@ def conditional_model_fn(
     guidance: float = 1.0,
     extra: dict[str, torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The samplers' ``model_fn(x_t, t) -> eps`` for ``model(x, t, [content,] labels=, text=, drop=)``.
+    """The samplers' ``model_fn(x_t, t) -> prediction`` (noise or velocity, as the model's
+    ``cfg.diffusion`` says) for ``model(x, t, [content,] labels=, text=, drop=)``.
 
     ``guidance == 1`` (or no condition at all) calls the model once with the conditions;
     otherwise :func:`vdblocks.diffusion.cfg_model_fn` runs ``[cond; null]`` in one batch, the null half
@@ -131,12 +126,11 @@ def conditional_model_fn(
     return guided
 
 
-def _clip(normalizer: nn.Module | None, default: bool) -> tuple[bool, float]:
-    """``(clip_sample, clip_range)`` for DDIM: the fitted normaliser's bound, else ``default`` and 1."""
-    if normalizer is not None and torch.isfinite(normalizer.bound) and default:
-        return True, float(normalizer.bound)
-    fitted = normalizer is not None and torch.isfinite(normalizer.bound)
-    return (False, 1.0) if fitted else (default, 1.0)
+def _clip_range(normalizer: nn.Module | None) -> float:
+    """The range DDIM clips ``x_0`` to (when the spec clips): the fitted normaliser's bound, else 1."""
+    if normalizer is not None and torch.isfinite(normalizer.bound):
+        return float(normalizer.bound)
+    return 1.0
 
 
 def _batch(labels: torch.Tensor | None, text: torch.Tensor | None, batch: int | None) -> int:
@@ -173,35 +167,31 @@ def sample_content(
     steps: int = PAPER_CONTENT_STEPS,
     guidance: float = PAPER_GUIDANCE,
     generator: torch.Generator | None = None,
-    clip_sample: bool | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Content frames ``(b, C, H, W)`` from ``p(x_bar | c)`` (eq. 7) by guided DDIM.
+    """Content frames ``(b, C, H, W)`` from ``p(x_bar | c)`` (eq. 7) by guided DDIM under ``cfg.diffusion``.
 
     The chain runs in the model's normalised space (``model.normalizer``, when it has one) and the
-    result is mapped back. ``clip_sample`` clips DDIM's ``x_0`` estimate: to the normaliser's
-    ``bound`` when it was fitted, else to [-1, 1]; it defaults to True in pixel space (``C`` in 1, 3)
-    and False on latents.
+    result is mapped back. When the spec clips (``cfg.diffusion.clip_sample``: the pixel presets),
+    DDIM's ``x_0`` estimate is clipped to the normaliser's ``bound`` when it was fitted, else to
+    [-1, 1].
     """
     labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
     b = _batch(labels, text, batch)
     shape = (b, cfg.channels, height or cfg.height, width or cfg.width)
     device = next(model.parameters()).device
     normalizer = getattr(model, "normalizer", None)
-    clip, clip_range = _clip(normalizer, cfg.channels in (1, 3) if clip_sample is None else clip_sample)
     with _in_eval(model):
         fn = conditional_model_fn(model, labels=labels, text=text, guidance=guidance)
         x = sample_ddim(
             fn,
             shape,
-            schedule_from_config(cfg),
+            cfg.diffusion,
             steps,
             generator=generator,
             device=device,
-            clip_sample=clip,
-            clip_range=clip_range,
+            clip_range=_clip_range(normalizer),
             progress=progress,
-            prediction_type=cfg.prediction_type,
         )
     return x if normalizer is None else normalizer.denormalize(x)  # b C H W
 
@@ -222,8 +212,10 @@ def sample_motion(
     """Packed motion latents ``z (b, D, L, H' + W')`` from ``p(z | x_bar, c)`` (eq. 8), unscaled.
 
     ``content (b, C, H, W)``: the content frames to move (generated or encoded). The DDIM chain runs
-    on ``model.normalizer.normalize(z)`` with its ``x_0`` estimate clipped to the normaliser's
-    ``bound`` (the largest value seen in training, when fitted); the result is mapped back.
+    under ``model.cfg.diffusion`` on ``model.normalizer.normalize(z)``, with its ``x_0`` estimate
+    always clipped (whatever the spec's ``clip_sample``, which is the content model's) to the
+    normaliser's ``bound`` (the largest value seen in training, when fitted; else 1); the result is
+    mapped back.
     """
     cfg = model.cfg
     b, _, height, width = content.shape
@@ -233,7 +225,7 @@ def sample_motion(
     cfg.check_size(frames, height, width)
     shape = (b, cfg.motion_channels, frames, height // cfg.ae_patch + width // cfg.ae_patch)
     device = next(model.parameters()).device
-    clip, clip_range = _clip(model.normalizer, True)
+    spec = cfg.diffusion.replace(clip_sample=True)  # normalised motion latents are bounded
     with _in_eval(model):
         fn = conditional_model_fn(
             model, labels=labels, text=text, guidance=guidance, extra={"content": content.to(device)}
@@ -241,14 +233,12 @@ def sample_motion(
         z = sample_ddim(
             fn,
             shape,
-            schedule_from_config(cfg),
+            spec,
             steps,
             generator=generator,
             device=device,
-            clip_sample=clip,
-            clip_range=clip_range,
+            clip_range=_clip_range(model.normalizer),
             progress=progress,
-            prediction_type=cfg.prediction_type,
         )
     return model.normalizer.denormalize(z)  # b D L (h + w)
 

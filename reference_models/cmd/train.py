@@ -10,9 +10,10 @@
 3. ``motion``: the motion DiT on the frozen autoencoder's motion latents, given the content frame and
    the class (eq. 8).
 
-Both diffusion stages use DDPM's loss (on eps or the velocity, as ``prediction_type`` says) (:func:`vdblocks.diffusion.diffusion_loss`) with condition
-dropout ``cfg.cond_dropout`` for classifier-free guidance. Every stage runs on
-:func:`reference_models.common.train` (AdamW, warm-up, clipping, EMA, autocast, DDP, exact resume)::
+Both diffusion stages use DDPM's loss under the config's :class:`~vdblocks.diffusion.DiffusionSpec`
+(``cfg.diffusion``: on eps or the velocity, as its prediction type says;
+:func:`vdblocks.diffusion.diffusion_loss`) with condition dropout ``cfg.cond_dropout`` for
+classifier-free guidance. Every stage runs on :func:`reference_models.common.train` (AdamW, warm-up, clipping, EMA, autocast, DDP, exact resume)::
 
     python -m reference_models.cmd.train --stage ae --preset tiny --out runs/cmd/ae
     python -m reference_models.cmd.train --stage content --ae runs/cmd/ae --out runs/cmd/content
@@ -45,13 +46,20 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from reference_models.common.cli import parse_override, run_summary, train_config_from_args
+from reference_models.common.cli import (
+    add_training_arguments,
+    distributed_cli,
+    parse_cli_args,
+    parse_override,
+    run_summary,
+    train_config_from_args,
+)
 from reference_models.common.data import MovingShapes, VideoFolder
-from reference_models.common.distributed import DistInfo, cleanup, init_distributed
+from reference_models.common.distributed import DistInfo
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainState, train
 from reference_models.common.video_io import save_frame_grid, write_samples
-from vdblocks.diffusion import NoiseSchedule, diffusion_loss
+from vdblocks.diffusion import diffusion_loss
 
 from .autoencoder import CMDAutoencoder, ImageLatentCodec, pack_motion
 from .config import PRESETS, CMDConfig, get_config, with_dit
@@ -63,11 +71,11 @@ from .sample import (
     load_image_codec,
     sample_content,
     sample_motion,
-    schedule_from_config,
 )
 
 __all__ = [
     "STAGES",
+    "TRAINING_DEFAULTS",
     "LatentClips",
     "ae_loss",
     "build_config",
@@ -84,6 +92,11 @@ __all__ = [
 STAGES = ("ae", "content", "motion")
 # Built-in data: one shape per clip, large enough to read at 24x32 (as ETC's example).
 SHAPES = {"max_shapes": 1, "size_range": (0.18, 0.3)}
+# The training flags' defaults (add_training_arguments): the tiny preset's three stages on built-in
+# moving shapes, on the CPU in minutes; --out defaults to runs/cmd/ae, runs/cmd/content, runs/cmd/motion.
+TRAINING_DEFAULTS: dict[str, Any] = {"steps": 500, "batch_size": 16, "lr": 1e-3, "out": "runs/cmd/<stage>"}
+# The paper's settings (appendix B.3), named in --help.
+_PAPER = {"batch_size": "24 ae, 256 content and motion", "lr": "1e-5 ae, 1e-4 content and motion"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,24 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-videos", type=int, default=2048, help="moving shapes: number of clips")
     g.add_argument("--max-shapes", type=int, default=SHAPES["max_shapes"])
     g.add_argument("--no-cache", action="store_true", help="content/motion: encode each batch, no latent cache")
-    g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=500)
-    g.add_argument("--batch-size", type=int, default=16, help="per process")
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--warmup-steps", type=int, default=50)
-    g.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate after the warm-up")
-    g.add_argument("--ema-decay", type=float, default=None, help="default: 1 - 10/steps, capped at 0.9999")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--num-workers", type=int, default=0)
-    g.add_argument("--device", default="auto")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default=None, help="output directory (default runs/cmd/<stage>)")
-    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT")
-    g.add_argument("--log-every", type=int, default=50)
-    g.add_argument("--ckpt-every", type=int, default=1000)
-    g.add_argument("--no-progress", action="store_true")
-    g = p.add_argument_group("samples (written at the end, or every --sample-every steps)")
-    g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
+    g = add_training_arguments(p, **TRAINING_DEFAULTS, optional=("cosine",), paper=_PAPER).samples
     g.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (paper: 50 content, 100 motion)")
     g.add_argument("--guidance", type=float, default=4.0, help="content model guidance (paper: 4.0)")
     g.add_argument("--num-samples", type=int, default=4)
@@ -249,10 +245,10 @@ def content_loss(
     generator: torch.Generator | None = None,
     *,
     cfg: CMDConfig,
-    schedule: NoiseSchedule,
     autoencoder: CMDAutoencoder | None = None,
 ) -> torch.Tensor:
-    """Eq. 7: ``||eps - eps_theta_I(x_bar_t, c, t)||^2`` on (normalised) content frames, with condition dropout."""
+    """Eq. 7: ``||eps - eps_theta_I(x_bar_t, c, t)||^2`` on (normalised) content frames, with condition
+    dropout; the target is the one ``cfg.diffusion`` names (the noise as in eq. 7, or the velocity)."""
     content, _, _ = _latents(batch, autoencoder)
     labels = _labels(batch, cfg)
     drop = draw_drop(content.shape[0], cfg.cond_dropout, generator, content.device)
@@ -261,7 +257,7 @@ def content_loss(
         return model(x_t, t, labels=labels, drop=drop)
 
     x0 = unwrap_model(model).normalizer.normalize(content)  # b C H W, centred and scaled
-    return diffusion_loss(model_fn, x0, schedule, generator=generator, prediction_type=cfg.prediction_type)
+    return diffusion_loss(model_fn, x0, cfg.diffusion, generator=generator)
 
 
 def motion_loss(
@@ -270,10 +266,10 @@ def motion_loss(
     generator: torch.Generator | None = None,
     *,
     cfg: CMDConfig,
-    schedule: NoiseSchedule,
     autoencoder: CMDAutoencoder | None = None,
 ) -> torch.Tensor:
-    """Eq. 8: ``||eps - eps_theta_M(z_t, c, x_bar, t)||^2`` on normalised packed motion latents."""
+    """Eq. 8: ``||eps - eps_theta_M(z_t, c, x_bar, t)||^2`` on normalised packed motion latents; the
+    target is the one ``cfg.diffusion`` names (the noise as in eq. 8, or the velocity)."""
     content, z_x, z_y = _latents(batch, autoencoder)
     z0 = unwrap_model(model).normalizer.normalize(pack_motion(z_x, z_y))  # b D L (h + w)
     labels = _labels(batch, cfg)
@@ -282,7 +278,7 @@ def motion_loss(
     def model_fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(z_t, t, content, labels=labels, drop=drop)
 
-    return diffusion_loss(model_fn, z0, schedule, generator=generator, prediction_type=cfg.prediction_type)
+    return diffusion_loss(model_fn, z0, cfg.diffusion, generator=generator)
 
 
 # --------------------------------------------------------------------------- samples during training
@@ -410,7 +406,6 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
     if cfg.num_classes is not None and classes and classes != cfg.num_classes:
         cfg = dataclasses.replace(cfg, num_classes=classes)  # as many classes as the data has
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
-    schedule = schedule_from_config(cfg)
     record: dict[str, Any] = {}
     if stage == "ae":
         model: nn.Module = CMDAutoencoder(cfg)
@@ -442,7 +437,7 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
         )
 
         def loss_fn(m: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-            return stage_loss(m, batch, generator, cfg=cfg, schedule=schedule, autoencoder=autoencoder)
+            return stage_loss(m, batch, generator, cfg=cfg, autoencoder=autoencoder)
 
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(
@@ -492,17 +487,13 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     """Train the stage the flags name (``--help``); returns the final ``TrainState``. Runs under ``torchrun``."""
-    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
-    info = init_distributed(args.device)
-    say = print if info.is_main else (lambda *a, **k: None)
-    try:
+    args = parse_cli_args(build_parser, argv)
+    with distributed_cli(args.device) as (info, say):
         start = time.perf_counter()
         state = run_stage(args, info)
         for line in run_summary(state, time.perf_counter() - start):
             say(line)
         return state
-    finally:
-        cleanup()
 
 
 if __name__ == "__main__":

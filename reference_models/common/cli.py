@@ -6,18 +6,28 @@ import argparse
 import json
 import math
 import os
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
+    from .distributed import DistInfo
     from .trainer import TrainConfig
 
 __all__ = [
     "MODEL_CONFIG_KEYS",
+    "OPTIONAL_TRAINING_FLAGS",
+    "TRAINING_FLAGS",
+    "CLIRun",
+    "TrainingGroups",
     "add_sampling_arguments",
+    "add_training_arguments",
     "check_checkpoint_kind",
     "describe_checkpoint",
+    "distributed_cli",
     "fps_condition",
+    "parse_cli_args",
     "parse_override",
     "positive_fps",
     "run_summary",
@@ -41,7 +51,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``"FIELD=VALUE"`` (a ``--set`` flag) -> ``(field, value)``.
 
     The value is read as JSON (``--set frames=16``, ``--set channel_mult=[1,2,2]``, lists become
-    tuples for frozen configs); anything that is not JSON stays a string (``--set schedule=linear``).
+    tuples for frozen configs); anything that is not JSON stays a string
+    (``--set diffusion.schedule=cosine``). A dotted FIELD names a field of a nested spec, which
+    ``ConfigBase.replace`` applies (``--set diffusion.prediction_type=v_prediction``).
     """
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -75,6 +87,187 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, out: str = "sampl
         help="write the model(s) as save_pretrained directories (config.json + model.safetensors, "
         "EMA weights unless --no-ema) under DIR and exit without sampling",
     )
+
+
+# The flags (argparse dests) add_training_arguments gives every training CLI, in --help order, and
+# the ones a CLI asks for by name; train_config_from_args turns them into a TrainConfig.
+TRAINING_FLAGS: tuple[str, ...] = (
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup_steps",
+    "ema_decay",
+    "precision",
+    "num_workers",
+    "device",
+    "seed",
+    "out",
+    "resume",
+    "log_every",
+    "ckpt_every",
+    "no_progress",
+    "sample_every",
+)
+OPTIONAL_TRAINING_FLAGS: tuple[str, ...] = ("cosine", "grad_clip", "grad_checkpointing")
+
+
+class TrainingGroups(NamedTuple):
+    """The ``--help`` groups :func:`add_training_arguments` made, for a CLI's own flags of each kind:
+    ``training``, and ``samples`` (which starts with ``--sample-every``)."""
+
+    training: argparse._ArgumentGroup
+    samples: argparse._ArgumentGroup
+
+
+def add_training_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    out: str,
+    warmup_steps: int = 50,
+    log_every: int = 50,
+    ckpt_every: int = 1000,
+    optional: Collection[str] = (),
+    grad_clip: float = 1.0,
+    paper: Mapping[str, str] | None = None,
+) -> TrainingGroups:
+    """The flags every training CLI shares (``TRAINING_FLAGS``), with the system's own defaults.
+
+    Adds a ``training`` group (``--steps``, ``--batch-size`` per process, ``--lr``, ``--warmup-steps``,
+    ``--ema-decay`` (default ``None``: ``1 - 10 / steps``), ``--precision`` (fp32), ``--num-workers``
+    (0), ``--device`` (auto), ``--seed`` (0), ``--out``, ``--resume [CHECKPOINT]``, ``--log-every``,
+    ``--ckpt-every``, ``--no-progress``) and a ``samples`` group with ``--sample-every`` (default
+    ``None``: at the end only), and returns both for the CLI's own flags. Call it after the CLI's
+    model and data groups: ``--help`` lists groups in the order they were made.
+
+    ``optional`` names the flags of ``OPTIONAL_TRAINING_FLAGS`` this CLI offers: ``"cosine"``
+    (``--cosine``), ``"grad_clip"`` (``--grad-clip``, default ``grad_clip``) and
+    ``"grad_checkpointing"`` (``--grad-checkpointing``); a CLI without them trains with
+    TrainConfig's values. ``out``: the output directory; one with ``<stage>`` in it (a CLI with
+    ``--stage``) leaves ``--out`` at ``None`` for the CLI to fill in per stage. ``paper``: the
+    paper's setting of a flag, added to its help as ``(paper: ...)``, e.g. ``{"lr": "1e-4"}``.
+    :func:`train_config_from_args` reads the flags back.
+    """
+    unknown = sorted(set(optional) - set(OPTIONAL_TRAINING_FLAGS))
+    if unknown:
+        raise ValueError(f"expected optional training flags from {OPTIONAL_TRAINING_FLAGS}, got {unknown}")
+    notes = dict(paper or {})
+    unknown = sorted(set(notes) - set(TRAINING_FLAGS) - set(optional))
+    if unknown:
+        raise ValueError(f"paper notes for flags this parser does not have: {unknown}")
+
+    def explain(dest: str, text: str) -> str:
+        return text if dest not in notes else f"{text} (paper: {notes[dest]})"
+
+    g = parser.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=steps, help=explain("steps", "training steps"))
+    g.add_argument("--batch-size", type=int, default=batch_size, help=explain("batch_size", "per process"))
+    g.add_argument("--lr", type=float, default=lr, help=explain("lr", "peak learning rate of AdamW"))
+    g.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=warmup_steps,
+        help=explain("warmup_steps", "linear learning-rate warm-up (at most --steps)"),
+    )
+    if "cosine" in optional:
+        g.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate after the warm-up")
+    if "grad_clip" in optional:
+        g.add_argument(
+            "--grad-clip",
+            type=float,
+            default=grad_clip,
+            help=explain("grad_clip", "max global gradient norm (0: no clipping)"),
+        )
+    g.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)",
+    )
+    g.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="bf16: autocast on CPU or CUDA; fp16: autocast with loss scaling (CUDA)",
+    )
+    if "grad_checkpointing" in optional:
+        g.add_argument(
+            "--grad-checkpointing",
+            action="store_true",
+            help="recompute activations in the backward pass: less memory, more time",
+        )
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument(
+        "--seed", type=int, default=0, help="random seed (initial weights, built-in data, data order, noise)"
+    )
+    staged = "<stage>" in out
+    g.add_argument(
+        "--out",
+        default=None if staged else out,
+        help="output directory (checkpoints/, samples/, metrics.csv" + (f"; default {out})" if staged else ")"),
+    )
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in --out (or from CHECKPOINT)",
+    )
+    g.add_argument(
+        "--log-every", type=int, default=log_every, help="steps between rows of metrics.csv (means over those steps)"
+    )
+    g.add_argument(
+        "--ckpt-every",
+        type=int,
+        default=ckpt_every,
+        help="steps between checkpoints (0: only the final one, which is always written)",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    samples = parser.add_argument_group("samples")
+    samples.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
+    return TrainingGroups(g, samples)
+
+
+def parse_cli_args(
+    build_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | argparse.Namespace | None
+) -> argparse.Namespace:
+    """A CLI ``main``'s arguments: ``argv`` parsed by ``build_parser()`` (``None``: ``sys.argv``), or
+    ``argv`` itself when it is already a parsed ``Namespace`` (calling ``main`` from Python)."""
+    return argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
+
+
+class CLIRun(NamedTuple):
+    """What :func:`distributed_cli` gives a CLI body: this process's ``info`` and ``say``, which is
+    ``print`` on rank 0 and does nothing on the other ranks."""
+
+    info: DistInfo
+    say: Callable[..., None]
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+@contextmanager
+def distributed_cli(device: str = "auto") -> Iterator[CLIRun]:
+    """Run a CLI body in the process group: ``init_distributed(device)`` on entry, ``cleanup()`` on
+    exit, also when the body raises (a failed rank leaves the group instead of holding it)::
+
+        args = parse_cli_args(build_parser, argv)
+        with distributed_cli(args.device) as (info, say):
+            ...  # one process, or one rank of torchrun
+    """
+    from .distributed import cleanup, init_distributed
+
+    info = init_distributed(device)
+    try:
+        yield CLIRun(info, print if info.is_main else _quiet)
+    finally:
+        cleanup()
 
 
 def _rate(text: str) -> float:
@@ -141,10 +334,11 @@ def check_checkpoint_kind(checkpoint: str | os.PathLike, key: str, expected: str
 def train_config_from_args(args: argparse.Namespace, *, out_dir: Any = None) -> TrainConfig:
     """The :class:`~reference_models.common.trainer.TrainConfig` a training CLI's flags describe.
 
-    Reads the flags every system's training script has (``--steps``, ``--batch-size``, ``--lr``,
-    ``--warmup-steps``, ``--ema-decay``, ``--precision``, ``--log-every``, ``--sample-every``,
-    ``--ckpt-every``, ``--out``, ``--seed``, ``--num-workers``, ``--device``, ``--no-progress``) and
-    the optional ones some have (``--cosine``, ``--grad-clip``, ``--grad-checkpointing``; absent ones
+    Reads the flags :func:`add_training_arguments` gives every system's training script
+    (``TRAINING_FLAGS``: ``--steps``, ``--batch-size``, ``--lr``, ``--warmup-steps``, ``--ema-decay``,
+    ``--precision``, ``--log-every``, ``--sample-every``, ``--ckpt-every``, ``--out``, ``--seed``,
+    ``--num-workers``, ``--device``, ``--no-progress``) and the optional ones some have
+    (``OPTIONAL_TRAINING_FLAGS``: ``--cosine``, ``--grad-clip``, ``--grad-checkpointing``; absent ones
     keep TrainConfig's defaults). Defaults that depend on the run length: the EMA decay is
     ``1 - 10 / steps`` (capped at 0.9999), samples are written at the end only, and the warm-up and
     logging intervals are cut to the run. ``out_dir`` replaces ``--out`` (a stage's own directory).

@@ -3,8 +3,9 @@
 ``train(cfg, model, loss_fn, dataset)`` runs AdamW with a warm-up LR schedule, gradient clipping,
 EMA, mixed precision, data-parallel training, periodic logging/sampling/checkpoints and exact
 resume. The model-specific part is ``loss_fn(model, batch, generator=...) -> scalar loss`` (each
-reference system passes one that noises the batch with ``q_sample`` and returns the eps loss) and an
-optional ``sample_fn(ema_model, step, out_dir) -> list[Path]`` that writes sample videos.
+reference system passes one that noises the batch with ``q_sample`` and returns the denoising loss
+its config's diffusion spec names) and an optional ``sample_fn(ema_model, step, out_dir) ->
+list[Path]`` that writes sample videos.
 
 Randomness is fully controlled, so that ``N`` straight steps and ``k`` steps + stop + resume to ``N``
 give bitwise-identical weights (on CPU, with ``num_workers=0``):

@@ -18,9 +18,9 @@ Presets:
 * ``"small"``: the same at 32x32 frames with 64 base channels and 3 levels, for a single GPU;
 * ``"sd21"``: shaped like Stable Diffusion 2.1's U-Net (ETC initialises its spatial modules from
   SD 2.1, section 5.1): 4 latent channels, 320 base channels, mult (1, 2, 4, 4), 2 res blocks,
-  attention at levels 0-2, 64 channels per head, context 1024 (OpenCLIP ViT-H), the scaled-linear
-  schedule 0.00085 -> 0.012; 16 frames of 32x32 latents (256x256 video through SD's 8x VAE, the
-  paper's base setting).
+  attention at levels 0-2, 64 channels per head, context 1024 (OpenCLIP ViT-H), SD's diffusion
+  (1000 scaled-linear steps 0.00085 -> 0.012, epsilon, no clipping of its latents); 16 frames of
+  32x32 latents (256x256 video through SD's 8x VAE, the paper's base setting).
 """
 
 from __future__ import annotations
@@ -29,22 +29,43 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vdblocks.diffusion import check_prediction_type
+from vdblocks.diffusion import DiffusionSpec
 
 from ..common.config import (
     ConfigBase,
     check_channel_mult,
     check_config_fractions,
     check_config_ints,
-    check_noise_schedule,
     get_preset,
     is_int,
     is_number,
 )
 
-__all__ = ["ETCConfig", "PRESETS", "get_config"]
+__all__ = ["ETCConfig", "PIXEL_DIFFUSION", "PRESETS", "SD_DIFFUSION", "get_config"]
 
 _GRID_ORDERS = ("column", "row")
+
+PIXEL_DIFFUSION = DiffusionSpec(
+    schedule="linear",
+    num_train_steps=1000,
+    beta_start=1e-4,
+    beta_end=0.02,
+    prediction_type="v_prediction",
+    clip_sample=True,
+)
+"""DDPM's 1000 linear steps 1e-4 -> 0.02, the velocity (see :class:`ETCConfig`), ``x_0`` clipped to
+``[-1, 1]`` (pixels): the default, and the ``tiny`` and ``small`` presets."""
+
+SD_DIFFUSION = DiffusionSpec(
+    schedule="scaled_linear",
+    num_train_steps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    prediction_type="epsilon",
+    clip_sample=False,
+)
+"""Stable Diffusion 2.1-base's: 1000 scaled-linear steps 0.00085 -> 0.012, epsilon, no clipping
+(its VAE latents are not bounded by 1): the ``sd21`` preset."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +92,11 @@ class ETCConfig(ConfigBase):
     ``vdblocks.grid_for(t)`` for each clip), ``grid_order`` (eq. 1's ``"column"`` or ``"row"``),
     ``theta`` (the ME's base Θ, eqs. 2-3), ``max_fps`` (section 4.2: 120).
 
-    Diffusion: ``schedule`` (``"linear"``, ``"scaled_linear"`` or ``"cosine"``), ``num_train_steps``,
-    ``beta_start``, ``beta_end``, ``prediction_type`` (what the U-Net outputs: ``"epsilon"``,
-    ``"v_prediction"`` or ``"sample"``; see below), ``snr_gamma`` (min-SNR-gamma loss weighting,
-    ``vdblocks.diffusion.diffusion_loss``; None: the plain loss).
+    Diffusion: ``diffusion``, a :class:`~vdblocks.diffusion.DiffusionSpec` (schedule, steps,
+    betas, what the U-Net predicts: the noise, the velocity or ``x_0``, see below; whether sampling
+    clips ``x_0`` to ``[-1, 1]``: on for pixel models, off for latents; :data:`PIXEL_DIFFUSION`
+    by default), ``snr_gamma`` (min-SNR-gamma loss weighting, ``vdblocks.diffusion.diffusion_loss``;
+    None: the plain loss).
 
     Sampling: ``guidance_scale``, the classifier-free guidance the samplers use unless told
     otherwise (appendix E.1: 7.0; ``tiny``: 1.0, see below).
@@ -112,11 +134,7 @@ class ETCConfig(ConfigBase):
     grid_order: str = "column"
     theta: float = 10000.0
     max_fps: float = 120.0
-    schedule: str = "linear"
-    num_train_steps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "v_prediction"
+    diffusion: DiffusionSpec = PIXEL_DIFFUSION
     snr_gamma: float | None = None
     guidance_scale: float = 7.0
 
@@ -139,7 +157,6 @@ class ETCConfig(ConfigBase):
                 "frames",
                 "height",
                 "width",
-                "num_train_steps",
             ),
         )
         check_config_ints(self, ("text_layers",), minimum=0)
@@ -181,12 +198,15 @@ class ETCConfig(ConfigBase):
         check_config_fractions(self, ("dropout", "cond_dropout"))
         if not isinstance(self.pooled_context, bool):
             raise ValueError(f"expected pooled_context to be a bool, got {self.pooled_context!r}")
-        check_noise_schedule(self)
-        check_prediction_type(self.prediction_type)
         if not is_number(self.guidance_scale) or not math.isfinite(self.guidance_scale):
             raise ValueError(f"expected guidance_scale to be a finite number, got {self.guidance_scale!r}")
         if self.snr_gamma is not None and (not is_number(self.snr_gamma) or not 0 < self.snr_gamma < math.inf):
             raise ValueError(f"expected snr_gamma to be None or a positive finite number, got {self.snr_gamma!r}")
+
+    @classmethod
+    def legacy_clip_sample(cls, data: Any) -> bool:
+        """Configs saved before the spec were sampled with ``x_0`` clipped for pixel models (1 or 3 channels)."""
+        return data.get("in_channels", cls.in_channels) in (1, 3)
 
     @property
     def num_levels(self) -> int:
@@ -248,10 +268,7 @@ PRESETS: dict[str, ETCConfig] = {
         frames=16,
         height=32,
         width=32,
-        schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        prediction_type="epsilon",
+        diffusion=SD_DIFFUSION,
     ),
 }
 

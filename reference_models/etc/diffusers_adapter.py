@@ -101,7 +101,7 @@ def _check_grid_arg(grid: object) -> tuple[int, int] | None:
 class ETCDiffusersVideoModel(nn.Module):
     """ETC video denoiser around a diffusers ``UNet2DConditionModel`` (ETC sections 4.1-4.2).
 
-    ``forward(x, timesteps, fps, context, **unet_kwargs) -> eps`` with
+    ``forward(x, timesteps, fps, context, **unet_kwargs) -> prediction`` with
 
     * ``x (b, c, t, h, w)``: noisy video (latents for SD), ``c = unet.config.in_channels``;
     * ``timesteps (b,)``: int or float diffusion timesteps;
@@ -111,7 +111,8 @@ class ETCDiffusersVideoModel(nn.Module):
       ``encoder_hid_dim`` when it has one);
     * ``unet_kwargs``: passed to the unet as they are (e.g. ``added_cond_kwargs`` for SDXL-style
       unets, ``class_labels`` for class-conditioned ones);
-    * returns ``(b, c_out, t, h, w)`` with ``c_out = unet.config.out_channels``.
+    * returns ``(b, c_out, t, h, w)`` with ``c_out = unet.config.out_channels``: whatever the unet
+      predicts (its scheduler's ``prediction_type``; the ETC config's ``diffusion`` must name the same).
 
     Steps: ``grid = self.grid or grid_for(t)``; ``video_to_grid`` (eq. 1) -> ``(b, c, rows*h,
     cols*w)``; + ME (eqs. 2-4); the unet with ``fps_embed(fps)`` added to the output of
@@ -285,6 +286,6 @@ def from_diffusers(
         from diffusers import UNet2DConditionModel
         unet = UNet2DConditionModel.from_pretrained("/models/sd21", subfolder="unet")
         model = from_diffusers(unet)
-        eps = model(latents, timesteps, fps, text_tokens)  # latents (b, 4, t, h, w)
+        pred = model(latents, timesteps, fps, text_tokens)  # latents (b, 4, t, h, w); SD 2.1-base: eps
     """
     return ETCDiffusersVideoModel(unet, max_fps=max_fps, grid=grid)

@@ -3,10 +3,11 @@
 ETC has no temporal layers. A video ``(b, c, t, h, w)`` is tiled into one grid image (eq. 1,
 :func:`vdblocks.video_to_grid`), the spatial-temporal mixed embedding (ME, eqs. 2-4,
 :class:`vdblocks.SpatialTemporalMixedEmbedding`) is added to that noisy image before any layer
-(section 4.1.2), and a plain text-to-image U-Net shaped like Stable Diffusion 2.1's predicts the
-noise of the whole grid, so spatial attention over the grid image *is* the temporal modelling. The
-frame rate enters through :class:`vdblocks.FPSEmbedding`, which shares the timestep embedding's
-sinusoid (section 4.2). The eps grid is cut back into a video (:func:`vdblocks.grid_to_video`).
+(section 4.1.2), and a plain text-to-image U-Net shaped like Stable Diffusion 2.1's denoises the
+whole grid (predicting the noise, the velocity or ``x_0``, as ``cfg.diffusion`` says), so spatial
+attention over the grid image *is* the temporal modelling. The frame rate enters through
+:class:`vdblocks.FPSEmbedding`, which shares the timestep embedding's sinusoid (section 4.2). The
+predicted grid is cut back into a video (:func:`vdblocks.grid_to_video`).
 
 The blocks follow SD 2.1 (diffusers ``UNet2DConditionModel`` with ``use_linear_projection=True``)
 layer for layer, so the ``"sd21"`` preset has the same parameter tensors as SD 2.1's U-Net plus
@@ -192,7 +193,7 @@ class _Level(nn.Module):
 class ETCUNet(nn.Module, PretrainedMixin):
     """ETC's spatial-only video denoiser (sections 4.1-4.2).
 
-    ``forward(x, timesteps, fps, context) -> eps``:
+    ``forward(x, timesteps, fps, context) -> prediction``:
 
     * ``x (b, c, t, h, w)``: the noisy video, ``c = cfg.in_channels``;
     * ``timesteps (b,)``: int or float diffusion steps;
@@ -200,7 +201,8 @@ class ETCUNet(nn.Module, PretrainedMixin):
       image repeated; section 4.2, eq. 6);
     * ``context (b, n, cfg.context_dim)``: the conditioner's tokens (``ETCConditioner``; pass its
       ``null_context`` for the unconditional branch);
-    * returns ``eps (b, c, t, h, w)``.
+    * returns the prediction ``(b, c, t, h, w)``: the noise, the velocity or ``x_0``, as
+      ``cfg.diffusion.prediction_type`` says.
 
     Steps: ``grid = cfg.grid or grid_for(t)``; ``video_to_grid`` (eq. 1, empty cells zero); add the
     ME (eqs. 2-4) to the noisy grid image before ``conv_in``, as section 4.1.2 requires ("before

@@ -37,7 +37,7 @@ from reference_models.common.cli import add_sampling_arguments, check_checkpoint
 from reference_models.common.distributed import resolve_device
 from reference_models.common.pretrained import PretrainedMixin, export_pretrained
 from reference_models.common.video_io import write_samples
-from vdblocks.diffusion import NoiseSchedule, cfg_model_fn, sample_ddim
+from vdblocks.diffusion import DiffusionSpec, cfg_model_fn, check_spec, sample_ddim
 
 from .conditioning import ETCConditioner
 from .config import ETCConfig
@@ -45,7 +45,6 @@ from .model import ETCUNet
 
 __all__ = [
     "ETCSystem",
-    "schedule_from_config",
     "guided_model_fn",
     "playback_fps",
     "sample",
@@ -98,11 +97,6 @@ class ETCSystem(nn.Module, PretrainedMixin):
             null = self.conditioner.null_context(context.shape[0])  # b n d
             context = self.conditioner.drop(context, null, cond_dropout, generator)
         return self.unet(x, timesteps, fps, context)  # b c t h w
-
-
-def schedule_from_config(cfg: ETCConfig) -> NoiseSchedule:
-    """The noise schedule ``cfg`` names (``schedule``, ``num_train_steps``, ``beta_start/end``)."""
-    return NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)
 
 
 def guided_model_fn(
@@ -176,9 +170,7 @@ def sample(
     guidance_scale: float | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
-    schedule: NoiseSchedule | None = None,
-    clip_sample: bool | None = None,
-    prediction_type: str | None = None,
+    diffusion: DiffusionSpec | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Sample ``b`` clips ``(b, c, t, h, w)`` with DDIM and classifier-free guidance (appendix E.1).
@@ -187,11 +179,9 @@ def sample(
     part) condition through ``conditioner``; ``fps`` is one rate for all or ``b`` rates
     (section 4.2: 1-60 videos, 0 label-image groups, 120 stills). ``frames``, ``height``, ``width``
     default to ``model.cfg``'s; any size ``model.check_input`` accepts works (the mixed embedding has
-    no parameters). ``schedule`` defaults to the config's. ``clip_sample`` clips DDIM's ``x_0``
-    estimate to ``[-1, 1]``; None turns it on for pixel models (``in_channels`` 1 or 3) and off for
-    latent ones. ``prediction_type`` (what the model outputs: ``"epsilon"``, ``"v_prediction"`` or
-    ``"sample"``) defaults to ``model.cfg``'s, else ``"epsilon"``; ``guidance_scale`` to
-    ``model.cfg.guidance_scale`` (the paper's 7.0; 1.0, no guidance, for ``tiny``), else 7.0. Noise
+    no parameters). ``diffusion`` (the schedule, what the model outputs: the noise, the velocity or
+    ``x_0``, and whether DDIM's ``x_0`` estimate is clipped to ``[-1, 1]``) defaults to
+    ``model.cfg.diffusion``; ``guidance_scale`` to ``model.cfg.guidance_scale`` (the paper's 7.0; 1.0, no guidance, for ``tiny``), else 7.0. Noise
     comes from ``generator`` (on any device; the draws are moved). The model and conditioner run in
     eval mode and are put back as they were.
     """
@@ -203,17 +193,14 @@ def sample(
     channels = getattr(cfg, "in_channels", None)
     if None in (frames, height, width, channels):
         raise ValueError("expected frames, height and width, or a model with a .cfg that holds them")
-    if schedule is None:
+    if diffusion is None:
         if cfg is None:
-            raise ValueError("expected a schedule, or a model with a .cfg naming one")
-        schedule = schedule_from_config(cfg)
+            raise ValueError("expected a diffusion spec, or a model with a .cfg holding one")
+        diffusion = cfg.diffusion
+    spec = check_spec(diffusion, "diffusion")
     shape = (b, channels, frames, height, width)
     if callable(getattr(model, "check_input", None)):
         model.check_input(shape)
-    if clip_sample is None:
-        clip_sample = channels in (1, 3)
-    if prediction_type is None:
-        prediction_type = getattr(cfg, "prediction_type", "epsilon")
     if guidance_scale is None:
         guidance_scale = float(getattr(cfg, "guidance_scale", 7.0))
     device = next(model.parameters()).device
@@ -229,16 +216,7 @@ def sample(
         null = conditioner.null_context(b)  # b n d
         model_fn = guided_model_fn(model, context.to(device), null.to(device), fps_t, guidance_scale)
         return sample_ddim(
-            model_fn,
-            shape,
-            schedule,
-            steps,
-            eta,
-            generator=generator,
-            device=device,
-            clip_sample=clip_sample,
-            prediction_type=prediction_type,
-            progress=progress,
+            model_fn, shape, spec, steps, eta, generator=generator, device=device, progress=progress
         )  # b c t h w
     finally:
         for module, mode in modes:

@@ -8,9 +8,10 @@ the CPU in a few minutes, then writes a checkpoint and sample videos::
     python examples/train_etc.py --data-videos clips/ --data-images photos/ --preset small
     torchrun --nproc_per_node=4 examples/train_etc.py --preset small --device cuda --precision bf16
 
-Pieces: ``ETCSystem`` (the ``ETCUNet`` and its ``ETCConditioner``, ``sample.py``), the noise
-schedule the config names, the denoising loss of the config's prediction type (DDPM eq. 14, or
-the velocity, through ``vdblocks.diffusion.diffusion_loss``, min-SNR weighted when
+Pieces: ``ETCSystem`` (the ``ETCUNet`` and its ``ETCConditioner``, ``sample.py``), the denoising
+loss under the config's :class:`~vdblocks.diffusion.DiffusionSpec` (``cfg.diffusion``: its schedule
+and prediction type, DDPM eq. 14's noise or the velocity; through
+``vdblocks.diffusion.diffusion_loss``, min-SNR weighted when
 ``cfg.snr_gamma`` is set) with classifier-free condition dropout
 (``cfg.cond_dropout``), a ``TripleDataset`` (``data.py``), and ``reference_models.common.train``
 (AdamW, warm-up, clipping, EMA, autocast, DDP, exact resume). Samples are written every
@@ -48,14 +49,21 @@ import einops
 import torch
 from torch import nn
 
-from reference_models.common.cli import parse_override, positive_fps, run_summary, train_config_from_args
+from reference_models.common.cli import (
+    add_training_arguments,
+    distributed_cli,
+    parse_cli_args,
+    parse_override,
+    positive_fps,
+    run_summary,
+    train_config_from_args,
+)
 from reference_models.common.data import MovingShapes
 from reference_models.common.data.moving_shapes import DIRECTIONS, PALETTE, SHAPE_KINDS
-from reference_models.common.distributed import DistInfo, cleanup, init_distributed
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainState, train
 from reference_models.common.video_io import save_frame_grid, write_samples
-from vdblocks.diffusion import NoiseSchedule, diffusion_loss
+from vdblocks.diffusion import diffusion_loss
 
 from .config import PRESETS, ETCConfig, get_config
 from .data import (
@@ -68,10 +76,11 @@ from .data import (
     folder_triple,
     moving_shapes_triple,
 )
-from .sample import ETCSystem, playback_fps, sample, schedule_from_config
+from .sample import ETCSystem, playback_fps, sample
 
 __all__ = [
     "SAMPLE_FPS",
+    "TRAINING_DEFAULTS",
     "build_parser",
     "build_config",
     "build_dataset",
@@ -97,6 +106,11 @@ _SHAPES = {
     "directions": ("left", "right", "up", "down"),
     "colors": tuple(PALETTE),
 }
+# The training flags' defaults (add_training_arguments): the tiny preset learns the built-in shapes'
+# captions on the CPU in a few minutes (docs/systems/etc.md). The paper's run (section 5.1,
+# "Training Details": 15K iterations of batch 48 at 1e-4 on 8 GPUs) is named in --help.
+TRAINING_DEFAULTS: dict[str, Any] = {"steps": 600, "batch_size": 32, "lr": 2e-3, "log_every": 25, "out": "runs/etc"}
+_PAPER = {"steps": "15k", "batch_size": "48", "lr": "1e-4"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,36 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(DIRECTIONS),
         help="moving shapes: the directions shapes start moving in",
     )
-    g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=600)
-    g.add_argument("--batch-size", type=int, default=32, help="per process")
-    g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--warmup-steps", type=int, default=50)
-    g.add_argument(
-        "--ema-decay",
-        type=float,
-        default=None,
-        help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)",
-    )
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--grad-checkpointing", action="store_true")
-    g.add_argument("--num-workers", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default="runs/etc", help="output directory (checkpoints/, samples/, metrics.csv)")
-    g.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="CHECKPOINT",
-        help="continue the run in --out (or from CHECKPOINT)",
-    )
-    g.add_argument("--log-every", type=int, default=25)
-    g.add_argument("--ckpt-every", type=int, default=1000)
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("samples")
-    g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
+    g = add_training_arguments(p, **TRAINING_DEFAULTS, optional=("grad_checkpointing",), paper=_PAPER).samples
     g.add_argument("--sample-steps", type=int, default=50, help="DDIM steps (paper: 50)")
     g.add_argument(
         "--guidance-scale",
@@ -283,10 +268,9 @@ def etc_loss(
     generator: torch.Generator | None = None,
     *,
     cfg: ETCConfig,
-    schedule: NoiseSchedule,
 ) -> torch.Tensor:
-    """The denoising loss on a triple-data batch (target as ``cfg.prediction_type`` says: DDPM's eps
-    loss, eq. 14, or the velocity), with classifier-free condition dropout.
+    """The denoising loss on a triple-data batch (schedule and target as ``cfg.diffusion`` says:
+    DDPM's eps loss, eq. 14, or the velocity), with classifier-free condition dropout.
 
     ``t`` uniform and the noise are drawn first (``diffusion_loss``), the dropout mask after, all
     from ``generator``; ``model`` is the (possibly DDP-wrapped) ``ETCSystem``.
@@ -297,14 +281,7 @@ def etc_loss(
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x_t, t, fps, labels, captions, cond_dropout=cfg.cond_dropout, generator=generator)
 
-    return diffusion_loss(
-        model_fn,
-        batch["video"],
-        schedule,
-        generator=generator,
-        prediction_type=cfg.prediction_type,
-        snr_gamma=cfg.snr_gamma,
-    )
+    return diffusion_loss(model_fn, batch["video"], cfg.diffusion, generator=generator, snr_gamma=cfg.snr_gamma)
 
 
 class SamplePrompt(NamedTuple):
@@ -494,10 +471,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     Runs unchanged under ``torchrun`` (one process per device; only rank 0 prints, samples and
     writes checkpoints).
     """
-    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
-    info: DistInfo = init_distributed(args.device)
-    say = print if info.is_main else (lambda *a, **k: None)
-    try:
+    args = parse_cli_args(build_parser, argv)
+    with distributed_cli(args.device) as (info, say):
         start = time.perf_counter()
         tcfg = train_config_from_args(args)
         cfg = build_config(args)
@@ -505,7 +480,6 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         cfg = _fit_labels(cfg, dataset)
         torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         system = ETCSystem(cfg)
-        schedule = schedule_from_config(cfg)
         params = sum(p.numel() for p in system.parameters())
         counts = {k: dataset.kinds.count(k) for k in ("video", "label_images", "caption_image")}
         say(
@@ -539,7 +513,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         }
 
         def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-            return etc_loss(model, batch, generator, cfg=cfg, schedule=schedule)
+            return etc_loss(model, batch, generator, cfg=cfg)
 
         def preflight(model: nn.Module, item: dict) -> None:
             unwrap_model(model).unet.check_input(item["video"].shape)
@@ -608,8 +582,6 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             f"--fps 8 --out {out / 'cli_samples'}"
         )
         return state
-    finally:
-        cleanup()
 
 
 if __name__ == "__main__":

@@ -53,14 +53,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vdblocks.diffusion import check_prediction_type
+from vdblocks.diffusion import DiffusionSpec
 
 from ..common.config import (
     ConfigBase,
     check_channel_mult,
     check_config_fractions,
     check_config_ints,
-    check_noise_schedule,
     get_preset,
     is_int,
     is_number,
@@ -68,12 +67,19 @@ from ..common.config import (
 
 __all__ = [
     "EVDMConfig",
+    "MCVD_DIFFUSION",
     "DATASETS",
     "VARIANTS",
     "PAPER_BATCH",
     "PRESETS",
     "get_config",
 ]
+
+MCVD_DIFFUSION = DiffusionSpec(
+    schedule="linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", clip_sample=True
+)
+"""MCVD's (and EVDM's) diffusion: 1000 linear steps 1e-4 -> 0.02, epsilon, ``x_0`` clipped to
+``[-1, 1]`` (pixel space)."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +107,13 @@ class EVDMConfig(ConfigBase):
     ``shortcut_groups`` (groups of the SO shortcut), ``past_encoder_channels`` (width of the
     past-frame encoder of ``G_emb``; None: ``c_0``).
 
-    Diffusion (MCVD: 1000 linear steps from 1e-4 to 0.02): ``schedule``, ``num_train_steps``,
-    ``beta_start``, ``beta_end``, ``prediction_type`` (``"epsilon"`` as MCVD and EVDM's DDPM; the
-    CPU ``tiny`` preset predicts the velocity ``"v_prediction"``, because a model trained for
-    minutes has a noise error near 0.1 at every level, which the first sampling steps multiply by
+    Diffusion: ``diffusion``, a :class:`~vdblocks.diffusion.DiffusionSpec`; :data:`MCVD_DIFFUSION`
+    (1000 linear steps from 1e-4 to 0.02, the noise predicted as MCVD and EVDM's DDPM do, ``x_0``
+    clipped to ``[-1, 1]`` when sampling pixels) by default. The CPU ``tiny`` presets predict the
+    velocity (``prediction_type="v_prediction"``), because a model trained for minutes has a noise
+    error near 0.1 at every level, which the first sampling steps multiply by
     ``sqrt((1 - abar) / abar) ~ 156`` on the way to ``x_0``; a velocity error reaches ``x_0``
-    undivided).
+    undivided.
     """
 
     channels: int = 1
@@ -134,11 +141,7 @@ class EVDMConfig(ConfigBase):
     favor_features: int | None = None
     shortcut_groups: int = 4
     past_encoder_channels: int | None = None
-    schedule: str = "linear"
-    num_train_steps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "epsilon"
+    diffusion: DiffusionSpec = MCVD_DIFFUSION
 
     _tuple_fields: ClassVar[tuple[str, ...]] = ("channel_mult", "attn_levels")
 
@@ -156,7 +159,6 @@ class EVDMConfig(ConfigBase):
                 "emb_mult",
                 "bottleneck_ratio",
                 "shortcut_groups",
-                "num_train_steps",
             ),
         )
         check_config_ints(self, ("num_past", "num_future"), minimum=0)
@@ -208,8 +210,6 @@ class EVDMConfig(ConfigBase):
         check_config_fractions(self, ("prob_mask_past", "prob_mask_future"))
         if not is_number(self.attn_threshold) or not self.attn_threshold > 0:
             raise ValueError(f"expected attn_threshold > 0, got {self.attn_threshold!r}")
-        check_noise_schedule(self)
-        check_prediction_type(self.prediction_type)
 
     @property
     def num_levels(self) -> int:
@@ -318,7 +318,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         base_channels=16,
         head_channels=16,
         dropout=0.0,
-        prediction_type="v_prediction",
+        diffusion=MCVD_DIFFUSION.replace(prediction_type="v_prediction"),
     ),
 }
 """Data and width settings of Table 2's data sets (MCVD's runs) and of the CPU ``tiny`` preset."""

@@ -7,12 +7,16 @@ is given (section 3.1):
 * :func:`interpolate`: past and future frames, ``eps_theta(x_t | t, p, f)``;
 * :func:`generate`: neither, ``eps_theta(x_t | t, 0, 0)``;
 
+(the paper's noise model; a model whose ``cfg.diffusion`` predicts the velocity is conditioned alike)
+
 all three through :func:`sample_frames`, which also takes per-sample masks so that one batch can
 mix tasks. Long videos are made autoregressively (MCVD's protocol, EVDM Table 4: KTH "predicting 30
 frames based on 10"): :func:`predict_long` samples ``T`` frames at a time and feeds the last ``P``
 known or generated frames back as the next past. The reverse process is DDPM ancestral sampling
 (the paper's "100 steps" / "1000 steps" rows; ``steps < 1000`` strides the chain) or DDIM, both
-from :mod:`vdblocks.diffusion`, with the ``x_0`` estimate clipped to ``[-1, 1]`` (pixel space).
+from :mod:`vdblocks.diffusion`, under the config's :class:`~vdblocks.diffusion.DiffusionSpec`
+(``cfg.diffusion``: MCVD's schedule, the prediction type, the ``x_0`` estimate clipped to
+``[-1, 1]`` in pixel space).
 
 CLI (config and EMA weights from a training checkpoint: safetensors + JSON, no pickle)::
 
@@ -51,7 +55,7 @@ from reference_models.common.ema import unwrap_model
 from reference_models.common.metrics import trajectory_metrics
 from reference_models.common.pretrained import export_pretrained
 from reference_models.common.video_io import write_samples
-from vdblocks.diffusion import NoiseSchedule, sample_ddim, sample_ddpm
+from vdblocks.diffusion import DiffusionSpec, check_spec, sample_ddim, sample_ddpm
 from vdblocks.validation import check_positive_int, check_tensor
 
 from .config import EVDMConfig
@@ -61,7 +65,6 @@ from .unet import EVDMUNet
 __all__ = [
     "SAMPLERS",
     "TASKS",
-    "schedule_from_config",
     "sample_frames",
     "predict",
     "interpolate",
@@ -81,11 +84,6 @@ SAMPLERS = ("ddpm", "ddim")
 TASKS = ("predict", "interpolate", "generate")
 Sampler = Literal["ddpm", "ddim"]
 Task = Literal["predict", "interpolate", "generate"]
-
-
-def schedule_from_config(cfg: EVDMConfig) -> NoiseSchedule:
-    """The config's schedule: MCVD's (and EVDM's) 1000 linear steps from 1e-4 to 0.02 by default."""
-    return NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)
 
 
 def _config(model: nn.Module) -> EVDMConfig:
@@ -129,8 +127,7 @@ def sample_frames(
     sampler: Sampler = "ddpm",
     steps: int = 100,
     eta: float = 0.0,
-    schedule: NoiseSchedule | None = None,
-    clip_sample: bool = True,
+    diffusion: DiffusionSpec | None = None,
     generator: torch.Generator | None = None,
     progress: bool | Callable[[Iterable], Iterable] = False,
 ) -> torch.Tensor:
@@ -141,9 +138,10 @@ def sample_frames(
     (1 keeps, 0 drops) choose the task per sample, so one batch can mix prediction, interpolation
     and generation. ``batch`` is needed only when no frames are given; ``height``/``width`` then
     default to ``cfg.image_size``. ``sampler``: ``"ddpm"`` (ancestral, ``steps`` strided over the
-    ``cfg.num_train_steps`` chain) or ``"ddim"`` (``eta``). ``clip_sample`` clips the ``x_0``
-    estimate to ``[-1, 1]``. Noise comes from ``generator`` (on any device). The model runs in
-    eval mode and is put back as it was.
+    spec's ``num_train_steps`` chain) or ``"ddim"`` (``eta``). ``diffusion``: the spec to sample
+    with (schedule, what the model predicts, whether the ``x_0`` estimate is clipped to ``[-1, 1]``);
+    default the model's ``cfg.diffusion``. Noise comes from ``generator`` (on any device). The model
+    runs in eval mode and is put back as it was.
     """
     cfg = _config(model)
     _check_condition(past, "past", cfg, cfg.num_past)
@@ -160,7 +158,7 @@ def sample_frames(
         h, w = height or cfg.image_size, width or cfg.image_size
     if sampler not in SAMPLERS:
         raise ValueError(f"expected sampler in {SAMPLERS}, got {sampler!r}")
-    schedule = schedule or schedule_from_config(cfg)
+    spec = cfg.diffusion if diffusion is None else check_spec(diffusion, "diffusion")
     device, dtype = _device(model), _dtype(model)
     conditions = {
         "past": None if past is None else past.to(device, dtype),
@@ -170,7 +168,7 @@ def sample_frames(
     }
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x_t, t, **conditions)  # b c T h w: eps_theta(x_t | t, m_p p, m_f f)
+        return model(x_t, t, **conditions)  # b c T h w: the spec's prediction given (t, m_p p, m_f f)
 
     shape = (b, cfg.channels, cfg.num_frames, h, w)
     was_training = model.training
@@ -178,29 +176,10 @@ def sample_frames(
     try:
         if sampler == "ddpm":
             return sample_ddpm(
-                model_fn,
-                shape,
-                schedule,
-                steps=steps,
-                clip_sample=clip_sample,
-                generator=generator,
-                device=device,
-                dtype=dtype,
-                progress=progress,
-                prediction_type=cfg.prediction_type,
+                model_fn, shape, spec, steps=steps, generator=generator, device=device, dtype=dtype, progress=progress
             )
         return sample_ddim(
-            model_fn,
-            shape,
-            schedule,
-            steps,
-            eta,
-            clip_sample=clip_sample,
-            generator=generator,
-            device=device,
-            dtype=dtype,
-            progress=progress,
-            prediction_type=cfg.prediction_type,
+            model_fn, shape, spec, steps, eta, generator=generator, device=device, dtype=dtype, progress=progress
         )
     finally:
         model.train(was_training)

@@ -13,8 +13,9 @@ The objective is eq. 7's unified loss,
 ``p`` with probability ``1 - cfg.prob_mask_past`` and its future frames ``f`` with probability
 ``1 - cfg.prob_mask_future``, independently (:func:`draw_condition_masks`; 0.5 and 0.5 in the
 paper, and in the ``tiny`` and ``bair`` presets), so one model learns prediction (``m_f = 0``),
-interpolation (both kept) and unconditional generation (both dropped). The noise schedule is the
-config's (MCVD's 1000 linear steps, 1e-4 to 0.02); the loss is DDPM's eps loss (eq. 6) through
+interpolation (both kept) and unconditional generation (both dropped). Schedule and target come
+from the config's :class:`~vdblocks.diffusion.DiffusionSpec` (``cfg.diffusion``: MCVD's 1000 linear
+steps, 1e-4 to 0.02, and DDPM's eps loss of eq. 6; the velocity for the ``tiny`` presets), through
 :func:`vdblocks.diffusion.diffusion_loss` on the current frames only. ``reference_models.common.train``
 runs AdamW, warm-up, clipping, EMA, autocast, DDP and exact resume.
 
@@ -38,15 +39,22 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from reference_models.common.cli import parse_override, run_summary, train_config_from_args
-from reference_models.common.distributed import DistInfo, cleanup, init_distributed
+from reference_models.common.cli import (
+    add_training_arguments,
+    distributed_cli,
+    parse_cli_args,
+    parse_override,
+    run_summary,
+    train_config_from_args,
+)
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainState, train
-from vdblocks.diffusion import NoiseSchedule, diffusion_loss
+from vdblocks.diffusion import diffusion_loss
 
 from .config import PRESETS, EVDMConfig, get_config
 from .data import (
@@ -57,10 +65,11 @@ from .data import (
     stack_videos,
     videos_from_record,
 )
-from .sample import SAMPLERS, run_task, schedule_from_config, task_frames, write_task
+from .sample import SAMPLERS, run_task, task_frames, write_task
 from .unet import EVDMUNet
 
 __all__ = [
+    "TRAINING_DEFAULTS",
     "build_parser",
     "build_config",
     "draw_condition_masks",
@@ -70,6 +79,10 @@ __all__ = [
     "baseline_report",
     "main",
 ]
+
+# The training flags' defaults (add_training_arguments): the tiny_evdm preset on built-in moving
+# shapes, on the CPU in a few minutes. The paper gives no optimizer schedule.
+TRAINING_DEFAULTS: dict[str, Any] = {"steps": 800, "batch_size": 8, "lr": 2e-3, "out": "runs/evdm"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,36 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--num-videos", type=int, default=4096, help="moving shapes: number of scenes")
     g.add_argument("--max-shapes", type=int, default=SHAPES_DEFAULTS["max_shapes"], help="moving shapes per clip")
-    g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=800)
-    g.add_argument("--batch-size", type=int, default=8, help="per process")
-    g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--warmup-steps", type=int, default=50)
-    g.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate after the warm-up")
-    g.add_argument(
-        "--ema-decay",
-        type=float,
-        default=None,
-        help="default: 1 - 10/steps, capped at 0.9999 (the initial weights keep a share of e^-10)",
-    )
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--num-workers", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default="runs/evdm", help="output directory (checkpoints/, samples/, metrics.csv)")
-    g.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="CHECKPOINT",
-        help="continue the run in --out (or from CHECKPOINT)",
-    )
-    g.add_argument("--log-every", type=int, default=50)
-    g.add_argument("--ckpt-every", type=int, default=1000)
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("samples")
-    g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
+    g = add_training_arguments(p, **TRAINING_DEFAULTS, optional=("cosine",)).samples
     g.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     g.add_argument("--sample-steps", type=int, default=100, help="sampling steps (paper: DDPM 100 or 1000)")
     g.add_argument("--num-samples", type=int, default=16, help="held-out clips per task")
@@ -169,14 +153,14 @@ def evdm_loss(
     generator: torch.Generator | None = None,
     *,
     cfg: EVDMConfig,
-    schedule: NoiseSchedule,
 ) -> torch.Tensor:
     """Eq. 7's unified loss on a batch of :class:`~reference_models.evdm.data.EVDMClips` items.
 
     ``batch``: ``past (b, c, P, h, w)``, ``current (b, c, T, h, w)``, ``future (b, c, F, h, w)``.
     The masks are drawn first (:func:`draw_condition_masks`), then ``t`` and the noise
-    (``diffusion_loss``), all from ``generator``; only the current frames are noised and enter the
-    loss, the conditions reach the (possibly DDP-wrapped) model clean and masked.
+    (``diffusion_loss`` under ``cfg.diffusion``), all from ``generator``; only the current frames
+    are noised and enter the loss, the conditions reach the (possibly DDP-wrapped) model clean and
+    masked.
     """
     x0 = batch["current"]
     past_mask, future_mask = draw_condition_masks(x0.shape[0], cfg, generator=generator, device=x0.device)
@@ -188,9 +172,9 @@ def evdm_loss(
     }
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x_t, t, **conditions)  # b c T h w
+        return model(x_t, t, **conditions)  # b c T h w: noise, velocity or x_0 as cfg.diffusion says
 
-    return diffusion_loss(model_fn, x0, schedule, generator=generator, prediction_type=cfg.prediction_type)
+    return diffusion_loss(model_fn, x0, cfg.diffusion, generator=generator)
 
 
 def sample_tasks(cfg: EVDMConfig) -> list[str]:
@@ -269,10 +253,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     Runs unchanged under ``torchrun`` (one process per device; only rank 0 prints, samples and
     writes checkpoints).
     """
-    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
-    info: DistInfo = init_distributed(args.device)
-    say = print if info.is_main else (lambda *a, **k: None)
-    try:
+    args = parse_cli_args(build_parser, argv)
+    with distributed_cli(args.device) as (info, say):
         start = time.perf_counter()
         tcfg = train_config_from_args(args)
         cfg = build_config(args)
@@ -283,7 +265,6 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         dataset = build_clips(record, cfg)
         torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         model = EVDMUNet(cfg)  # initialises itself (identity branches)
-        schedule = schedule_from_config(cfg)
         params = sum(p.numel() for p in model.parameters())
         say(
             f"EVDM preset {args.preset!r} ({cfg.variant}): {params / 1e6:.2f} M parameters; clips of "
@@ -320,7 +301,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
         }
 
         def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-            return evdm_loss(model, batch, generator, cfg=cfg, schedule=schedule)
+            return evdm_loss(model, batch, generator, cfg=cfg)
 
         def preflight(model: nn.Module, item: dict) -> None:
             check_clip(cfg, item)
@@ -354,8 +335,6 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
             f"--frames {sample_frames} --out {out / 'cli_samples'}"
         )
         return state
-    finally:
-        cleanup()
 
 
 if __name__ == "__main__":

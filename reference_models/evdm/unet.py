@@ -213,7 +213,7 @@ class _UpLevel(nn.Module):
 class EVDMUNet(nn.Module, PretrainedMixin):
     """MCVD's concat U-Net and EVDM's variants of it, built from one :class:`EVDMConfig`.
 
-    ``forward(x, t, past=None, future=None, past_mask=None, future_mask=None) -> eps``:
+    ``forward(x, t, past=None, future=None, past_mask=None, future_mask=None) -> prediction``:
 
     * ``x``: noisy current frames ``(b, c, t, h, w)`` with ``c = cfg.channels``, ``t = cfg.num_frames``
       and ``h, w`` multiples of ``cfg.size_multiple``;
@@ -225,7 +225,8 @@ class EVDMUNet(nn.Module, PretrainedMixin):
       (1 keeps the sample's frames, 0 drops them); ``None`` keeps all. Masking multiplies the frames
       at the input, so a dropped sample's frames do not influence the output at all.
 
-    Returns the predicted noise ``(b, c, t, h, w)``, like ``x``. With keyword conditioning the model
+    Returns the prediction ``(b, c, t, h, w)``, like ``x``: the noise (MCVD, EVDM), the velocity or
+    ``x_0``, as ``cfg.diffusion.prediction_type`` says. With keyword conditioning the model
     fits ``vdblocks.diffusion``'s ``model_fn(x_t, t)`` through ``functools.partial``.
 
     The module tree (``down[n]``, ``mid``, ``up[n]``) groups blocks by the paper's Layer ``n + 1``

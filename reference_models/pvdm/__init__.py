@@ -16,7 +16,6 @@ from .diffusion import (
     pvdm_loss,
     sample_latents,
     sample_long_latents,
-    schedule_from_config,
 )
 from .discriminator import PatchDiscriminator3D
 from .losses import AutoencoderObjective, PerceptualLoss, hinge_d_loss, hinge_g_loss
@@ -56,6 +55,5 @@ __all__ = [
     "pvdm_loss",
     "sample_latents",
     "sample_long_latents",
-    "schedule_from_config",
     "unpack_planes",
 ]

@@ -15,9 +15,10 @@ Sampling (Algorithm 1): the first clip is sampled with the null condition, every
 the previous clip's clean latent ``z_0^{l-1}`` as condition, and the clips are concatenated in
 time (:func:`sample_long_latents`). Table 1's "N/M-s" runs DDIM with ``N`` steps for the first clip
 and ``M`` for the later ones (``first_steps`` / ``next_steps``); ``sampler="ddpm"`` gives the
-ancestral sampler written out in Algorithm 1. ``clip_sample`` defaults to True: PVDM's latents
-come out of a ``tanh``, so clipping the ``z_0`` estimate to ``[-1, 1]`` only enforces a bound every
-real latent satisfies.
+ancestral sampler written out in Algorithm 1. Schedule, prediction type and clipping come from the
+config's :class:`~vdblocks.diffusion.DiffusionSpec` (``cfg.diffusion``): the presets predict the
+noise and clip the ``z_0`` estimate to ``[-1, 1]``, since PVDM's latents come out of a ``tanh`` and
+clipping only enforces a bound every real latent satisfies.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vdblocks.diffusion import NoiseSchedule, diffusion_loss, sample_ddim, sample_ddpm
+from vdblocks.diffusion import DiffusionSpec, check_spec, diffusion_loss, sample_ddim, sample_ddpm
 from vdblocks.validation import check_positive_int, check_tensor
 
 from .config import DiffusionConfig
@@ -40,15 +41,9 @@ __all__ = [
     "pvdm_loss",
     "sample_latents",
     "sample_long_latents",
-    "schedule_from_config",
 ]
 
 SAMPLERS = ("ddim", "ddpm")
-
-
-def schedule_from_config(cfg: DiffusionConfig) -> NoiseSchedule:
-    """The noise schedule a :class:`DiffusionConfig` names (Table 6: 1000 steps, 0.0015 -> 0.0195)."""
-    return NoiseSchedule.from_name(cfg.schedule, cfg.num_train_steps, cfg.beta_start, cfg.beta_end)
 
 
 def _config(model: nn.Module) -> DiffusionConfig:
@@ -74,28 +69,28 @@ def pvdm_loss(
     batch: dict[str, torch.Tensor],
     generator: torch.Generator | None = None,
     *,
-    schedule: NoiseSchedule,
     grid: tuple[int, int, int],
     cond_prob: float | None = None,
 ) -> torch.Tensor:
     """Section 3.3's objective on a batch of cached latent pairs ``{"z1": (b, C, n), "z2": (b, C, n)}``.
 
     Draws the per-sample condition mask first (:func:`draw_cond_mask`, ``cond_prob`` defaults to
-    the model's ``cfg.cond_prob``), then ``t`` and the noise (``diffusion_loss``), all from
-    ``generator``; ``z2`` is noised and denoised, ``z1`` reaches the (possibly DDP-wrapped) model
-    clean, multiplied by the mask.
+    the model's ``cfg.cond_prob``), then ``t`` and the noise (``diffusion_loss`` under the model's
+    ``cfg.diffusion``), all from ``generator``; ``z2`` is noised and denoised, ``z1`` reaches the
+    (possibly DDP-wrapped) model clean, multiplied by the mask.
     """
     z1, z2 = batch["z1"], batch["z2"]
     check_tensor(z2, "z2", "(b, c, n)")
     check_tensor(z1, "z1", "(b, c, n)", sizes=dict(zip("bcn", z2.shape)))
     grid = check_grid(grid)
-    p = _config(model).cond_prob if cond_prob is None else cond_prob
+    cfg = _config(model)
+    p = cfg.cond_prob if cond_prob is None else cond_prob
     mask = draw_cond_mask(z2.shape[0], p, generator=generator, device=z2.device)
 
     def model_fn(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(z_t, t, cond=z1, cond_mask=mask, grid=grid)  # b C n
+        return model(z_t, t, cond=z1, cond_mask=mask, grid=grid)  # b C n: prediction per cfg.diffusion
 
-    return diffusion_loss(model_fn, z2, schedule, generator=generator)
+    return diffusion_loss(model_fn, z2, cfg.diffusion, generator=generator)
 
 
 def sample_latents(
@@ -107,15 +102,16 @@ def sample_latents(
     steps: int = 100,
     sampler: str = "ddim",
     eta: float = 0.0,
-    clip_sample: bool = True,
-    schedule: NoiseSchedule | None = None,
+    diffusion: DiffusionSpec | None = None,
     generator: torch.Generator | None = None,
     progress: bool | Callable[[Iterable], Iterable] = False,
 ) -> torch.Tensor:
     """Sample ``batch`` packed latents ``(b, C, n)`` of the plane grid ``grid`` (default: the
     model's training grid), conditioned on ``cond (b, C, n)`` (a previous clip's clean latent) or,
     with ``cond=None``, on the null condition. ``sampler``: ``"ddim"`` (``eta``) or ``"ddpm"``
-    (ancestral), over ``steps`` strided timesteps. The model runs in eval mode and is put back.
+    (ancestral), over ``steps`` strided timesteps. ``diffusion``: the spec to sample with (schedule,
+    prediction type, clipping; default the model's ``cfg.diffusion``). The model runs in eval mode
+    and is put back.
     """
     cfg = _config(model)
     grid = check_grid(grid if grid is not None else cfg.latent_grid)
@@ -126,23 +122,21 @@ def sample_latents(
     shape = (batch, cfg.latent_channels, h * w + t * w + t * h)
     if cond is not None:
         check_tensor(cond, "cond", "(b, c, n)", sizes=dict(zip("bcn", shape)))
-    schedule = schedule or schedule_from_config(cfg)
+    spec = cfg.diffusion if diffusion is None else check_spec(diffusion, "diffusion")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     cond = None if cond is None else cond.to(device, dtype)
 
     def model_fn(z_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-        return model(z_t, t_, cond=cond, grid=grid)  # b C n: eps_theta(z_t, z_0^{l-1} or 0, t)
+        return model(z_t, t_, cond=cond, grid=grid)  # b C n: the spec's prediction given z_0^{l-1} or 0
 
     was_training = model.training
     model.eval()
     try:
-        common: dict[str, Any] = dict(
-            clip_sample=clip_sample, generator=generator, device=device, dtype=dtype, progress=progress
-        )
+        common: dict[str, Any] = dict(generator=generator, device=device, dtype=dtype, progress=progress)
         if sampler == "ddpm":
-            return sample_ddpm(model_fn, shape, schedule, steps=steps, **common)
-        return sample_ddim(model_fn, shape, schedule, steps, eta, **common)
+            return sample_ddpm(model_fn, shape, spec, steps=steps, **common)
+        return sample_ddim(model_fn, shape, spec, steps, eta, **common)
     finally:
         model.train(was_training)
 
@@ -163,7 +157,7 @@ def sample_long_latents(
     ``z^1`` is sampled with the null condition in ``first_steps`` steps (or taken from ``first``,
     e.g. a real clip's latent, to continue a given video); every ``z^l`` after it is sampled in
     ``next_steps`` steps conditioned on ``z^{l-1}``. ``kwargs`` go to :func:`sample_latents`
-    (``sampler``, ``eta``, ``clip_sample``, ``generator`` ...); the clips draw their noise one
+    (``sampler``, ``eta``, ``diffusion``, ``generator`` ...); the clips draw their noise one
     after the other from the same generator.
     """
     check_positive_int(clips, "clips")

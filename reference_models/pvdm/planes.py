@@ -6,7 +6,7 @@ The planes of a ``t x h x w`` grid (section 3.2) have different shapes, ``z_s (b
 and concatenates them into ``(b, C, n)`` with ``n = h w + t w + t h``, the "latent vector" whose
 size the paper counts (``n * C = 8192`` for 16x256x256 videos with 32x32 planes);
 :func:`unpack_planes` inverts it given the grid ``(t, h, w)``. Element-wise operations (noising,
-DDIM updates, the eps loss) are the same on either form.
+DDIM updates, the denoising loss) are the same on either form.
 """
 
 from __future__ import annotations

@@ -41,13 +41,15 @@ from reference_models.common.checkpoint import (
     read_checkpoint_config,
     resolve_checkpoint,
 )
-from reference_models.common.cli import parse_override, run_summary, train_config_from_args
-from reference_models.common.distributed import (
-    DistInfo,
-    barrier,
-    cleanup,
-    init_distributed,
+from reference_models.common.cli import (
+    add_training_arguments,
+    distributed_cli,
+    parse_cli_args,
+    parse_override,
+    run_summary,
+    train_config_from_args,
 )
+from reference_models.common.distributed import DistInfo, barrier
 from reference_models.common.ema import unwrap_model
 from reference_models.common.metrics import video_psnr
 from reference_models.common.trainer import TrainState, train
@@ -69,7 +71,7 @@ from .data import (
     latent_cache_matches,
     videos_from_record,
 )
-from .diffusion import SAMPLERS, pvdm_loss, schedule_from_config
+from .diffusion import SAMPLERS, pvdm_loss
 from .losses import AutoencoderObjective, PerceptualLoss
 from .pipeline import (
     AUTOENCODER_KEY,
@@ -80,6 +82,7 @@ from .pipeline import (
 from .unet import TriplaneUNet
 
 __all__ = [
+    "TRAINING_DEFAULTS",
     "build_parser",
     "main",
     "make_ae_sample_fn",
@@ -87,6 +90,12 @@ __all__ = [
     "train_autoencoder",
     "train_diffusion",
 ]
+
+# The training flags' defaults (add_training_arguments): the tiny presets of both stages on built-in
+# moving shapes, on the CPU in minutes; --out defaults to runs/pvdm/ae or runs/pvdm/diffusion.
+TRAINING_DEFAULTS: dict[str, Any] = {"steps": 1000, "batch_size": 8, "lr": 1e-3, "out": "runs/pvdm/<stage>"}
+# The paper's settings, named in --help (appendix D).
+_PAPER = {"batch_size": "24 ae, 64 diffusion", "lr": "1e-4 for both stages"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,32 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--cache", default=None, help="diffusion: latent cache file (default {out}/latents.safetensors)")
     g.add_argument("--encode-batch-size", type=int, default=16, help="diffusion: batch for encoding the cache")
-    g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=1000)
-    g.add_argument("--batch-size", type=int, default=8, help="per process (paper: 24 ae, 64 diffusion)")
-    g.add_argument("--lr", type=float, default=1e-3, help="paper: 1e-4 for both stages")
-    g.add_argument("--warmup-steps", type=int, default=50)
-    g.add_argument("--cosine", action="store_true", help="cosine decay of the learning rate after the warm-up")
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--ema-decay", type=float, default=None, help="default: 1 - 10/steps, capped at 0.9999")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    g.add_argument("--num-workers", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default=None, help="output directory (default runs/pvdm/<stage>)")
-    g.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="CHECKPOINT",
-        help="continue the run in --out (or from CHECKPOINT)",
-    )
-    g.add_argument("--log-every", type=int, default=50)
-    g.add_argument("--ckpt-every", type=int, default=1000)
-    g.add_argument("--no-progress", action="store_true")
-    g = p.add_argument_group("samples")
-    g.add_argument("--sample-every", type=int, default=None, help="default: only at the end (0: never)")
+    g = add_training_arguments(p, **TRAINING_DEFAULTS, optional=("cosine", "grad_clip"), paper=_PAPER).samples
     g.add_argument("--num-samples", type=int, default=4, help="held-out clips (ae) or long videos (diffusion)")
     g.add_argument("--clips", type=int, default=4, help="diffusion: clips per long sample")
     g.add_argument("--first-steps", type=int, default=100, help="diffusion: DDIM steps of the first clip")
@@ -334,7 +318,6 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
 
     torch.manual_seed(args.seed)
     model = TriplaneUNet(cfg)
-    schedule = schedule_from_config(cfg)
     params = sum(p.numel() for p in model.parameters())
     z = dataset.z1
     say(
@@ -360,7 +343,7 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
     }
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        return pvdm_loss(model, batch, generator, schedule=schedule, grid=dataset.grid, cond_prob=cfg.cond_prob)
+        return pvdm_loss(model, batch, generator, grid=dataset.grid, cond_prob=cfg.cond_prob)
 
     def preflight(model: nn.Module, item: dict) -> None:
         if tuple(dataset.grid) != cfg.latent_grid or item["z1"].shape[0] != cfg.latent_channels:
@@ -387,17 +370,13 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
 
     Runs unchanged under ``torchrun`` (only rank 0 prints, samples and writes checkpoints).
     """
-    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
-    info = init_distributed(args.device)
-    say = print if info.is_main else (lambda *a, **k: None)
-    try:
+    args = parse_cli_args(build_parser, argv)
+    with distributed_cli(args.device) as (info, say):
         start = time.perf_counter()
         state = (train_autoencoder if args.stage == "ae" else train_diffusion)(args, info, say)
         for line in run_summary(state, time.perf_counter() - start, prefix=f"{args.stage}: "):
             say(line)
         return state
-    finally:
-        cleanup()
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ class _Stage(nn.Module):
 class TriplaneUNet(nn.Module, PretrainedMixin):
     """PVDM's denoiser ``eps_theta(z_t, z_0^{l-1}, t)`` on the packed triplane latent.
 
-    ``forward(z_t (b, C, n), t (b,), cond=None, cond_mask=None, grid=None) -> eps (b, C, n)``:
+    ``forward(z_t (b, C, n), t (b,), cond=None, cond_mask=None, grid=None) -> prediction (b, C, n)``
+    (the noise, as PVDM's presets say; the velocity or ``z_0`` under another ``cfg.diffusion``):
     ``n = h w + t w + t h`` for the plane grid ``grid = (t, h, w)`` (default: the config's training
     grid; any grid works). ``cond (b, C, n)``: the previous clip's clean latent; ``cond_mask (b,)``:
     1/True where a sample is conditioned on it, 0/False for the null condition (default: all
@@ -207,11 +208,11 @@ class TriplaneUNet(nn.Module, PretrainedMixin):
         cond: Sequence[torch.Tensor] | None = None,
         cond_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """:meth:`forward` on ``[z_s, z_h, z_w]`` (and the condition's planes) -> eps planes."""
+        """:meth:`forward` on ``[z_s, z_h, z_w]`` (and the condition's planes) -> prediction planes."""
         z = pack_planes(*planes)
         grid = (planes[1].shape[2], planes[0].shape[2], planes[0].shape[3])
-        eps = self.forward(z, t, None if cond is None else pack_planes(*cond), cond_mask, grid)
-        return list(unpack_planes(eps, grid))
+        pred = self.forward(z, t, None if cond is None else pack_planes(*cond), cond_mask, grid)
+        return list(unpack_planes(pred, grid))
 
     # ------------------------------------------------------------------ the network
 

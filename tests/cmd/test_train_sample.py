@@ -12,6 +12,7 @@ import torch
 from reference_models.cmd import sample as sample_mod
 from reference_models.cmd import train as train_mod
 from reference_models.cmd.autoencoder import CMDAutoencoder, pack_motion
+from reference_models.cmd.config import get_config
 from reference_models.cmd.content_model import build_native_content_model
 from reference_models.cmd.motion_model import MotionDiT
 from reference_models.cmd.sample import (
@@ -19,7 +20,6 @@ from reference_models.cmd.sample import (
     load_content_model,
     load_motion_model,
     sample_videos,
-    schedule_from_config,
 )
 from reference_models.common.checkpoint import latest_checkpoint, load_checkpoint
 from reference_models.common.video_io import read_video
@@ -104,13 +104,12 @@ def fixed_batch(cfg):
 
 
 def denoising_loss(fn, x0, cfg):
-    """The denoising loss at fixed timesteps and noise, against the target ``cfg.prediction_type`` names."""
-    schedule = schedule_from_config(cfg)
+    """The denoising loss at fixed timesteps and noise, against the target ``cfg.diffusion`` names."""
     g = torch.Generator().manual_seed(1)
     t = torch.linspace(50, 950, x0.shape[0]).long()
     noise = torch.randn(x0.shape, generator=g)
     with torch.no_grad():
-        return float(diffusion_loss(fn, x0, schedule, t, noise, prediction_type=cfg.prediction_type))
+        return float(diffusion_loss(fn, x0, cfg.diffusion, t, noise))
 
 
 def test_each_short_stage_lowers_its_loss(runs):
@@ -266,3 +265,23 @@ def test_sample_cli_rejects_a_zero_fps(capsys):
     with pytest.raises(SystemExit) as exit_info:
         sample_mod.build_parser().parse_args(["--ae", "a", "--content", "c", "--motion", "m", "--fps", "0"])
     assert exit_info.value.code == 2 and "expected a positive frame rate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_content_clips_as_the_spec_says_and_motion_always_clips(clip, monkeypatch):
+    """One spec for both models: the content frame follows its ``clip_sample`` (pixels: on, SD
+    latents: off), the normalised motion latents are always clipped to the normaliser's bound."""
+    cfg = get_config("tiny", **{"diffusion.clip_sample": clip})
+    seen = []
+
+    def spy(model_fn, shape, spec, steps, **kwargs):
+        seen.append((spec, kwargs.get("clip_range", 1.0)))
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(sample_mod, "sample_ddim", spy)
+    sample_mod.sample_content(build_native_content_model(cfg), cfg, labels=[0], steps=1)
+    motion = MotionDiT(cfg)
+    sample_mod.sample_motion(motion, torch.zeros(1, cfg.channels, cfg.height, cfg.width), labels=[0], steps=1)
+    (content_spec, _), (motion_spec, motion_range) = seen
+    assert content_spec == cfg.diffusion
+    assert motion_spec == cfg.diffusion.replace(clip_sample=True) and motion_range == 1.0  # normaliser not fitted

@@ -344,6 +344,24 @@ def test_a_config_the_dataclass_refuses_is_named(pvdm_dir: Path) -> None:
         TriplaneUNet.from_pretrained(pvdm_dir)
 
 
+def test_a_directory_saved_before_the_diffusion_spec_still_loads(pvdm_dir: Path, tmp_path: Path) -> None:
+    """Directories written before ``DiffusionSpec`` hold the diffusion fields flat in the config."""
+    info = json.loads((pvdm_dir / CONFIG_NAME).read_text())
+    spec = info["config"].pop("diffusion")
+    # PVDM's config stored no prediction type (its models predict the noise)
+    info["config"].update({k: spec[k] for k in ("schedule", "num_train_steps", "beta_start", "beta_end")})
+    rewrite_config(pvdm_dir, config=info["config"])
+    model = TriplaneUNet.from_pretrained(pvdm_dir)
+    assert model.cfg == get_diffusion_config("tiny") and model.cfg.diffusion.prediction_type == "epsilon"
+    # an ETC directory: the clip setting follows the channels, as the old sampler decided it
+    ETCUNet(etc_config("tiny")).save_pretrained(tmp_path / "etc")
+    info = json.loads((tmp_path / "etc" / CONFIG_NAME).read_text())
+    spec = info["config"].pop("diffusion")
+    info["config"].update({k: v for k, v in spec.items() if k != "clip_sample"})
+    rewrite_config(tmp_path / "etc", config=info["config"])
+    assert ETCUNet.from_pretrained(tmp_path / "etc").cfg == etc_config("tiny")
+
+
 def test_not_a_pretrained_directory(tmp_path: Path) -> None:
     with pytest.raises(PretrainedError, match=r"does not exist .*snapshot_download"):
         TriplaneUNet.from_pretrained("someone/some-model")  # a Hub id is never looked up

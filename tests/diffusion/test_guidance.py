@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from vdblocks.diffusion.guidance import cfg_model_fn, guided_eps
 from vdblocks.diffusion.samplers import sample_ddim
-from vdblocks.diffusion.schedules import NoiseSchedule
+from vdblocks.diffusion.spec import DiffusionSpec
 
 
 class ToyConditional:
@@ -79,19 +79,19 @@ def test_batch_one_null_condition_is_expanded():
 
 
 def test_cfg_model_fn_drives_a_sampler_with_one_call_per_step():
-    schedule = NoiseSchedule.from_name("linear", 100)
+    spec = DiffusionSpec("linear", 100)
     model = ToyConditional()
     labels, null = torch.tensor([1, 2]), torch.tensor([10, 10])
     fn = cfg_model_fn(model, labels, null, 3.0)
-    out = sample_ddim(fn, (2, 3, 4, 4), schedule, 6, generator=torch.Generator().manual_seed(0))
+    out = sample_ddim(fn, (2, 3, 4, 4), spec, 6, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 3, 4, 4) and torch.isfinite(out).all()
     assert model.batches == [4] * 6
     # at scale 1 guidance is the conditional model itself
     plain = sample_ddim(
-        lambda x, t: model(x, t, labels), (2, 3, 4, 4), schedule, 6, generator=torch.Generator().manual_seed(0)
+        lambda x, t: model(x, t, labels), (2, 3, 4, 4), spec, 6, generator=torch.Generator().manual_seed(0)
     )
     guided = sample_ddim(
-        cfg_model_fn(model, labels, null, 1.0), (2, 3, 4, 4), schedule, 6, generator=torch.Generator().manual_seed(0)
+        cfg_model_fn(model, labels, null, 1.0), (2, 3, 4, 4), spec, 6, generator=torch.Generator().manual_seed(0)
     )
     torch.testing.assert_close(guided, plain)
 

@@ -15,6 +15,7 @@ from vdblocks.diffusion.samplers import (
     split_prediction,
 )
 from vdblocks.diffusion.schedules import PREDICTION_TYPES, NoiseSchedule
+from vdblocks.diffusion.spec import DiffusionSpec
 
 NAMES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 TOL = dict(rtol=1e-4, atol=1e-5)  # our float64 coefficients vs diffusers' float32 tables
@@ -108,14 +109,12 @@ def test_ddpm_step_matches_diffusers(name, variance, clip, prediction):
 @pytest.mark.parametrize("steps", [None, 20])
 def test_ddpm_loop_matches_diffusers(steps):
     num_train = 60
-    schedule = NoiseSchedule.from_name("linear", num_train, 1e-3, 0.2)
+    spec = DiffusionSpec("linear", num_train, 1e-3, 0.2, clip_sample=True)
     reference = DDPMScheduler(num_train_timesteps=num_train, beta_start=1e-3, beta_end=0.2, clip_sample=True)
     if steps is not None:
         reference.set_timesteps(steps)
     shape = (2, 1, 3, 4, 4)
-    ours = sample_ddpm(
-        toy_eps, shape, schedule, steps=steps, clip_sample=True, generator=torch.Generator().manual_seed(11)
-    )
+    ours = sample_ddpm(toy_eps, shape, spec, steps=steps, generator=torch.Generator().manual_seed(11))
     g = torch.Generator().manual_seed(11)
     x = torch.randn(shape, generator=g)
     for t in reference.timesteps:
@@ -162,11 +161,11 @@ def test_ddim_step_matches_diffusers(name, steps, set_alpha_to_one, prediction):
 
 @pytest.mark.parametrize("eta", [0.0, 0.7])
 def test_ddim_loop_matches_diffusers(eta):
-    schedule = NoiseSchedule.from_name("scaled_linear", 1000, 0.00085, 0.012)
+    spec = DiffusionSpec("scaled_linear", 1000, 0.00085, 0.012, clip_sample=False)
     reference = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
     reference.set_timesteps(12)
     shape = (2, 4, 2, 3, 3)
-    ours = sample_ddim(toy_eps, shape, schedule, 12, eta, generator=torch.Generator().manual_seed(5))
+    ours = sample_ddim(toy_eps, shape, spec, 12, eta, generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     x = torch.randn(shape, generator=g)
     for t in reference.timesteps:
@@ -181,27 +180,26 @@ def test_ddim_loop_matches_diffusers(eta):
     seed=st.integers(0, 2**16),
 )
 def test_ddim_eta0_with_true_noise_recovers_x0(name, steps, spacing, seed):
-    schedule = NoiseSchedule.from_name(name, 200)
+    spec = DiffusionSpec(name, 200)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(2, 3, 2, 4, 4, generator=g, dtype=torch.float64)
     out = sample_ddim(
-        oracle(schedule, x0), x0.shape, schedule, steps, 0.0, spacing=spacing, generator=g, dtype=torch.float64
+        oracle(spec.noise_schedule(), x0), x0.shape, spec, steps, 0.0, spacing=spacing, generator=g, dtype=torch.float64
     )
     torch.testing.assert_close(out, x0)
 
 
 @pytest.mark.parametrize("prediction", PREDICTION_TYPES)
 def test_every_prediction_type_of_the_oracle_recovers_x0(prediction):
-    schedule = NoiseSchedule.from_name("linear", 1000)
+    spec = DiffusionSpec("linear", 1000, prediction_type=prediction)
+    schedule = spec.noise_schedule()
     x0 = torch.rand(2, 3, 2, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
     def model_fn(x_t, t):
         eps = schedule.predict_eps(x_t, t, x0)
         return {"epsilon": eps, "v_prediction": schedule.velocity(x0, t, eps), "sample": x0}[prediction]
 
-    out = sample_ddim(
-        model_fn, x0.shape, schedule, 10, prediction_type=prediction, generator=torch.Generator().manual_seed(2)
-    )
+    out = sample_ddim(model_fn, x0.shape, spec, 10, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=1e-4)
 
 
@@ -225,13 +223,13 @@ def test_split_prediction_inverts_each_parametrisation(abar, seed):
 
 def test_ddpm_with_true_noise_recovers_x0():
     # the posterior of the last step has zero variance and puts all weight on x0
-    schedule = NoiseSchedule.from_name("cosine", 100)
+    spec = DiffusionSpec("cosine", 100)
     x0 = torch.randn(1, 2, 3, 4, 4, dtype=torch.float64)
     for steps in (None, 9):
         out = sample_ddpm(
-            oracle(schedule, x0),
+            oracle(spec.noise_schedule(), x0),
             x0.shape,
-            schedule,
+            spec,
             steps=steps,
             generator=torch.Generator().manual_seed(0),
             dtype=torch.float64,
@@ -240,7 +238,8 @@ def test_ddpm_with_true_noise_recovers_x0():
 
 
 def test_known_frames_are_kept_and_renoised_each_step():
-    schedule = NoiseSchedule.from_name("linear", 100)
+    spec = DiffusionSpec("linear", 100)
+    schedule = spec.noise_schedule()
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(2, 1, 5, 4, 4, generator=g, dtype=torch.float64)
     mask = torch.zeros(1, 1, 5, 1, 1, dtype=torch.float64)
@@ -253,7 +252,7 @@ def test_known_frames_are_kept_and_renoised_each_step():
         return eps
 
     out = sample_ddim(
-        recording_oracle, x0.shape, schedule, 8, 0.0, generator=g, dtype=torch.float64, known=x0, known_mask=mask
+        recording_oracle, x0.shape, spec, 8, 0.0, generator=g, dtype=torch.float64, known=x0, known_mask=mask
     )
     torch.testing.assert_close(out, x0)
     known, free = mask.expand_as(x0).bool(), ~mask.expand_as(x0).bool()
@@ -265,16 +264,14 @@ def test_known_frames_are_kept_and_renoised_each_step():
 
 
 def test_known_everywhere_returns_known():
-    schedule = NoiseSchedule.from_name("linear", 50)
+    spec = DiffusionSpec("linear", 50)
     known = torch.randn(2, 3, 4, 4)
-    out = sample_ddpm(
-        lambda x, t: torch.randn_like(x) * 5, known.shape, schedule, known=known, known_mask=torch.ones(1)
-    )
+    out = sample_ddpm(lambda x, t: torch.randn_like(x) * 5, known.shape, spec, known=known, known_mask=torch.ones(1))
     assert torch.equal(out, known)
 
 
 def test_progress_callback_and_reproducibility():
-    schedule = NoiseSchedule.from_name("linear", 100)
+    spec = DiffusionSpec("linear", 100)
     seen, wrapped = [], []
 
     def wrap(iterable):
@@ -286,26 +283,27 @@ def test_progress_callback_and_reproducibility():
 
     shape = (1, 2, 3, 3)
     a = sample_ddim(
-        toy_eps, shape, schedule, 5, 0.3, generator=torch.Generator().manual_seed(2), progress=wrap, callback=callback
+        toy_eps, shape, spec, 5, 0.3, generator=torch.Generator().manual_seed(2), progress=wrap, callback=callback
     )
-    b = sample_ddim(toy_eps, shape, schedule, 5, 0.3, generator=torch.Generator().manual_seed(2), progress=True)
+    b = sample_ddim(toy_eps, shape, spec, 5, 0.3, generator=torch.Generator().manual_seed(2), progress=True)
     assert torch.equal(a, b)
     assert wrapped == [True]
     assert [s[:2] for s in seen] == list(enumerate(make_timesteps(100, 5).tolist()))
     x_T = torch.randn(shape)
-    c = sample_ddim(toy_eps, shape, schedule, 5, x_T=x_T)
-    d = sample_ddim(toy_eps, shape, schedule, 5, x_T=x_T)
+    c = sample_ddim(toy_eps, shape, spec, 5, x_T=x_T)
+    d = sample_ddim(toy_eps, shape, spec, 5, x_T=x_T)
     assert torch.equal(c, d)
 
 
 def test_invalid_sampler_inputs():
-    schedule = NoiseSchedule.from_name("linear", 100)
+    spec = DiffusionSpec("linear", 100)
+    schedule = spec.noise_schedule()
     x = torch.randn(2, 3, 4, 4)
     for bad in (0, -3, 101):
         with pytest.raises(ValueError, match=r"steps to be an int in \[1, 100\]"):
             make_timesteps(100, bad)
         with pytest.raises(ValueError, match="steps"):
-            sample_ddim(toy_eps, x.shape, schedule, bad)
+            sample_ddim(toy_eps, x.shape, spec, bad)
     with pytest.raises(ValueError, match="beyond T-1"):
         make_timesteps(100, 100, steps_offset=1)
     with pytest.raises(ValueError, match="spacing"):
@@ -325,12 +323,40 @@ def test_invalid_sampler_inputs():
     with pytest.raises(ValueError, match=r"noise of shape \(2, 3, 4, 4\)"):
         ddpm_step(schedule, x, 10, x, noise=x[:1])
     with pytest.raises(ValueError, match="known and known_mask together"):
-        sample_ddim(toy_eps, x.shape, schedule, 5, known=x)
+        sample_ddim(toy_eps, x.shape, spec, 5, known=x)
     with pytest.raises(ValueError, match="broadcastable"):
-        sample_ddim(toy_eps, x.shape, schedule, 5, known=x, known_mask=torch.ones(3, 3))
+        sample_ddim(toy_eps, x.shape, spec, 5, known=x, known_mask=torch.ones(3, 3))
     with pytest.raises(ValueError, match=r"x_T of shape \(2, 3, 4, 4\)"):
-        sample_ddim(toy_eps, x.shape, schedule, 5, x_T=x[:1])
+        sample_ddim(toy_eps, x.shape, spec, 5, x_T=x[:1])
     with pytest.raises(ValueError, match="model_fn"):
-        sample_ddim(lambda x_t, t: x_t[:, :1], x.shape, schedule, 5)
+        sample_ddim(lambda x_t, t: x_t[:, :1], x.shape, spec, 5)
     with pytest.raises(ValueError, match="positive ints"):
-        sample_ddpm(toy_eps, (2, 0, 3), schedule)
+        sample_ddpm(toy_eps, (2, 0, 3), spec)
+    # the loops take the spec (schedule, prediction type, clipping together), not a bare schedule
+    for loop in (sample_ddim, sample_ddpm):
+        with pytest.raises(TypeError, match="DiffusionSpec"):
+            loop(toy_eps, x.shape, schedule)
+
+
+def test_the_spec_decides_prediction_type_and_clipping():
+    """The loops read the model output and clip x_0 as the spec says, exactly as the step functions do."""
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(4)) * 3
+    for prediction in PREDICTION_TYPES:
+        for clip in (False, True):
+            spec = DiffusionSpec("linear", 100, prediction_type=prediction, clip_sample=clip)
+            schedule = spec.noise_schedule()
+            out = sample_ddim(toy_eps, x.shape, spec, 3, x_T=x)
+            expect = x
+            timesteps = make_timesteps(100, 3).tolist()
+            for i, t in enumerate(timesteps):
+                t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+                expect = ddim_step(
+                    schedule,
+                    toy_eps(expect, torch.full((2,), t)),
+                    t,
+                    t_prev,
+                    expect,
+                    clip_sample=clip,
+                    prediction_type=prediction,
+                ).x_prev
+            torch.testing.assert_close(out, expect)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from vdblocks.diffusion.forward import diffusion_loss, masked_mse, q_sample, sample_timesteps
 from vdblocks.diffusion.schedules import NoiseSchedule, cosine_betas, linear_betas
+from vdblocks.diffusion.spec import DiffusionSpec
 
 # (our name, diffusers' name, beta_start, beta_end): scaled_linear with Stable Diffusion's range
 SCHEDULES = [
@@ -143,20 +144,21 @@ def linear_model(weight):
 
 
 def test_all_ones_mask_is_plain_mse():
-    schedule = NoiseSchedule.from_name("cosine", 100)
+    spec = DiffusionSpec("cosine", 100)
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(3, 2, 4, 5, 5, generator=g)
-    out = diffusion_loss(linear_model(0.5), x0, schedule, generator=g, return_details=True)
+    out = diffusion_loss(linear_model(0.5), x0, spec, generator=g, return_details=True)
     expected = F.mse_loss(out.prediction, out.noise)
     torch.testing.assert_close(out.loss, expected)
     ones = torch.ones(3, 1, 4, 1, 1)
-    torch.testing.assert_close(diffusion_loss(linear_model(0.5), x0, schedule, out.t, out.noise, mask=ones), expected)
+    torch.testing.assert_close(diffusion_loss(linear_model(0.5), x0, spec, out.t, out.noise, mask=ones), expected)
     torch.testing.assert_close(masked_mse(out.prediction, out.noise), expected)
 
 
 @given(b=st.integers(1, 3), c=st.integers(1, 3), frames=st.integers(2, 5), seed=st.integers(0, 2**16))
 def test_masked_loss_ignores_masked_entries(b, c, frames, seed):
-    schedule = NoiseSchedule.from_name("linear", 100)
+    spec = DiffusionSpec("linear", 100)
+    schedule = spec.noise_schedule()
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(b, c, frames, 3, 3, generator=g)
     t = sample_timesteps(schedule, b, generator=g)
@@ -169,8 +171,8 @@ def test_masked_loss_ignores_masked_entries(b, c, frames, seed):
     def perturbed(x_t, t_):
         return base(x_t, t_) + (1 - mask) * garbage  # changes only the masked-out frames
 
-    loss_a = diffusion_loss(base, x0, schedule, t, noise, mask=mask)
-    loss_b = diffusion_loss(perturbed, x0, schedule, t, noise, mask=mask)
+    loss_a = diffusion_loss(base, x0, spec, t, noise, mask=mask)
+    loss_b = diffusion_loss(perturbed, x0, spec, t, noise, mask=mask)
     torch.testing.assert_close(loss_a, loss_b)
     # independent reference: plain mean over the selected entries
     keep = mask.expand_as(x0).bool()
@@ -179,15 +181,16 @@ def test_masked_loss_ignores_masked_entries(b, c, frames, seed):
 
 
 def test_loss_details_reproducible_and_gradients_flow():
-    schedule = NoiseSchedule.from_name("linear", 50)
+    spec = DiffusionSpec("linear", 50)
+    schedule = spec.noise_schedule()
     x0 = torch.randn(4, 3, 2, 6, 6)
     net = torch.nn.Conv3d(3, 3, 1)
 
     def model_fn(x_t, t):
         return net(x_t)
 
-    a = diffusion_loss(model_fn, x0, schedule, generator=torch.Generator().manual_seed(1), return_details=True)
-    b = diffusion_loss(model_fn, x0, schedule, generator=torch.Generator().manual_seed(1), return_details=True)
+    a = diffusion_loss(model_fn, x0, spec, generator=torch.Generator().manual_seed(1), return_details=True)
+    b = diffusion_loss(model_fn, x0, spec, generator=torch.Generator().manual_seed(1), return_details=True)
     assert torch.equal(a.t, b.t) and torch.equal(a.noise, b.noise)
     assert a.t.dtype == torch.int64 and bool((a.t >= 0).all()) and bool((a.t < 50).all())
     torch.testing.assert_close(a.x_t, schedule.q_sample(x0, a.t, a.noise))
@@ -202,16 +205,17 @@ def test_all_zero_mask_gives_zero_not_nan():
 
 
 def test_invalid_loss_inputs():
-    schedule = NoiseSchedule.from_name("linear", 50)
+    spec = DiffusionSpec("linear", 50)
+    schedule = spec.noise_schedule()
     x0 = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match="broadcastable"):
-        diffusion_loss(linear_model(1.0), x0, schedule, mask=torch.ones(2, 2, 4, 4))
+        diffusion_loss(linear_model(1.0), x0, spec, mask=torch.ones(2, 2, 4, 4))
     with pytest.raises(ValueError, match=r"prediction of shape \(2, 3, 4, 4\)"):
-        diffusion_loss(lambda x, t: x[:, :1], x0, schedule)
+        diffusion_loss(lambda x, t: x[:, :1], x0, spec)
     with pytest.raises(ValueError, match=r"t in \[0, 50\)"):
-        diffusion_loss(linear_model(1.0), x0, schedule, t=torch.tensor([3, 50]))
+        diffusion_loss(linear_model(1.0), x0, spec, t=torch.tensor([3, 50]))
     with pytest.raises(TypeError, match="floating-point"):
-        diffusion_loss(linear_model(1.0), x0.long(), schedule)
+        diffusion_loss(linear_model(1.0), x0.long(), spec)
     with pytest.raises(ValueError, match="batch"):
         sample_timesteps(schedule, 0)
 
@@ -219,6 +223,7 @@ def test_invalid_loss_inputs():
 @pytest.mark.parametrize("name", [s[0] for s in SCHEDULES])
 def test_loss_targets_follow_the_prediction_type(name):
     schedule, reference = pair(name)
+    ours, _, start, end = next(s for s in SCHEDULES if s[0] == name)
     g = torch.Generator().manual_seed(4)
     x0 = torch.randn(4, 3, 2, 4, 4, generator=g)
     t = torch.tensor([0, 17, 500, 999])
@@ -229,10 +234,11 @@ def test_loss_targets_follow_the_prediction_type(name):
         "sample": x0,
     }
     for prediction, target in targets.items():
-        out = diffusion_loss(linear_model(0.5), x0, schedule, t, noise, prediction_type=prediction, return_details=True)
+        spec = DiffusionSpec(ours, 1000, start, end, prediction_type=prediction)
+        out = diffusion_loss(linear_model(0.5), x0, spec, t, noise, return_details=True)
         torch.testing.assert_close(out.loss, F.mse_loss(out.prediction, target), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="prediction_type in"):
-        diffusion_loss(linear_model(0.5), x0, schedule, t, noise, prediction_type="velocity")
+    with pytest.raises(TypeError, match="DiffusionSpec"):
+        diffusion_loss(linear_model(0.5), x0, schedule, t, noise)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
@@ -242,16 +248,15 @@ def test_min_snr_weighting_matches_diffusers_recipe(prediction, gamma):
     (epsilon) or / (SNR + 1) (velocity); plain min(SNR, gamma) for x0 targets (Hang et al. 2023)."""
     from diffusers.training_utils import compute_snr
 
-    schedule = NoiseSchedule.from_name("linear", 1000)
+    spec = DiffusionSpec("linear", 1000, prediction_type=prediction)
+    schedule = spec.noise_schedule()
     reference = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type=prediction)
     g = torch.Generator().manual_seed(3)
     x0 = torch.randn(6, 2, 3, 4, 4, generator=g, dtype=torch.float64)
     t = torch.tensor([0, 10, 250, 500, 900, 999])
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     model = linear_model(0.5)
-    out = diffusion_loss(
-        model, x0, schedule, t, noise, prediction_type=prediction, snr_gamma=gamma, return_details=True
-    )
+    out = diffusion_loss(model, x0, spec, t, noise, snr_gamma=gamma, return_details=True)
     target = {"epsilon": noise, "v_prediction": schedule.velocity(x0, t, noise), "sample": x0}[prediction]
     snr = compute_snr(reference, t).double()
     weights = torch.stack([snr, gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
@@ -262,7 +267,8 @@ def test_min_snr_weighting_matches_diffusers_recipe(prediction, gamma):
 
 
 def test_min_snr_weighting_properties():
-    schedule = NoiseSchedule.from_name("linear", 1000)
+    spec = DiffusionSpec("linear", 1000)
+    schedule = spec.noise_schedule()
     g = torch.Generator().manual_seed(4)
     x0 = torch.randn(4, 3, 2, 4, 4, generator=g, dtype=torch.float64)
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
@@ -270,20 +276,21 @@ def test_min_snr_weighting_properties():
     # every step with SNR <= gamma (all noisy steps) keeps its plain x0-loss weight of SNR
     t = torch.tensor([600, 700, 800, 999])
     assert bool((schedule.snr(t, dtype=torch.float64) <= 1.0).all())
-    plain = diffusion_loss(model, x0, schedule, t, noise, prediction_type="epsilon")
-    weighted = diffusion_loss(model, x0, schedule, t, noise, prediction_type="epsilon", snr_gamma=1.0)
+    assert spec.prediction_type == "epsilon"
+    plain = diffusion_loss(model, x0, spec, t, noise)
+    weighted = diffusion_loss(model, x0, spec, t, noise, snr_gamma=1.0)
     torch.testing.assert_close(weighted, plain)
     # a per-frame mask: the weighted loss only sees unmasked entries, per sample
     mask = torch.zeros(4, 1, 2, 1, 1, dtype=torch.float64)
     mask[:, :, 1] = 1
-    base = diffusion_loss(model, x0, schedule, t, noise, mask=mask, snr_gamma=5.0, return_details=True)
+    base = diffusion_loss(model, x0, spec, t, noise, mask=mask, snr_gamma=5.0, return_details=True)
 
     def perturbed(x_t, tt):
         out = model(x_t, tt).clone()
         out[:, :, 0] += 100.0  # masked frame
         return out
 
-    torch.testing.assert_close(diffusion_loss(perturbed, x0, schedule, t, noise, mask=mask, snr_gamma=5.0), base.loss)
+    torch.testing.assert_close(diffusion_loss(perturbed, x0, spec, t, noise, mask=mask, snr_gamma=5.0), base.loss)
     for bad in (0, -1.0, float("inf"), True, "5"):
         with pytest.raises(ValueError, match="snr_gamma"):
-            diffusion_loss(model, x0, schedule, t, noise, snr_gamma=bad)
+            diffusion_loss(model, x0, spec, t, noise, snr_gamma=bad)

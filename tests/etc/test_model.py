@@ -30,7 +30,7 @@ def _randomised(model):
 def _inputs(cfg, b=2, t=4, h=8, w=8, n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, cfg.in_channels, t, h, w, generator=g)
-    timesteps = torch.randint(0, cfg.num_train_steps, (b,), generator=g)
+    timesteps = torch.randint(0, cfg.diffusion.num_train_steps, (b,), generator=g)
     fps = torch.rand(b, generator=g) * cfg.max_fps
     context = torch.randn(b, n, cfg.context_dim, generator=g)
     return x, timesteps, fps, context
@@ -291,10 +291,10 @@ def test_config_json_round_trip(name):
         ({"attention_levels": (3,)}, "attention_levels"),
         ({"num_head_channels": 24}, "divisible by num_head_channels=24"),
         ({"channel_mult": ()}, "channel_mult"),
-        ({"schedule": "quadratic"}, "schedule"),
+        ({"diffusion.schedule": "quadratic"}, "schedule"),
         ({"grid": (1, 2)}, "frames <= rows\\*cols"),
         ({"cond_dropout": 1.5}, "cond_dropout"),
-        ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start"),
+        ({"diffusion.beta_start": 0.5, "diffusion.beta_end": 0.1}, "beta_start"),
         ({"snr_gamma": 0.0}, "snr_gamma"),
     ],
 )

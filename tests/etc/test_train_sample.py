@@ -16,7 +16,7 @@ from reference_models.etc import sample as sample_mod
 from reference_models.etc import train as train_mod
 from reference_models.etc.config import get_config
 from reference_models.etc.data import collate_etc
-from reference_models.etc.sample import ETCSystem, guided_model_fn, load_system, sample, schedule_from_config
+from reference_models.etc.sample import ETCSystem, guided_model_fn, load_system, sample
 from vdblocks.diffusion import diffusion_loss
 
 # A very small ETC: two levels of 8 and 16 channels, 4 frames of 8x8.
@@ -103,7 +103,6 @@ def test_the_run_ends_with_the_probe_on_captions_it_did_not_sample(run):
 def fixed_batch_loss(system, batch, cfg):
     """Eval loss on a fixed batch with fixed timesteps and noise (no dropout), against the target
     the config's prediction type names."""
-    schedule = schedule_from_config(cfg)
     g = torch.Generator().manual_seed(1)
     x0 = batch["video"]
     t = torch.linspace(50, 950, x0.shape[0]).long()
@@ -115,7 +114,7 @@ def fixed_batch_loss(system, batch, cfg):
         return system(x_t, timesteps, batch["fps"], labels, captions)
 
     with torch.no_grad():
-        return float(diffusion_loss(model_fn, x0, schedule, t, noise, prediction_type=cfg.prediction_type))
+        return float(diffusion_loss(model_fn, x0, cfg.diffusion, t, noise))
 
 
 def test_short_training_lowers_the_loss(run):
@@ -306,13 +305,13 @@ class OracleUNet(torch.nn.Module):
     def __init__(self, cfg, clip):
         super().__init__()
         self.cfg, self.clip = cfg, clip
-        self.schedule = schedule_from_config(cfg)
+        self.schedule = cfg.diffusion.noise_schedule()
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # sample() reads the device from a parameter
 
     def forward(self, x, timesteps, fps, context):
         clip = self.clip.expand_as(x)
         eps = self.schedule.predict_eps(x, timesteps, clip)
-        if self.cfg.prediction_type == "v_prediction":
+        if self.cfg.diffusion.prediction_type == "v_prediction":
             return self.schedule.velocity(clip, timesteps, eps)
         return eps
 
@@ -320,7 +319,7 @@ class OracleUNet(torch.nn.Module):
 @pytest.mark.parametrize("guidance_scale", [1.0, 7.0])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_sampling_the_exact_denoiser_of_one_clip_returns_that_clip(system, guidance_scale, prediction_type):
-    cfg = system.cfg.replace(prediction_type=prediction_type)
+    cfg = system.cfg.replace(**{"diffusion.prediction_type": prediction_type})
     clip = torch.rand(3, cfg.frames, cfg.height, cfg.width, generator=torch.Generator().manual_seed(0)) * 2 - 1
     out = sample(
         OracleUNet(cfg, clip),

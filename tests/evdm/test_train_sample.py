@@ -32,7 +32,6 @@ from reference_models.evdm.sample import (
     predict,
     predict_long,
     sample_frames,
-    schedule_from_config,
 )
 from reference_models.evdm.train import draw_condition_masks, evdm_loss
 from reference_models.evdm.unet import EVDMUNet
@@ -182,11 +181,11 @@ class Spy(nn.Module):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_loss_gives_the_model_clean_conditions_and_the_drawn_masks(prediction_type):
-    cfg = tiny_cfg(prediction_type=prediction_type)
-    schedule = schedule_from_config(cfg)
+    cfg = tiny_cfg(**{"diffusion.prediction_type": prediction_type})
+    schedule = cfg.diffusion.noise_schedule()
     batch = {"past": frames(16, 2, 0), "current": frames(16, 2, 1), "future": frames(16, 1, 2)}
     spy = Spy()
-    loss = evdm_loss(spy, batch, torch.Generator().manual_seed(5), cfg=cfg, schedule=schedule)
+    loss = evdm_loss(spy, batch, torch.Generator().manual_seed(5), cfg=cfg)
     call = spy.calls[0]
     masks = draw_condition_masks(16, cfg, generator=torch.Generator().manual_seed(5))
     assert torch.equal(call["past_mask"], masks[0]) and torch.equal(call["future_mask"], masks[1])
@@ -201,7 +200,7 @@ def test_loss_gives_the_model_clean_conditions_and_the_drawn_masks(prediction_ty
     target = noise if prediction_type == "epsilon" else schedule.velocity(batch["current"], t, noise)
     assert loss.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-4)
     again = Spy()
-    assert evdm_loss(again, batch, torch.Generator().manual_seed(5), cfg=cfg, schedule=schedule).item() == loss.item()
+    assert evdm_loss(again, batch, torch.Generator().manual_seed(5), cfg=cfg).item() == loss.item()
 
 
 def test_loss_reaches_every_parameter(model):
@@ -209,7 +208,7 @@ def test_loss_reaches_every_parameter(model):
     batch = {"past": frames(4, 2, 0), "current": frames(4, 2, 1), "future": frames(4, 1, 2)}
     model.train()
     model.zero_grad()
-    loss = evdm_loss(model, batch, torch.Generator().manual_seed(3), cfg=cfg, schedule=schedule_from_config(cfg))
+    loss = evdm_loss(model, batch, torch.Generator().manual_seed(3), cfg=cfg)
     loss.backward()
     model.eval()
     assert torch.isfinite(loss)
@@ -284,7 +283,7 @@ class Oracle(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.cfg, self.schedule = cfg, schedule_from_config(cfg)
+        self.cfg, self.schedule = cfg, cfg.diffusion.noise_schedule()
         self.anchor = nn.Parameter(torch.zeros(()))
         self.pasts = []
 
@@ -294,7 +293,7 @@ class Oracle(nn.Module):
         steps = 0.1 * torch.arange(1, x.shape[2] + 1, dtype=x.dtype).view(1, 1, -1, 1, 1)
         x0 = (last + steps).expand_as(x)
         eps = self.schedule.predict_eps(x, t, x0)
-        return self.schedule.velocity(x0, t, eps) if self.cfg.prediction_type == "v_prediction" else eps
+        return self.schedule.velocity(x0, t, eps) if self.cfg.diffusion.prediction_type == "v_prediction" else eps
 
 
 @given(total=st.integers(1, 7))
@@ -338,7 +337,7 @@ def run(tmp_path_factory):
 def fixed_batch_loss(model, cfg, batch):
     """Eval loss (against the config's prediction target) with fixed timesteps, noise and masks (all
     four tasks, a quarter each)."""
-    schedule = schedule_from_config(cfg)
+    schedule = cfg.diffusion.noise_schedule()
     g = torch.Generator().manual_seed(1)
     x0 = batch["current"]
     t = torch.linspace(50, 950, x0.shape[0]).long()
@@ -353,7 +352,7 @@ def fixed_batch_loss(model, cfg, batch):
             past_mask=keep % 2 == 0,
             future_mask=keep % 4 < 2,
         )
-    target = noise if cfg.prediction_type == "epsilon" else schedule.velocity(x0, t, noise)
+    target = noise if cfg.diffusion.prediction_type == "epsilon" else schedule.velocity(x0, t, noise)
     return float((pred - target).pow(2).mean())
 
 

@@ -16,7 +16,6 @@ from reference_models.pvdm.diffusion import (
     pvdm_loss,
     sample_latents,
     sample_long_latents,
-    schedule_from_config,
 )
 from reference_models.pvdm.pipeline import generate_long_video
 from reference_models.pvdm.unet import TriplaneUNet
@@ -58,7 +57,7 @@ def pairs(b=4, seed=0):
 
 
 def test_table6_schedule_is_ldm_linear_in_sqrt_beta():
-    sched = schedule_from_config(get_diffusion_config("pvdm_s"))
+    sched = get_diffusion_config("pvdm_s").diffusion.noise_schedule()
     betas = sched.betas
     assert len(betas) == 1000
     assert betas[0].item() == pytest.approx(0.0015) and betas[-1].item() == pytest.approx(0.0195)
@@ -83,7 +82,7 @@ def test_condition_mask_has_probability_lambda(p):
 def test_loss_passes_the_previous_clip_as_condition_and_noises_only_the_next():
     spy = Spy(get_diffusion_config("tiny", **SMALL))
     batch = pairs(b=64)
-    loss = pvdm_loss(spy, batch, torch.Generator().manual_seed(0), schedule=schedule_from_config(spy.cfg), grid=GRID)
+    loss = pvdm_loss(spy, batch, torch.Generator().manual_seed(0), grid=GRID)
     assert loss.ndim == 0 and torch.isfinite(loss)
     call = spy.calls[-1]
     assert torch.equal(call["cond"], batch["z1"]) and call["grid"] == GRID
@@ -97,17 +96,16 @@ def _fit(cond_prob: float, steps: int = 25) -> tuple[float, float]:
     torch.manual_seed(0)
     cfg = get_diffusion_config("tiny", **SMALL, cond_prob=cond_prob)
     net = TriplaneUNet(cfg)
-    sched = schedule_from_config(cfg)
     batch = pairs(b=8, seed=1)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
 
     def evaluate() -> float:
         with torch.no_grad():
-            return pvdm_loss(net, batch, torch.Generator().manual_seed(123), schedule=sched, grid=GRID).item()
+            return pvdm_loss(net, batch, torch.Generator().manual_seed(123), grid=GRID).item()
 
     before = evaluate()
     for step in range(steps):
-        loss = pvdm_loss(net, batch, torch.Generator().manual_seed(step % 3), schedule=sched, grid=GRID)
+        loss = pvdm_loss(net, batch, torch.Generator().manual_seed(step % 3), grid=GRID)
         opt.zero_grad()
         loss.backward()
         opt.step()

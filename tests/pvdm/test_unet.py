@@ -66,7 +66,14 @@ def test_table6_presets():
             2,
             8,
         )
-        assert (cfg.beta_start, cfg.beta_end, cfg.num_train_steps) == (0.0015, 0.0195, 1000)
+        spec = cfg.diffusion
+        assert (spec.schedule, spec.beta_start, spec.beta_end, spec.num_train_steps) == (
+            "scaled_linear",
+            0.0015,
+            0.0195,
+            1000,
+        )
+        assert (spec.prediction_type, spec.clip_sample) == ("epsilon", True)
         assert cfg.latent_size == 8192
         assert DiffusionConfig.from_dict(cfg.to_dict()) == cfg
 

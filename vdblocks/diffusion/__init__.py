@@ -1,4 +1,4 @@
-"""Model-independent diffusion math: noise schedules, q_sample and losses, DDPM / DDIM, guidance."""
+"""Model-independent diffusion math: the diffusion spec, noise schedules, q_sample and losses, DDPM / DDIM, guidance."""
 
 from .forward import DiffusionLossOutput, ModelFn, diffusion_loss, masked_mse, q_sample, sample_timesteps
 from .guidance import Condition, cfg_model_fn, guided_eps
@@ -21,10 +21,12 @@ from .schedules import (
     linear_betas,
     scaled_linear_betas,
 )
+from .spec import DiffusionSpec, check_spec
 
 __all__ = [
     "Condition",
     "DiffusionLossOutput",
+    "DiffusionSpec",
     "ModelFn",
     "NoiseSchedule",
     "PREDICTION_TYPES",
@@ -33,6 +35,7 @@ __all__ = [
     "SamplerStep",
     "cfg_model_fn",
     "check_prediction_type",
+    "check_spec",
     "cosine_betas",
     "ddim_step",
     "ddpm_step",

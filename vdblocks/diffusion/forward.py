@@ -1,9 +1,11 @@
-"""Training side of diffusion: draw timesteps and noise, noise the data, and the epsilon loss.
+"""Training side of diffusion: draw timesteps and noise, noise the data, and the denoising loss.
 
-``diffusion_loss`` is DDPM's simplified objective (Ho et al. 2020, eq. 14):
+``diffusion_loss`` is DDPM's simplified objective (Ho et al. 2020, eq. 14), for an epsilon model
 ``L = E_{t, x_0, eps} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2``,
-with ``t`` uniform on ``{0, ..., T-1}`` and an optional mask that keeps entries out of the mean
-(e.g. the conditioning frames of a video-prediction model, which are not generated).
+with ``t`` uniform on ``{0, ..., T-1}``, the target chosen by the
+:class:`~vdblocks.diffusion.DiffusionSpec`'s prediction type, and an optional mask that keeps
+entries out of the mean (e.g. the conditioning frames of a video-prediction model, which are not
+generated).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedules import NoiseSchedule, check_prediction_type
+from .schedules import NoiseSchedule
+from .spec import DiffusionSpec, check_spec
 
 __all__ = ["sample_timesteps", "q_sample", "masked_mse", "diffusion_loss", "DiffusionLossOutput", "ModelFn"]
 
-# model_fn(x_t (b, ...), t (b,) int64) -> eps prediction (b, ...)
+# model_fn(x_t (b, ...), t (b,) int64) -> prediction (b, ...): noise, velocity or x_0, as the spec says
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -143,22 +146,22 @@ class DiffusionLossOutput:
 def diffusion_loss(
     model_fn: ModelFn,
     x0: torch.Tensor,
-    schedule: NoiseSchedule,
+    spec: DiffusionSpec,
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     return_details: bool = False,
-    prediction_type: str = "epsilon",
     snr_gamma: float | None = None,
 ) -> torch.Tensor | DiffusionLossOutput:
-    """Denoising loss for one batch ``x0 (b, ...)``: epsilon-prediction (DDPM eq. 14) by default.
+    """Denoising loss for one batch ``x0 (b, ...)`` under ``spec`` (DDPM eq. 14 for an epsilon model).
 
-    Draws ``t (b,)`` uniformly (first) and ``noise`` like ``x0`` (second) from ``generator`` when
-    they are not given, forms ``x_t = q_sample(x0, t, noise)``, calls ``model_fn(x_t, t)`` and
-    returns :func:`masked_mse` of the prediction against its target: ``noise`` for
-    ``prediction_type="epsilon"``, the velocity ``sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` for
-    ``"v_prediction"`` (Salimans & Ho 2022; diffusers' ``get_velocity``), ``x0`` for ``"sample"``. The whole ``x0`` is noised;
+    Draws ``t (b,)`` uniformly over ``spec.num_train_steps`` (first) and ``noise`` like ``x0``
+    (second) from ``generator`` when they are not given, forms ``x_t = q_sample(x0, t, noise)`` on
+    ``spec.noise_schedule()``, calls ``model_fn(x_t, t)`` and returns :func:`masked_mse` of the
+    prediction against the target ``spec.prediction_type`` names: ``noise`` for ``"epsilon"``, the
+    velocity ``sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` for ``"v_prediction"`` (Salimans & Ho
+    2022; diffusers' ``get_velocity``), ``x0`` for ``"sample"``. The whole ``x0`` is noised;
     ``mask`` (broadcastable to ``x0``; 1 = counts, 0 = ignored) only decides which entries enter
     the loss. That matches the samplers' ``known``/``known_mask`` hook, which also shows the model
     the known frames noised to the current level. Conditioning that must reach the model clean
@@ -181,7 +184,8 @@ def diffusion_loss(
         raise TypeError(f"expected x0 of shape (b, ...) to have a floating-point dtype, got {x0.dtype}")
     if x0.ndim < 1:
         raise ValueError("expected x0 of shape (b, ...), got a 0-d tensor")
-    check_prediction_type(prediction_type)
+    prediction_type = check_spec(spec).prediction_type
+    schedule = spec.noise_schedule()
     if snr_gamma is not None and (
         isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float)) or not 0 < snr_gamma < float("inf")
     ):

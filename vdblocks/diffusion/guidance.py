@@ -92,7 +92,10 @@ def guided_eps(
 def cfg_model_fn(
     model: CondModelFn, cond: Condition, null_cond: Condition, scale: float
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Turn a conditional model into the samplers' ``model_fn(x_t, t) -> eps`` with guidance ``scale``.
+    """Turn a conditional model into the samplers' ``model_fn(x_t, t) -> prediction`` with guidance ``scale``.
+
+    The same formula guides an epsilon, velocity or ``x_0`` model: each is affine in the others with
+    coefficients both branches share.
 
     ``cond``/``null_cond`` are fixed for the whole sampling run (see :func:`guided_eps`).
     """

@@ -2,8 +2,12 @@
 
 Both samplers take a denoiser ``model_fn(x_t (b, ...), t (b,) int64) -> (b, ...)`` whose output is
 the noise (``prediction_type="epsilon"``, DDPM), the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t)
-x_0`` (``"v_prediction"``, Salimans & Ho 2022) or ``x_0`` itself (``"sample"``), and walk a decreasing sequence of integer timesteps ``tau_S > ... > tau_1`` (the full chain
-``T-1 .. 0`` or a strided sub-sequence, see :func:`make_timesteps`). They agree with diffusers'
+x_0`` (``"v_prediction"``, Salimans & Ho 2022) or ``x_0`` itself (``"sample"``), and walk a
+decreasing sequence of integer timesteps ``tau_S > ... > tau_1`` (the full chain ``T-1 .. 0`` or a
+strided sub-sequence, see :func:`make_timesteps`). The loops :func:`sample_ddpm` and
+:func:`sample_ddim` read the schedule, the prediction type and the clipping from a
+:class:`~vdblocks.diffusion.DiffusionSpec`; the one-step functions take the
+:class:`~vdblocks.diffusion.NoiseSchedule` and those settings as arguments. They agree with diffusers'
 ``DDPMScheduler`` / ``DDIMScheduler`` (same ``prediction_type``, no thresholding) given the same
 noise, with two documented differences: ``clip_sample`` defaults to False here (clipping ``x_0`` to
 ``[-1, 1]`` is wrong for latent diffusion, which PVDM and CMD are; pixel models may turn it on), and
@@ -25,6 +29,7 @@ import torch
 
 from .forward import ModelFn, _randn
 from .schedules import NoiseSchedule, PredictionType, check_prediction_type
+from .spec import DiffusionSpec, check_spec
 
 __all__ = [
     "SamplerStep",
@@ -332,7 +337,10 @@ def _sample_loop(
 
 _LOOP_DOC = """
 
-    ``model_fn(x_t (b, ...), t (b,) int64) -> (b, ...)``, read as ``prediction_type`` says; wrap a conditional model with
+    ``spec``: the :class:`~vdblocks.diffusion.DiffusionSpec` the model was trained with: its
+    schedule, its ``prediction_type`` (how ``model_fn``'s output is read) and ``clip_sample``
+    (clip the ``x_0`` estimate to ``[-clip_range, clip_range]``).
+    ``model_fn(x_t (b, ...), t (b,) int64) -> (b, ...)``; wrap a conditional model with
     :func:`vdblocks.diffusion.guidance.cfg_model_fn` for classifier-free guidance.
     ``x_T`` (default: standard normal of ``shape``, ``dtype`` on ``device``, drawn from ``generator``
     first; the step noises follow from the same generator) starts the chain. Runs under
@@ -356,15 +364,13 @@ _LOOP_DOC = """
 def sample_ddpm(
     model_fn: ModelFn,
     shape: tuple[int, ...],
-    schedule: NoiseSchedule,
+    spec: DiffusionSpec,
     *,
     steps: int | None = None,
     spacing: Spacing = "leading",
     steps_offset: int = 0,
     variance: Variance = "fixed_small",
-    clip_sample: bool = False,
     clip_range: float = 1.0,
-    prediction_type: PredictionType = "epsilon",
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
     device: torch.device | str | None = None,
@@ -378,7 +384,7 @@ def sample_ddpm(
 
     A ``steps < T`` strides the chain over :func:`make_timesteps` (diffusers' DDPM ``set_timesteps``).
     """
-    check_prediction_type(prediction_type)
+    schedule = check_spec(spec).noise_schedule()
     timesteps = make_timesteps(
         schedule.num_steps, schedule.num_steps if steps is None else steps, spacing, steps_offset
     )
@@ -392,9 +398,9 @@ def sample_ddpm(
             t_prev=t_prev,
             generator=generator,
             variance=variance,
-            clip_sample=clip_sample,
+            clip_sample=spec.clip_sample,
             clip_range=clip_range,
-            prediction_type=prediction_type,
+            prediction_type=spec.prediction_type,
         )
 
     return _sample_loop(
@@ -417,16 +423,14 @@ def sample_ddpm(
 def sample_ddim(
     model_fn: ModelFn,
     shape: tuple[int, ...],
-    schedule: NoiseSchedule,
+    spec: DiffusionSpec,
     steps: int = 50,
     eta: float = 0.0,
     *,
     spacing: Spacing = "leading",
     steps_offset: int = 0,
     set_alpha_to_one: bool = True,
-    clip_sample: bool = False,
     clip_range: float = 1.0,
-    prediction_type: PredictionType = "epsilon",
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
     device: torch.device | str | None = None,
@@ -437,7 +441,7 @@ def sample_ddim(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DDIM sampling (DDIM section 4) over ``steps`` timesteps from :func:`make_timesteps` with :func:`ddim_step`."""
-    check_prediction_type(prediction_type)
+    schedule = check_spec(spec).noise_schedule()
     timesteps = make_timesteps(schedule.num_steps, steps, spacing, steps_offset)
 
     def step(eps, t, t_prev, x):
@@ -449,10 +453,10 @@ def sample_ddim(
             x,
             eta,
             generator=generator,
-            clip_sample=clip_sample,
+            clip_sample=spec.clip_sample,
             clip_range=clip_range,
             set_alpha_to_one=set_alpha_to_one,
-            prediction_type=prediction_type,
+            prediction_type=spec.prediction_type,
         )
 
     return _sample_loop(
