@@ -76,7 +76,7 @@ def resample_reference(x: torch.Tensor, mode: str, fir: bool) -> torch.Tensor:
 
 
 def old_resample(x: torch.Tensor, mode: str, fir: bool) -> torch.Tensor:
-    """The removed ``reference_models.evdm.unet.Resample``'s arithmetic: a depthwise (transposed)
+    """The removed ``reference_models.evdm.model.Resample``'s arithmetic: a depthwise (transposed)
     convolution with the FIR kernel, so that MAC counters see it as the old block did."""
     if not fir:
         return F.interpolate(x, scale_factor=2.0, mode="nearest") if mode == "up" else F.avg_pool2d(x, 2)
@@ -284,6 +284,13 @@ def test_any_configuration_follows_its_formula_in_value_gradient_size_and_macs(c
     assert isinstance(block.shortcut, PointwiseConv2d if project else nn.Identity)
     assert sum(p.numel() for p in block.parameters()) == expected_params(c, o, e, case["emb_mode"], project)
     x, emb = torch.randn(b, c, h, w), torch.randn(b, e)
+    hp, wp = {None: (h, w), "up": (2 * h, 2 * w), "down": (h // 2, w // 2)}[case["resample"]]
+    bound = case["norm_groups"]
+    if b * hp * wp == 1 and o // divisor_at_most(o, bound(o) if callable(bound) else bound) == 1:
+        # The second norm would see one value per group (zero variance): a clear error, not a silent zero.
+        with pytest.raises(ValueError, match=r"\(b, c, h, w\) with b\*h\*w > 1.*single values"):
+            block(x, emb)
+        return
     with torch.no_grad():
         macs = count_flops(block, x, emb).macs
     assert macs == expected_macs(b, c, o, e, h, w, case["emb_mode"], case["resample"], case["fir"], project)
@@ -292,9 +299,7 @@ def test_any_configuration_follows_its_formula_in_value_gradient_size_and_macs(c
     x = x.double().requires_grad_()
     emb = emb.double().requires_grad_()
     out = block(x, emb)
-    hp, wp = {None: (h, w), "up": (2 * h, 2 * w), "down": (h // 2, w // 2)}[case["resample"]]
     assert out.shape == (b, o, hp, wp) and out.dtype == torch.float64
-    bound = case["norm_groups"]
     g1, g2 = (divisor_at_most(n, bound(n) if callable(bound) else bound) for n in (c, o))
     ref = formula(
         block,
@@ -326,7 +331,7 @@ def _system_blocks() -> dict[str, list[ResBlock2d]]:
     from reference_models.etc.config import get_config as etc_config
     from reference_models.etc.model import ETCUNet
     from reference_models.evdm.config import get_config as evdm_config
-    from reference_models.evdm.unet import EVDMUNet
+    from reference_models.evdm.model import EVDMUNet
     from reference_models.pvdm.config import get_diffusion_config
     from reference_models.pvdm.unet import TriplaneUNet
 
@@ -443,7 +448,7 @@ def _etc(name):
 
 def _evdm(name):
     from reference_models.evdm.config import get_config
-    from reference_models.evdm.unet import EVDMUNet
+    from reference_models.evdm.model import EVDMUNet
 
     cfg = get_config(name)
 

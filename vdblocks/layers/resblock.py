@@ -19,7 +19,7 @@ from einops import rearrange
 
 from ..validation import check_positive_int, check_tensor
 from .modulation import ScaleShiftGroupNorm
-from .norm import group_norm, num_groups_for
+from .norm import check_group_norm_input, group_norm, num_groups_for
 from .pointwise import PointwiseConv2d
 from .resample import Resample2d, ResampleMode
 
@@ -158,12 +158,14 @@ class ResBlock2d(nn.Module):
         # One batch with x; a downsampling block's h, w >= 2 is Resample2d's check.
         check_tensor(emb, "emb", "(b, emb_dim)", sizes={"b": x.shape[0], "emb_dim": self.emb_dim}, like=self)
 
+        check_group_norm_input(self.norm1, x)
         if self.emb_mode == "scale_shift_both":
             h = self.act(self.norm1(x, emb))  # b c h w
         else:
             h = self.act(self.norm1(x))  # b c h w
         if self.resample is not None:
             h, x = self.resample(h), self.resample(x)  # b c h' w'
+        check_group_norm_input(self.norm2, h)  # a 2x2 map downsampled to 1x1, one channel per group
         h = self.conv1(h)  # b c_out h' w'
         if self.emb_proj is not None:
             h = h + rearrange(self.emb_proj(F.silu(emb)), "b c -> b c 1 1")  # b c_out h' w'
