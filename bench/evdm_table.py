@@ -24,7 +24,7 @@ from typing import Any
 from _common import base_parser, emit, format_table, machine_info
 
 from reference_models.evdm.config import PAPER_BATCH, get_config
-from reference_models.evdm.unet import AttentionBlock, BRPResBlock, count_model_flops
+from reference_models.evdm.model import AttentionBlock, BRPResBlock, count_model_flops
 from vdblocks import ResBlock2d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,7 +311,7 @@ Reproduce (about 15 s on the machine below; `--json` adds one JSON object on the
 python bench/evdm_table.py
 ```
 
-Models (see `reference_models/evdm/config.py` and `unet.py` for every reading taken): MCVD's NCSN++
+Models (see `reference_models/evdm/config.py` and `model.py` for every reading taken): MCVD's NCSN++
 "unetmore" with BigGAN res blocks (GroupNorm scale-shift from a `4 c_0` time embedding, FIR up/down,
 skip rescale), `c_0 (1, 2, 3, 4)`, 2 res blocks per level, attention at 32/16/8 with `c_0` channels per
 head; EVDM swaps every res block for `vdblocks.BottleneckResidualPathway` and the attention for

@@ -36,9 +36,10 @@ from pathlib import Path
 import einops
 import torch
 
-from reference_models.cmd import sample as sample_mod
+from reference_models.cmd import sampling
 from reference_models.cmd import train as train_mod
 from reference_models.common.data import MovingShapes
+from reference_models.common.distributed import resolve_device
 from reference_models.common.probe import ShapesProbe
 from reference_models.common.video_io import save_frame_grid
 
@@ -104,31 +105,26 @@ def main(argv: list[str] | None = None) -> list[Path]:
         print(f"== stage {stage}: {steps} steps ({time.perf_counter() - start:.0f} s so far)", flush=True)
         train_mod.main(flags)
 
-    labels = ",".join(str(k) for k in range(5))
-    paths = sample_mod.main(
-        [
-            "--ae",
-            str(out / "ae"),
-            "--content",
-            str(out / "content"),
-            "--motion",
-            str(out / "motion"),
-            "--labels",
-            labels,
-            "--num-samples",
-            str(args.samples_per_class),
-            "--guidance",
-            str(args.guidance),
-            "--content-steps",
-            str(args.content_steps),
-            "--motion-steps",
-            str(args.motion_steps),
-            "--device",
-            args.device,
-            "--out",
-            str(out / "samples"),
-        ]
+    device = resolve_device(args.device)
+    autoencoder, _ = sampling.load_autoencoder(out / "ae", device=device)
+    content_model, _, content_cfg = sampling.load_content_model(out / "content", device=device)
+    motion_model, _ = sampling.load_motion_model(out / "motion", device=device)
+    sampling.check_compatible(autoencoder.cfg, content_cfg, "autoencoder", "content model")
+    sampling.check_compatible(autoencoder.cfg, motion_model.cfg, "autoencoder", "motion model")
+    labels = torch.arange(5).repeat_interleave(args.samples_per_class)
+    result = sampling.sample_videos(
+        autoencoder,
+        content_model,
+        motion_model,
+        labels=labels,
+        content_steps=args.content_steps,
+        motion_steps=args.motion_steps,
+        guidance=args.guidance,
+        generator=torch.Generator().manual_seed(0),
     )
+    paths = sampling.write_videos(result, out / "samples", labels=labels)
+    for path in paths:
+        print(path)
     if args.probe_per_class > 0:
         probe_classes(
             out,
@@ -159,9 +155,9 @@ def probe_classes(
 ) -> dict:
     """Sample ``per_class`` videos of every class and let the shapes probe read their shape kind."""
     probe_start = time.perf_counter()
-    autoencoder, _ = sample_mod.load_autoencoder(out / "ae", device=device)
-    content_model, _, _ = sample_mod.load_content_model(out / "content", device=device)
-    motion_model, _ = sample_mod.load_motion_model(out / "motion", device=device)
+    autoencoder, _ = sampling.load_autoencoder(out / "ae", device=device)
+    content_model, _, _ = sampling.load_content_model(out / "content", device=device)
+    motion_model, _ = sampling.load_motion_model(out / "motion", device=device)
     cfg = motion_model.cfg
     # The training data's distribution (train.py's built-in moving shapes), for the probe's geometry.
     data = MovingShapes(
@@ -172,7 +168,7 @@ def probe_classes(
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         videos = (
-            sample_mod.sample_videos(
+            sampling.sample_videos(
                 autoencoder,
                 content_model,
                 motion_model,

@@ -39,7 +39,7 @@ from reference_models.common.checkpoint import read_checkpoint_config
 from reference_models.common.probe import ShapesProbe
 from reference_models.pvdm import sample as pvdm_sample
 from reference_models.pvdm import train as pvdm_train
-from reference_models.pvdm.pipeline import generate_long_video, load_autoencoder, load_diffusion
+from reference_models.pvdm.sampling import generate_long_video, load_autoencoder, load_diffusion
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -125,6 +125,55 @@ def test_no_system_imports_another_and_common_imports_none(system):
                     )
 
 
+# Every system has the same files; a system with several networks may split model.py by network.
+MODEL_FILES = {
+    "etc": ("model.py",),
+    "evdm": ("model.py",),
+    "pvdm": ("autoencoder.py", "unet.py"),
+    "cmd": ("autoencoder.py", "content_model.py", "motion_model.py"),
+}
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_every_system_has_the_same_files(system):
+    """config.py, the model file(s), sampling.py (library), train.py and sample.py (a thin CLI)."""
+    import reference_models
+
+    root = Path(reference_models.__file__).parent / system
+    for name in ("config.py", *MODEL_FILES[system], "sampling.py", "train.py", "sample.py"):
+        assert (root / name).is_file(), f"reference_models/{system}/{name} is missing"
+    cli = importlib.import_module(f"reference_models.{system}.sample")
+    assert set(cli.__all__) == {"build_parser", "main"}, f"{system}/sample.py should be a CLI only"
+
+
+def test_nothing_imports_a_cli_module_or_lazy_exports():
+    """Library code never imports a system's sample.py (a CLI), so no package needs lazy re-exports."""
+    import ast
+
+    import reference_models
+
+    root = Path(reference_models.__file__).parent
+    packages = {"reference_models", "common", *SYSTEMS}
+    assert not (root / "common" / "lazy.py").exists()
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        where = path.relative_to(root)
+        for node in ast.walk(tree):
+            modules = []  # the modules this import names (``from pkg import sample`` names pkg.sample)
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                modules = [module]
+                if not module or module.split(".")[-1] in packages:
+                    modules += [f"{module}.{a.name}" for a in node.names]
+                assert "lazy_exports" not in {a.name for a in node.names}, f"{where} imports lazy_exports"
+            for name in modules:
+                assert name.split(".")[-1] not in ("sample", "lazy"), f"{where} imports {name}"
+        top = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+        assert "__getattr__" not in top, f"{where} defines a module __getattr__"
+
+
 def test_both_packages_ship_their_type_hints():
     """PEP 561: a py.typed marker in each package, listed as package data so wheels carry it."""
     import tomllib

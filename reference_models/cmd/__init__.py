@@ -2,7 +2,6 @@
 frame and two motion latents (eqs. 3-6), an image DiT or U-Net for content frames (eq. 7, or a
 diffusers model fine-tuned in its place) and a motion DiT conditioned on the content frame and the class (eq. 8)."""
 
-from ..common.lazy import lazy_exports
 from .autoencoder import (
     CMDAutoencoder,
     CMDLatents,
@@ -14,22 +13,14 @@ from .config import DIT_SIZES, PRESETS, CMDConfig, get_config, with_dit
 from .content_model import ConditionEmbedding, ContentDiT, ContentUNet, DataNormalizer, build_native_content_model
 from .diffusers_adapter import DiffusersContentModel, from_diffusers
 from .motion_model import MotionDiT, motion_sequence_length
-
-# sample.py is also a CLI (python -m reference_models.cmd.sample): import it on first use only
-__getattr__ = lazy_exports(
-    __name__,
-    dict.fromkeys(
-        (
-            "CMDSample",
-            "load_autoencoder",
-            "load_content_model",
-            "load_motion_model",
-            "sample_content",
-            "sample_motion",
-            "sample_videos",
-        ),
-        "sample",
-    ),
+from .sampling import (
+    CMDSample,
+    load_autoencoder,
+    load_content_model,
+    load_motion_model,
+    sample_content,
+    sample_motion,
+    sample_videos,
 )
 
 __all__ = [

@@ -65,7 +65,7 @@ from .autoencoder import CMDAutoencoder, ImageLatentCodec, pack_motion
 from .config import PRESETS, CMDConfig, get_config, with_dit
 from .content_model import build_native_content_model, draw_drop
 from .motion_model import MotionDiT
-from .sample import (
+from .sampling import (
     check_compatible,
     load_autoencoder,
     load_image_codec,

@@ -5,11 +5,11 @@ from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_c
 from .data import ImageFolder, MovingShapes, MovingShapesImages, VideoFolder
 from .distributed import DistInfo, cleanup, init_distributed, wrap_model
 from .ema import EMA
-from .lazy import lazy_exports
 from .logging import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .precision import autocast
 from .pretrained import PretrainedError, PretrainedMixin, export_pretrained, load_pretrained
+from .probe import ShapesProbe
 from .trainer import NonFiniteLossError, TrainConfig, TrainState, check_data_dir, check_dataset, train
 from .video_io import read_video, save_frame_grid, write_samples, write_video
 
@@ -47,6 +47,3 @@ __all__ = [
     "write_samples",
     "write_video",
 ]
-
-# Lazy: the probe module is also a CLI (python -m reference_models.common.probe), see lazy.py.
-__getattr__ = lazy_exports(__name__, {"ShapesProbe": "probe"})

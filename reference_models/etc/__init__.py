@@ -1,16 +1,13 @@
 """ETC: a spatial-only image diffusion U-Net turned video model by the frame grid (eq. 1), the
 spatial-temporal mixed embedding (eqs. 2-4), FPS conditioning and triple-data training (section 4.2)."""
 
-from ..common.lazy import lazy_exports
 from .conditioning import CallableTextEncoder, ETCConditioner, HashWordTokenizer, LabelEmbedding, WordTextEncoder
 from .config import PRESETS, ETCConfig, get_config
 from .data import FPS_CHOICES, MultiRateVideoFolder, TripleDataset, collate_etc
 from .diffusers_adapter import ETCDiffusersVideoModel, from_diffusers
 from .filter import PAPER_EPSILON, VideoFilter, clip_score, keep_top
-from .model import ETCUNet
-
-# sample.py is also a CLI (python -m reference_models.etc.sample): import it on first use only
-__getattr__ = lazy_exports(__name__, {"ETCSystem": "sample", "load_system": "sample"})
+from .model import ETCSystem, ETCUNet
+from .sampling import load_system
 
 __all__ = [
     "CallableTextEncoder",

@@ -42,6 +42,7 @@ from vdblocks.layers.transformer import Attention
 from vdblocks.validation import check_positive_int, check_same_batch, check_tensor
 
 from ..common.pretrained import PretrainedMixin
+from .conditioning import ETCConditioner
 from .config import ETCConfig
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "Upsample",
     "UNetLayer",
     "ETCUNet",
+    "ETCSystem",
 ]
 
 
@@ -222,7 +224,7 @@ class ETCUNet(nn.Module, PretrainedMixin):
     from SD weights starts exactly as SD and learns the frame rate from there.
 
     ``save_pretrained`` / ``from_pretrained`` save and load the U-Net alone (kind ``"etc_unet"``);
-    sampling needs the conditioner too, which :class:`~reference_models.etc.sample.ETCSystem` holds.
+    sampling needs the conditioner too, which :class:`ETCSystem` holds.
     """
 
     pretrained_kind = "etc_unet"
@@ -426,3 +428,45 @@ class ETCUNet(nn.Module, PretrainedMixin):
                 h = level.resample(h)  # b c 2H 2W
         out = self.conv_out(F.silu(self.norm_out(h)))  # b c (rows h) (cols w)
         return grid_to_video(out, grid, t, order=self.cfg.grid_order)  # b c t h w
+
+
+class ETCSystem(nn.Module, PretrainedMixin):
+    """The U-Net and its conditioner as one module: what the trainer optimises, averages (EMA)
+    and checkpoints (parameters ``unet.*`` and ``conditioner.*``).
+
+    ``forward(x (b, c, t, h, w), timesteps (b,), fps (b,), labels=None, captions=None,
+    cond_dropout=0.0, generator=None) -> prediction (b, c, t, h, w)``: the context is built inside the
+    forward, so under DDP the text encoder's gradients are synchronised with the U-Net's.
+    ``cond_dropout`` replaces each item's context by the null context with that probability
+    (classifier-free guidance training), drawing from ``generator``.
+
+    ``save_pretrained`` / ``from_pretrained`` (kind ``"etc"``) save and load U-Net and conditioner
+    together; a system built with an external ``text_encoder`` is loaded with
+    ``ETCSystem.from_pretrained(path, text_encoder=...)`` (only its trainable projection is stored).
+    """
+
+    pretrained_kind = "etc"
+    config_class = ETCConfig
+
+    def __init__(self, cfg: ETCConfig, text_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.unet = ETCUNet(cfg)
+        self.conditioner = ETCConditioner(cfg, text_encoder)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        fps: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        captions: Sequence[str] | None = None,
+        *,
+        cond_dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        context = self.conditioner(labels=labels, captions=captions)  # b n d
+        if cond_dropout > 0:
+            null = self.conditioner.null_context(context.shape[0])  # b n d
+            context = self.conditioner.drop(context, null, cond_dropout, generator)
+        return self.unet(x, timesteps, fps, context)  # b c t h w

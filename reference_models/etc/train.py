@@ -8,7 +8,7 @@ the CPU in a few minutes, then writes a checkpoint and sample videos::
     python examples/train_etc.py --data-videos clips/ --data-images photos/ --preset small
     torchrun --nproc_per_node=4 examples/train_etc.py --preset small --device cuda --precision bf16
 
-Pieces: ``ETCSystem`` (the ``ETCUNet`` and its ``ETCConditioner``, ``sample.py``), the denoising
+Pieces: ``ETCSystem`` (the ``ETCUNet`` and its ``ETCConditioner``, ``model.py``; sampling in ``sampling.py``), the denoising
 loss under the config's :class:`~vdblocks.diffusion.DiffusionSpec` (``cfg.diffusion``: its schedule
 and prediction type, DDPM eq. 14's noise or the velocity; through
 ``vdblocks.diffusion.diffusion_loss``, min-SNR weighted when
@@ -43,9 +43,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import einops
 import torch
 from torch import nn
 
@@ -58,11 +57,9 @@ from reference_models.common.cli import (
     run_summary,
     train_config_from_args,
 )
-from reference_models.common.data import MovingShapes
 from reference_models.common.data.moving_shapes import DIRECTIONS, PALETTE, SHAPE_KINDS
 from reference_models.common.ema import unwrap_model
 from reference_models.common.trainer import TrainState, train
-from reference_models.common.video_io import save_frame_grid, write_samples
 from vdblocks.diffusion import diffusion_loss
 
 from .config import PRESETS, ETCConfig, get_config
@@ -70,33 +67,24 @@ from .data import (
     CAPTION_IMAGE_FPS,
     DEFAULT_RATIOS,
     FPS_CHOICES,
-    LABEL_IMAGE_FPS,
     TripleDataset,
     collate_etc,
     folder_triple,
     moving_shapes_triple,
 )
-from .sample import ETCSystem, playback_fps, sample
+from .model import ETCSystem
+from .sampling import PROBE_FPS, SAMPLE_FPS, _class_names, _label_source, make_sample_fn, run_probe, sample_prompts
 
 __all__ = [
-    "SAMPLE_FPS",
     "TRAINING_DEFAULTS",
     "build_parser",
     "build_config",
     "build_dataset",
     "condition_inputs",
     "etc_loss",
-    "SamplePrompt",
-    "sample_prompts",
-    "make_sample_fn",
-    "PROBE_FPS",
-    "probe_captions",
-    "run_probe",
     "main",
 ]
 
-# What the sample videos show: two video rates and a still (section 4.2, eq. 6).
-SAMPLE_FPS: tuple[float, ...] = (8.0, 30.0, CAPTION_IMAGE_FPS)
 # Built-in data: one shape per clip, large enough to read at 16x16, so the tiny run learns it fast.
 # The tiny run learns two kinds and four axis directions (all eight colours); see docs/systems/etc.md.
 _SHAPES = {
@@ -233,10 +221,6 @@ def build_dataset(args: argparse.Namespace, cfg: ETCConfig) -> TripleDataset:
     )
 
 
-def _label_source(dataset: TripleDataset) -> Any:
-    return dataset.sources[1] if dataset.ratios[1] > 0 else None
-
-
 def _fit_labels(cfg: ETCConfig, dataset: TripleDataset) -> ETCConfig:
     """Give the label embedding as many classes as the label-image data has."""
     source = _label_source(dataset)
@@ -282,187 +266,6 @@ def etc_loss(
         return model(x_t, t, fps, labels, captions, cond_dropout=cfg.cond_dropout, generator=generator)
 
     return diffusion_loss(model_fn, batch["video"], cfg.diffusion, generator=generator, snr_gamma=cfg.snr_gamma)
-
-
-class SamplePrompt(NamedTuple):
-    """One sample clip: its ``caption`` (may be empty), ``label`` (-1: none), ``fps`` and the
-    ``name`` written beside the video."""
-
-    caption: str
-    label: int
-    fps: float
-    name: str
-
-
-def _captions(dataset: TripleDataset, k: int) -> list[tuple[str, str]]:
-    """The first ``k`` distinct captions of the video data (or of the caption images), each with
-    the caption its still should get: the same text, without motion words for moving shapes."""
-    videos, _, images = dataset.sources
-    if isinstance(videos, MovingShapes) and dataset.ratios[0] > 0:
-        color = videos.channels == 3
-        pairs = (
-            (
-                " and ".join(s.phrase(color=color, motion=True) for s in videos.shapes(j)),
-                " and ".join(s.phrase(color=color, motion=False) for s in videos.shapes(j)),
-            )
-            for j in range(len(videos))
-        )
-    elif dataset.ratios[0] > 0 and isinstance(getattr(videos, "captions", None), list):
-        pairs = ((c, c) for c in videos.captions)
-    elif dataset.ratios[2] > 0:
-        pairs = ((str(images[j]["caption"]),) * 2 for j in range(len(images)))
-    else:
-        pairs = iter(())
-    found: dict[str, str] = {}
-    for caption, still in pairs:
-        if caption.strip() and caption not in found:
-            found[caption] = still
-        if len(found) == k:
-            break
-    return list(found.items())
-
-
-def _class_names(source: Any) -> list[str]:
-    names = getattr(source, "class_names", None) or getattr(source, "classes", None) or []
-    return [str(n) for n in names]
-
-
-def sample_prompts(dataset: TripleDataset, cfg: ETCConfig, k: int) -> list[SamplePrompt]:
-    """What the training run samples (section 4.2, eq. 6): ``k`` captions of the data as videos at
-    8 and 30 FPS and as stills at 120 FPS, and ``k`` labels as label-image groups at FPS 0 (by label
-    when the model has a label embedding, by class name when it only reads text)."""
-    prompts: list[SamplePrompt] = []
-    if cfg.text_vocab_size is not None:
-        pairs = _captions(dataset, k)
-        prompts += [SamplePrompt(c, -1, f, c) for f in SAMPLE_FPS if f != CAPTION_IMAGE_FPS for c, _ in pairs]
-        if CAPTION_IMAGE_FPS in SAMPLE_FPS:
-            prompts += [SamplePrompt(still, -1, CAPTION_IMAGE_FPS, still) for _, still in pairs]
-    source = _label_source(dataset)
-    if source is not None:
-        names = _class_names(source)
-        for lab in range(min(k, source.num_classes)):
-            name = names[lab] if lab < len(names) else str(lab)
-            if cfg.num_classes is not None:
-                prompts.append(SamplePrompt("", lab, LABEL_IMAGE_FPS, f"label {lab} ({name})"))
-            elif cfg.text_vocab_size is not None:
-                prompts.append(SamplePrompt(name, -1, LABEL_IMAGE_FPS, name))
-    return prompts
-
-
-def make_sample_fn(cfg: ETCConfig, prompts: Sequence[SamplePrompt], *, steps: int, guidance_scale: float, seed: int):
-    """``sample_fn(ema_system, step, out_dir)`` for the trainer: all ``prompts`` in one guided DDIM
-    batch (``steps`` steps, ``guidance_scale``, noise from ``seed``), then one ``write_samples``
-    call per frame rate: ``step<N>_fps<F>_<i>.mp4``, ``..._grid.png`` and ``..._captions.txt``."""
-    prompts = list(prompts)
-
-    def sample_fn(system: nn.Module, step: int, out_dir: Path) -> list[Path]:
-        if not prompts:
-            return []
-        system = unwrap_model(system)
-        text = [p.caption for p in prompts] if cfg.text_vocab_size is not None else None
-        labels = torch.tensor([p.label for p in prompts]) if cfg.num_classes is not None else None
-        fps = [p.fps for p in prompts]
-        generator = torch.Generator().manual_seed(seed)
-        videos = sample(
-            system.unet,
-            system.conditioner,
-            captions=text,
-            labels=labels,
-            fps=fps,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-        )  # b c t h w
-        paths: list[Path] = []
-        for rate in dict.fromkeys(fps):
-            rows = [i for i, f in enumerate(fps) if f == rate]
-            paths += write_samples(
-                videos[rows],
-                out_dir,
-                stem=f"step{step:06d}_fps{rate:g}",
-                fps=playback_fps(rate),
-                captions=[prompts[i].name for i in rows],
-            )
-        return paths
-
-    return sample_fn
-
-
-PROBE_FPS = SAMPLE_FPS[0]  # the probe scores clips at the first sample rate (8 fps)
-_PROBE_SEED = 7_919  # held-out scenes: not the training scenes (seed --seed), not the sample grid
-
-
-def probe_captions(dataset: TripleDataset, k: int, *, exclude: Sequence[str] = ()) -> list[str]:
-    """``k`` one-object captions of the built-in data's distribution that the run did not pick for
-    its sample grid (``exclude``): the captions of scenes drawn with a seed of their own, in order,
-    without repeats. Raises ``ValueError`` when the video data is not the built-in moving shapes."""
-    videos = dataset.sources[0]
-    if not isinstance(videos, MovingShapes):
-        raise ValueError("the shapes probe scores the built-in moving shapes only (no --data-videos)")
-    held_out = MovingShapes(
-        max(4 * k, 64),
-        frames=videos.frames,
-        height=videos.height,
-        width=videos.width,
-        channels=videos.channels,
-        max_shapes=1,
-        seed=_PROBE_SEED,
-        kinds=videos.kinds,
-        colors=videos.colors,
-        directions=videos.directions,
-        size_range=videos.size_range,
-        speed_range=videos.speed_range,
-    )
-    skip, found = set(exclude), []
-    for j in range(len(held_out)):
-        caption = held_out.caption_of(j)
-        if caption not in skip:
-            skip.add(caption)
-            found.append(caption)
-        if len(found) == k:
-            break
-    return found
-
-
-def run_probe(
-    system: nn.Module,
-    dataset: TripleDataset,
-    cfg: ETCConfig,
-    *,
-    clips: int,
-    steps: int,
-    guidance_scale: float,
-    seed: int,
-    exclude: Sequence[str] = (),
-    grid: str | Path | None = None,
-) -> tuple[Any, list[str]]:
-    """Sample ``clips`` held-out captions (:func:`probe_captions`) at ``PROBE_FPS`` with guided DDIM
-    and score them with the :class:`~reference_models.common.probe.ShapesProbe` of the data's
-    geometry: ``(ProbeResult, captions)``. ``grid``: also save the first 16 clips there as a PNG
-    frame grid (4x nearest upscaling, one clip per row; captions beside it in ``.txt``)."""
-    from reference_models.common.probe import ShapesProbe
-
-    videos = dataset.sources[0]
-    captions = probe_captions(dataset, clips, exclude=exclude)
-    probe = ShapesProbe.for_dataset(videos, fps=PROBE_FPS)
-    system = unwrap_model(system)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        clips_out = sample(
-            system.unet,
-            system.conditioner,
-            captions=captions,
-            fps=PROBE_FPS,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-        )  # b c t h w
-    clips_out = clips_out.float()
-    if grid is not None:
-        shown = einops.repeat(clips_out[:16], "b c t h w -> b c t (h u) (w v)", u=4, v=4)
-        save_frame_grid(grid, shown)
-        Path(grid).with_suffix(".txt").write_text("\n".join(captions[:16]) + "\n")
-    return probe.evaluate(clips_out, captions, fps=PROBE_FPS), captions
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:

@@ -3,15 +3,10 @@ for prediction, interpolation and generation (eqs. 6-7)."""
 
 from reference_models.common.metrics import best_of_k, frechet_distance, fvd, psnr, ssim
 
-from ..common.lazy import lazy_exports
 from .config import DATASETS, PAPER_BATCH, PRESETS, VARIANTS, EVDMConfig, get_config
 from .data import EVDMClips, split_clip
-from .unet import EVDMUNet, count_model_flops
-
-# sample.py is also a CLI (python -m reference_models.evdm.sample): import it on first use only
-__getattr__ = lazy_exports(
-    __name__, dict.fromkeys(("generate", "interpolate", "load_model", "predict", "predict_long"), "sample")
-)
+from .model import EVDMUNet, count_model_flops
+from .sampling import generate, interpolate, load_model, predict, predict_long
 
 __all__ = [
     "DATASETS",

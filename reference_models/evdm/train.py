@@ -65,8 +65,8 @@ from .data import (
     stack_videos,
     videos_from_record,
 )
-from .sample import SAMPLERS, run_task, task_frames, write_task
-from .unet import EVDMUNet
+from .model import EVDMUNet
+from .sampling import SAMPLERS, run_task, task_frames, write_task
 
 __all__ = [
     "TRAINING_DEFAULTS",
@@ -220,7 +220,7 @@ def make_sample_fn(
 
 def baseline_report(samples: Path, step: int, tasks: Sequence[str]) -> list[str]:
     """Lines comparing each task's held-out PSNR / SSIM (``step<N>_<task>_metrics.json``) with the
-    trivial guesses of :func:`~reference_models.evdm.sample.baseline_predictions` (copy the last
+    trivial guesses of :func:`~reference_models.evdm.sampling.baseline_predictions` (copy the last
     frame, the mean frame, and for interpolation the cross-fade); empty when nothing was scored."""
     lines = []
     for task in tasks:

@@ -11,21 +11,18 @@ from .config import (
     get_diffusion_config,
 )
 from .data import ClipPairs, LatentPairs, VideoClips, cache_latents
-from .diffusion import (
-    draw_cond_mask,
-    pvdm_loss,
-    sample_latents,
-    sample_long_latents,
-)
+from .diffusion import draw_cond_mask, pvdm_loss
 from .discriminator import PatchDiscriminator3D
 from .losses import AutoencoderObjective, PerceptualLoss, hinge_d_loss, hinge_g_loss
-from .pipeline import (
+from .planes import pack_planes, unpack_planes
+from .sampling import (
     decode_latents,
     generate_long_video,
     load_autoencoder,
     load_diffusion,
+    sample_latents,
+    sample_long_latents,
 )
-from .planes import pack_planes, unpack_planes
 from .unet import TriplaneUNet
 
 __all__ = [

@@ -32,26 +32,16 @@ from reference_models.common.distributed import resolve_device
 from reference_models.common.pretrained import export_pretrained
 from reference_models.common.video_io import write_samples
 
-from .diffusion import SAMPLERS
-from .pipeline import (
+from .sampling import (
     AUTOENCODER_KEY,
     DIFFUSION_KEY,
-    decode_latents,
+    SAMPLERS,
     generate_long_video,
     load_autoencoder,
     load_diffusion,
 )
 
-__all__ = [
-    "AUTOENCODER_KEY",
-    "DIFFUSION_KEY",
-    "build_parser",
-    "decode_latents",
-    "generate_long_video",
-    "load_autoencoder",
-    "load_diffusion",
-    "main",
-]
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,11 +71,12 @@ from .data import (
     latent_cache_matches,
     videos_from_record,
 )
-from .diffusion import SAMPLERS, pvdm_loss
+from .diffusion import pvdm_loss
 from .losses import AutoencoderObjective, PerceptualLoss
-from .pipeline import (
+from .sampling import (
     AUTOENCODER_KEY,
     DIFFUSION_KEY,
+    SAMPLERS,
     generate_long_video,
     load_autoencoder,
 )

@@ -8,7 +8,7 @@ pytest.importorskip("diffusers")
 from diffusers import DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
 
 from reference_models.cmd.diffusers_adapter import build_from_record, from_diffusers
-from reference_models.cmd.sample import conditional_model_fn
+from reference_models.cmd.sampling import conditional_model_fn
 
 
 def unet2d(num_class_embeds=6):

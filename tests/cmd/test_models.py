@@ -15,7 +15,7 @@ from reference_models.cmd.config import (
 )
 from reference_models.cmd.content_model import ContentDiT, ContentUNet, DataNormalizer, build_native_content_model
 from reference_models.cmd.motion_model import MotionDiT, motion_sequence_length
-from reference_models.cmd.sample import conditional_model_fn
+from reference_models.cmd.sampling import conditional_model_fn
 from vdblocks.diffusion import guided_eps
 
 SMALL = dict(

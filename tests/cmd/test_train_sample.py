@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from reference_models.cmd import sample as sample_mod
+from reference_models.cmd import sampling as sampling_mod
 from reference_models.cmd import train as train_mod
 from reference_models.cmd.autoencoder import CMDAutoencoder, pack_motion
 from reference_models.cmd.config import get_config
 from reference_models.cmd.content_model import build_native_content_model
 from reference_models.cmd.motion_model import MotionDiT
-from reference_models.cmd.sample import (
+from reference_models.cmd.sampling import (
     load_autoencoder,
     load_content_model,
     load_motion_model,
@@ -278,10 +279,10 @@ def test_content_clips_as_the_spec_says_and_motion_always_clips(clip, monkeypatc
         seen.append((spec, kwargs.get("clip_range", 1.0)))
         return torch.zeros(shape)
 
-    monkeypatch.setattr(sample_mod, "sample_ddim", spy)
-    sample_mod.sample_content(build_native_content_model(cfg), cfg, labels=[0], steps=1)
+    monkeypatch.setattr(sampling_mod, "sample_ddim", spy)
+    sampling_mod.sample_content(build_native_content_model(cfg), cfg, labels=[0], steps=1)
     motion = MotionDiT(cfg)
-    sample_mod.sample_motion(motion, torch.zeros(1, cfg.channels, cfg.height, cfg.width), labels=[0], steps=1)
+    sampling_mod.sample_motion(motion, torch.zeros(1, cfg.channels, cfg.height, cfg.width), labels=[0], steps=1)
     (content_spec, _), (motion_spec, motion_range) = seen
     assert content_spec == cfg.diffusion
     assert motion_spec == cfg.diffusion.replace(clip_sample=True) and motion_range == 1.0  # normaliser not fitted

@@ -42,12 +42,12 @@ from reference_models.common.pretrained import (
 )
 from reference_models.etc.config import PRESETS as ETC_PRESETS
 from reference_models.etc.config import get_config as etc_config
-from reference_models.etc.model import ETCUNet
-from reference_models.etc.sample import ETCSystem
+from reference_models.etc.model import ETCSystem, ETCUNet
 from reference_models.evdm import sample as evdm_sample
 from reference_models.evdm.config import PRESETS as EVDM_PRESETS
 from reference_models.evdm.config import get_config as evdm_config
-from reference_models.evdm.unet import EVDMUNet
+from reference_models.evdm.model import EVDMUNet
+from reference_models.evdm.sampling import load_model as evdm_load_model
 from reference_models.pvdm.autoencoder import PVDMAutoencoder
 from reference_models.pvdm.config import (
     AUTOENCODER_PRESETS,
@@ -55,7 +55,7 @@ from reference_models.pvdm.config import (
     get_autoencoder_config,
     get_diffusion_config,
 )
-from reference_models.pvdm.pipeline import load_autoencoder
+from reference_models.pvdm.sampling import load_autoencoder
 from reference_models.pvdm.unet import TriplaneUNet
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(120)]
@@ -521,7 +521,7 @@ def test_export_takes_the_ema_weights_and_reads_no_optimizer_state(
 
     monkeypatch.setattr(checkpoint_mod.safetensors, "safe_open", Recording)
     monkeypatch.setattr(checkpoint_mod.safetensors.torch, "load_file", None)  # no whole-file read
-    path = export_pretrained(run, tmp_path / "ema", evdm_sample.load_model)
+    path = export_pretrained(run, tmp_path / "ema", evdm_load_model)
     assert read and all(name.startswith("ema.shadow.") for name in read)
     monkeypatch.undo()
     assert_same_state(ema.module, EVDMUNet.from_pretrained(path))
@@ -531,16 +531,16 @@ def test_export_takes_the_ema_weights_and_reads_no_optimizer_state(
         and meta["weights"] == "ema"
         and meta["run"] == {"data": {"source": "moving_shapes", "fps": 6.0}}
     )
-    trained = export_pretrained(run, tmp_path / "trained", evdm_sample.load_model, use_ema=False)
+    trained = export_pretrained(run, tmp_path / "trained", evdm_load_model, use_ema=False)
     assert_same_state(model, EVDMUNet.from_pretrained(trained))
     assert read_pretrained_config(trained)["metadata"]["weights"] == "model"
-    again = export_pretrained(path, tmp_path / "copy", evdm_sample.load_model)  # a pretrained dir re-exports
+    again = export_pretrained(path, tmp_path / "copy", evdm_load_model)  # a pretrained dir re-exports
     assert read_pretrained_config(again)["metadata"] == meta
 
 
 def test_training_code_refuses_a_pretrained_directory_clearly(evdm_run, tmp_path: Path) -> None:
     run, _, _ = evdm_run
-    path = export_pretrained(run, tmp_path / "pretrained", evdm_sample.load_model)
+    path = export_pretrained(run, tmp_path / "pretrained", evdm_load_model)
     with pytest.raises(FileNotFoundError, match=r"save_pretrained directory .* model weights only"):
         checkpoint_mod.load_checkpoint(path)
     with pytest.raises(PretrainedError, match=r"holds training checkpoints .*--export-pretrained"):

@@ -135,9 +135,9 @@ def etc_report() -> dict:
 
 
 def evdm_metrics(values: dict[str, float], *, interpolate: bool) -> dict[str, float]:
-    """The keys ``reference_models.evdm.sample.run_task`` writes (its metrics, then each baseline's),
+    """The keys ``reference_models.evdm.sampling.run_task`` writes (its metrics, then each baseline's),
     found by running the same metric function; values then set by the test."""
-    from reference_models.evdm.sample import baseline_predictions
+    from reference_models.evdm.sampling import baseline_predictions
 
     g = torch.Generator().manual_seed(0)
     past, target = torch.rand(2, 1, 2, 16, 16, generator=g) * 2 - 1, torch.rand(2, 1, 3, 16, 16, generator=g) * 2 - 1
@@ -152,7 +152,7 @@ def evdm_metrics(values: dict[str, float], *, interpolate: bool) -> dict[str, fl
 
 def write_evdm_files(folder: Path, step: int = 600) -> list[Path]:
     """The two metrics files an EVDM run writes, by the real ``write_task``."""
-    from reference_models.evdm.sample import TaskResult, write_task
+    from reference_models.evdm.sampling import TaskResult, write_task
 
     tasks = {
         # predict: beats copy-last on both metrics, loses to mean-frame on SSIM, ties it on PSNR (a tie does not beat)

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from reference_models.common.checkpoint import latest_checkpoint, load_checkpoint
 from reference_models.common.video_io import read_video, save_frame_grid, write_video
 from reference_models.etc import sample as sample_mod
+from reference_models.etc import sampling as sampling_mod
 from reference_models.etc import train as train_mod
 from reference_models.etc.config import get_config
 from reference_models.etc.data import collate_etc
-from reference_models.etc.sample import ETCSystem, guided_model_fn, load_system, sample
+from reference_models.etc.model import ETCSystem
+from reference_models.etc.sampling import guided_model_fn, load_system, sample
 from vdblocks.diffusion import diffusion_loss
 
 # A very small ETC: two levels of 8 and 16 channels, 4 frames of 8x8.
@@ -401,7 +403,7 @@ def test_built_in_data_flags_restrict_scenes_and_the_probe_captions_follow():
     videos, labels, _ = dataset.sources
     assert (videos.kinds, videos.colors, videos.directions) == (("cross", "triangle"), ("red", "blue"), ("up", "down"))
     assert labels.kinds == ("cross", "triangle") and dataset.fps_choices == (4.0, 8.0)
-    captions = train_mod.probe_captions(dataset, 8)
+    captions = sampling_mod.probe_captions(dataset, 8)
     assert len(set(captions)) == 8
     for caption in captions:
         words = caption.split()

@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import vdblocks.attention.mixed as mixed_module
 from reference_models.evdm.config import PRESETS, VARIANTS, EVDMConfig, get_config
-from reference_models.evdm.unet import (
+from reference_models.evdm.model import (
     AttentionBlock,
     BRPResBlock,
     EVDMUNet,

@@ -15,6 +15,7 @@ from torch import nn
 from reference_models.common.checkpoint import latest_checkpoint, load_checkpoint
 from reference_models.common.video_io import read_video
 from reference_models.evdm import sample as sample_mod
+from reference_models.evdm import sampling as sampling_mod
 from reference_models.evdm import train as train_mod
 from reference_models.evdm.config import get_config
 from reference_models.evdm.data import (
@@ -25,7 +26,8 @@ from reference_models.evdm.data import (
     split_clip,
     videos_from_record,
 )
-from reference_models.evdm.sample import (
+from reference_models.evdm.model import EVDMUNet
+from reference_models.evdm.sampling import (
     generate,
     interpolate,
     load_model,
@@ -34,7 +36,6 @@ from reference_models.evdm.sample import (
     sample_frames,
 )
 from reference_models.evdm.train import draw_condition_masks, evdm_loss
-from reference_models.evdm.unet import EVDMUNet
 
 # A very small EVDM (BRP + temporal enhancement + mixed attention): two levels of 8 and 16 channels,
 # 2 past, 2 current and 1 future frame of 16x16, masks 0.5 / 0.5 (the tiny preset's).
@@ -392,14 +393,14 @@ def test_run_writes_checkpoint_and_decodable_videos_for_every_task(run):
 def test_baselines_are_the_trivial_guesses_they_name():
     g = torch.Generator().manual_seed(0)
     past, future = torch.rand(2, 1, 3, 4, 4, generator=g), torch.rand(2, 1, 2, 4, 4, generator=g)
-    guesses = sample_mod.baseline_predictions(past, 4, future=future)
+    guesses = sampling_mod.baseline_predictions(past, 4, future=future)
     assert all(v.shape == (2, 1, 4, 4, 4) for v in guesses.values())
     assert torch.equal(guesses["copy_last"], past[:, :, -1:].expand(-1, -1, 4, -1, -1))
     torch.testing.assert_close(guesses["mean_frame"][:, :, 0], torch.cat([past, future], 2).mean(2))
     # the cross-fade runs from the last past frame towards the first future frame, in even steps
     steps = guesses["blend"].diff(dim=2)
     torch.testing.assert_close(steps, ((future[:, :, :1] - past[:, :, -1:]) / 5).expand_as(steps))
-    assert set(sample_mod.baseline_predictions(past, 2)) == {"copy_last", "mean_frame"}
+    assert set(sampling_mod.baseline_predictions(past, 2)) == {"copy_last", "mean_frame"}
     # a perfect copy scores infinite PSNR, so a model must beat the copy where the copy is imperfect
     still = past[:, :, -1:].expand(-1, -1, 3, -1, -1)
     from reference_models.common.metrics import trajectory_metrics

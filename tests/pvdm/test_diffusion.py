@@ -11,13 +11,8 @@ from torch import nn
 
 from reference_models.pvdm.autoencoder import PVDMAutoencoder
 from reference_models.pvdm.config import get_autoencoder_config, get_diffusion_config
-from reference_models.pvdm.diffusion import (
-    draw_cond_mask,
-    pvdm_loss,
-    sample_latents,
-    sample_long_latents,
-)
-from reference_models.pvdm.pipeline import generate_long_video
+from reference_models.pvdm.diffusion import draw_cond_mask, pvdm_loss
+from reference_models.pvdm.sampling import generate_long_video, sample_latents, sample_long_latents
 from reference_models.pvdm.unet import TriplaneUNet
 
 GRID = (2, 3, 2)

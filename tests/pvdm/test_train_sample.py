@@ -13,6 +13,7 @@ from torch import nn
 from reference_models.common.checkpoint import load_checkpoint, read_checkpoint_config
 from reference_models.common.video_io import read_video
 from reference_models.pvdm import sample as sample_mod
+from reference_models.pvdm import sampling as sampling_mod
 from reference_models.pvdm import train as train_mod
 from reference_models.pvdm.config import get_autoencoder_config
 from reference_models.pvdm.data import (
@@ -132,7 +133,7 @@ def test_diffusion_stage_caches_latents_of_consecutive_clip_pairs(runs):
     assert latents[0]["z1"].shape == (2, 2 * 3 + 2 * 3 + 2 * 2)
     assert latents.z1.abs().max() <= 1 and latents.z2.abs().max() <= 1
     # the cache holds f_phi of the first and second half of each 2T-frame video
-    ae, _ = sample_mod.load_autoencoder(root / "ae")
+    ae, _ = sampling_mod.load_autoencoder(root / "ae")
     record = read_cache_meta(cache)["description"]["data"]
     pairs = ClipPairs(videos_from_record(record, ae.cfg, 4), 2)
     item = pairs[3]

@@ -34,12 +34,12 @@ __all__ = ["RUN_REPORT_KINDS", "load_run_report", "render_run_table", "run_repor
 RUN_REPORT_KINDS: tuple[str, ...] = ("etc", "cmd", "pvdm", "evdm", "custom")
 """The examples whose reports :func:`render_run_table` knows."""
 
-# EVDM's per-task metrics files, ``samples/step<N>_<task>_metrics.json`` (reference_models/evdm/sample.py
+# EVDM's per-task metrics files, ``samples/step<N>_<task>_metrics.json`` (reference_models/evdm/sampling.py
 # write_task); renamed copies without the step prefix are read too.
 _METRICS_FILE = re.compile(r"^(?:step(?P<step>\d+)_)?(?P<task>[A-Za-z0-9]+)_metrics\.json$")
 # Rows in the order the paper presents the tasks, whatever order the files came in.
 _TASK_ORDER = ("predict", "interpolate", "generate")
-# EVDM's trivial baselines (reference_models.evdm.sample.baseline_predictions), shown in this order.
+# EVDM's trivial baselines (reference_models.evdm.sampling.baseline_predictions), shown in this order.
 _BASELINE_ORDER = ("copy_last", "mean_frame", "blend")
 # Higher is better for both; MSE (also in the files) tells what PSNR tells, per clip, and is left out.
 _EVDM_METRICS = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
