@@ -81,6 +81,7 @@ NOT_DIFFERENTIABLE = {
     "select_backend": "returns the backend attention() would run; computes nothing (attention is checked)",
     "grid_for": "integer arithmetic: a (rows, cols) grid for a frame count",
     "sincos_2d": "a fixed table from integer sizes, no tensor input (sincos_1d's gradient is checked)",
+    "DiffusionSpec": "a frozen record of the schedule and prediction type (tests/diffusion/test_spec.py)",
 }
 
 # Public names without a tensor boundary to feed bad tensors to.
@@ -94,6 +95,7 @@ NO_TENSOR_INPUT = {
     "grid_for": "takes an int (check_positive_int names it)",
     "sincos_2d": "takes ints (check_positive_int names them)",
     "group_norm": "a factory returning torch's nn.GroupNorm, whose forward (and errors) are torch's",
+    "DiffusionSpec": "takes strings and numbers, validated at construction (tests/diffusion/test_spec.py)",
 }
 
 
