@@ -2,7 +2,8 @@
 
 The three stages of CMD (section 3.2) run one after the other with the ``tiny`` preset (8 RGB frames of
 24x32, 5 shape classes), each a separate, resumable training run of
-``python -m reference_models.cmd.train``:
+``python -m reference_models.cmd.train``, called from Python as ``reference_models.cmd.train.run`` with
+a config and a ``TrainConfig``:
 
 1. ``ae``: the autoencoder (video -> content frame + motion latents, l2 reconstruction);
 2. ``content``: the class-conditional content-frame model (``tiny``: a small ADM U-Net; the paper's
@@ -38,9 +39,12 @@ import torch
 
 from reference_models.cmd import sampling
 from reference_models.cmd import train as train_mod
+from reference_models.cmd.config import get_config
+from reference_models.common.cli import parse_override
 from reference_models.common.data import MovingShapes
 from reference_models.common.distributed import resolve_device
 from reference_models.common.probe import ShapesProbe
+from reference_models.common.trainer import TrainConfig
 from reference_models.common.video_io import save_frame_grid
 
 # Steps per stage at --scale 1 (the whole example, probe included, takes about five minutes on two CPU
@@ -74,36 +78,31 @@ def main(argv: list[str] | None = None) -> list[Path]:
     start = time.perf_counter()
     for stage in train_mod.STAGES:
         steps = max(1, round(STEPS[stage] * args.scale))
-        flags = [
-            "--stage",
-            stage,
-            "--preset",
-            "tiny",
-            "--out",
-            str(out / stage),
-            "--steps",
-            str(steps),
-            "--batch-size",
-            str(args.batch_size),
-            "--lr",
-            str(LR[stage]),
-            "--device",
-            args.device,
-            "--log-every",
-            "100",
-            "--num-videos",
-            "2048",
-            "--no-progress",
-            "--resume",
-            "--sample-steps",
-            "25",
-            "--guidance",
-            str(args.guidance),
-        ]
-        flags += [f"--set={o}" for o in args.overrides] if stage == "ae" else []
-        flags += ["--ae", str(out / "ae")] if stage != "ae" else []
+        train_cfg = TrainConfig(
+            steps=steps,
+            batch_size=args.batch_size,
+            lr=LR[stage],
+            warmup_steps=min(50, steps),
+            ema_decay=min(0.9999, max(0.0, 1.0 - 10.0 / steps)),
+            log_every=min(100, steps),
+            sample_every=steps,  # samples at the end of each stage
+            out_dir=out / stage,
+            device=args.device,
+            progress=False,
+        )
+        # The autoencoder takes the tiny preset (with --set); the other stages take its config.
+        cfg = get_config("tiny", **dict(parse_override(o) for o in args.overrides)) if stage == "ae" else None
         print(f"== stage {stage}: {steps} steps ({time.perf_counter() - start:.0f} s so far)", flush=True)
-        train_mod.main(flags)
+        train_mod.run(
+            cfg,
+            train_cfg,
+            stage=stage,
+            ae=None if stage == "ae" else out / "ae",
+            preset="tiny",
+            sample_steps=25,
+            guidance=args.guidance,
+            resume=True,
+        )
 
     device = resolve_device(args.device)
     autoencoder, _ = sampling.load_autoencoder(out / "ae", device=device)

@@ -28,6 +28,16 @@ does not fit in memory or random clip starts).
 
 Data: built-in moving shapes with 5 shape classes (default), or ``--data DIR`` (videos, classes from
 sub-folders).
+
+From Python, :func:`run` trains one stage from configs (every system's ``train.py`` has the same
+``run(cfg, train_cfg, *, ..., resume=False, info=None)``; ``main`` only turns flags into these)::
+
+    from reference_models.cmd.config import get_config
+    from reference_models.cmd.train import run
+    from reference_models.common.trainer import TrainConfig
+
+    run(get_config("tiny"), TrainConfig(steps=500, batch_size=16, lr=1e-3, out_dir="runs/cmd/ae"), stage="ae")
+    run(None, TrainConfig(steps=500, out_dir="runs/cmd/content"), stage="content", ae="runs/cmd/ae")
 """
 
 from __future__ import annotations
@@ -46,9 +56,11 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from reference_models.common.checkpoint import read_checkpoint_config
 from reference_models.common.cli import (
     add_training_arguments,
     distributed_cli,
+    in_process_group,
     parse_cli_args,
     parse_override,
     run_summary,
@@ -57,7 +69,7 @@ from reference_models.common.cli import (
 from reference_models.common.data import MovingShapes, VideoFolder
 from reference_models.common.distributed import DistInfo
 from reference_models.common.ema import unwrap_model
-from reference_models.common.trainer import TrainState, train
+from reference_models.common.trainer import TrainConfig, TrainState, train
 from reference_models.common.video_io import save_frame_grid, write_samples
 from vdblocks.diffusion import diffusion_loss
 
@@ -85,8 +97,9 @@ __all__ = [
     "content_loss",
     "encode_clips",
     "main",
+    "make_dataset",
     "motion_loss",
-    "run_stage",
+    "run",
 ]
 
 STAGES = ("ae", "content", "motion")
@@ -166,16 +179,30 @@ def codec_factor(codec: ImageLatentCodec | None, channels: int) -> int:
 
 
 def build_dataset(args: argparse.Namespace, cfg: CMDConfig, factor: int = 1) -> Dataset:
-    """Moving shapes (5 shape classes) or a video folder, at the pixel size the autoencoder needs."""
+    """The dataset the data flags describe (:func:`make_dataset`)."""
+    return make_dataset(
+        cfg, factor, data=args.data, num_videos=args.num_videos, max_shapes=args.max_shapes, seed=args.seed
+    )
+
+
+def make_dataset(
+    cfg: CMDConfig,
+    factor: int = 1,
+    *,
+    data: str | Path | None = None,
+    num_videos: int = 2048,
+    max_shapes: int = SHAPES["max_shapes"],
+    seed: int = 0,
+) -> Dataset:
+    """Moving shapes (5 shape classes) or the video folder ``data``, at the pixel size the autoencoder
+    needs (``factor``: how much its image codec shrinks frames)."""
     pixel_channels = 3 if factor > 1 else cfg.channels
     if pixel_channels not in (1, 3):
         raise ValueError(f"config channels={cfg.channels} is a latent space: pass --image-ae to train on pixels")
     size = dict(frames=cfg.frames, height=cfg.height * factor, width=cfg.width * factor, channels=pixel_channels)
-    if args.data is None:
-        return MovingShapes(
-            args.num_videos, **size, seed=args.seed, max_shapes=args.max_shapes, size_range=SHAPES["size_range"]
-        )
-    return VideoFolder(args.data, **size, seed=args.seed)
+    if data is None:
+        return MovingShapes(num_videos, **size, seed=seed, max_shapes=max_shapes, size_range=SHAPES["size_range"])
+    return VideoFolder(data, **size, seed=seed)
 
 
 def _num_classes(dataset: Dataset) -> int | None:
@@ -302,18 +329,21 @@ def make_sample_fn(
     *,
     codec: ImageLatentCodec | None,
     autoencoder: CMDAutoencoder | None,
-    args: argparse.Namespace,
+    num_samples: int = 4,
+    sample_steps: int | None = None,
+    guidance: float = 4.0,
+    seed: int = 0,
 ):
     """``sample_fn(ema_model, step, out_dir)`` writing what the stage has learned:
     ``ae``: held-out clips over their reconstructions; ``content``: content frames per class
     (guided DDIM); ``motion``: held-out clips over the videos decoded from motion sampled for
     their encoded content frames and labels (Table 4a's "motion prediction")."""
-    clips = _held_out(dataset, args.num_samples)
+    clips = _held_out(dataset, num_samples)
 
     def sample_fn(model: nn.Module, step: int, out_dir: Path) -> list[Path]:
         model = unwrap_model(model)
         device = next(model.parameters()).device
-        generator = torch.Generator().manual_seed(args.seed)
+        generator = torch.Generator().manual_seed(seed)
         if stage == "ae":
             x = clips.to(device) if codec is None else codec.encode(clips.to(device))
             recon = model(x)[0]
@@ -326,15 +356,15 @@ def make_sample_fn(
                 fps=8.0,
                 captions=["real"] * len(clips) + ["reconstruction"] * len(clips),
             )
-        labels = _class_labels(cfg, args.num_samples)
+        labels = _class_labels(cfg, num_samples)
         if stage == "content":
             frames = sample_content(
                 model,
                 cfg,
                 labels=labels,
-                batch=None if labels is not None else args.num_samples,
-                steps=args.sample_steps or 50,
-                guidance=args.guidance,
+                batch=None if labels is not None else num_samples,
+                steps=sample_steps or 50,
+                guidance=guidance,
                 generator=generator,
             )
             pixels = frames if codec is None else codec.decode(frames[:, :, None])[:, :, 0]
@@ -343,7 +373,7 @@ def make_sample_fn(
         latents = autoencoder.encode_video(clips.to(device))
         clip_labels = torch.tensor([dataset[len(dataset) - 1 - i]["label"] for i in range(len(clips))])
         labels = None if cfg.num_classes is None else clip_labels.clamp_min(0)
-        z = sample_motion(model, latents.content, labels=labels, steps=args.sample_steps or 100, generator=generator)
+        z = sample_motion(model, latents.content, labels=labels, steps=sample_steps or 100, generator=generator)
         video = autoencoder.decode_motion(latents.content, z.to(device))
         pixels = autoencoder.to_pixels(video).cpu().clamp(-1, 1)
         both = torch.cat([clips, pixels])
@@ -361,14 +391,14 @@ def make_sample_fn(
 # --------------------------------------------------------------------------- main
 
 
-def _content_model(args: argparse.Namespace, cfg: CMDConfig) -> tuple[nn.Module, dict]:
-    if not args.diffusers_content:
+def _content_model(diffusers_content: str | Path | None, cfg: CMDConfig) -> tuple[nn.Module, dict]:
+    if not diffusers_content:
         return build_native_content_model(cfg), {"kind": cfg.content_model}
     import diffusers
 
     from .diffusers_adapter import from_diffusers
 
-    root = Path(args.diffusers_content)
+    root = Path(diffusers_content)
     for sub in ("", "transformer", "unet"):
         if (root / sub / "config.json").is_file():
             folder = root / sub
@@ -382,30 +412,64 @@ def _content_model(args: argparse.Namespace, cfg: CMDConfig) -> tuple[nn.Module,
     return model, model.config_record()
 
 
-def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
-    """Build the stage's model, data and loss from ``args`` and train it; returns the ``TrainState``."""
+@in_process_group
+def run(
+    cfg: CMDConfig | None,
+    train_cfg: TrainConfig,
+    *,
+    stage: str,
+    ae: str | Path | None = None,
+    image_ae: str | Path | None = None,
+    diffusers_content: str | Path | None = None,
+    data: str | Path | None = None,
+    num_videos: int = 2048,
+    max_shapes: int = SHAPES["max_shapes"],
+    no_cache: bool = False,
+    num_samples: int = 4,
+    sample_steps: int | None = None,
+    guidance: float = 4.0,
+    preset: str | None = None,
+    resume: bool | str | Path = False,
+    info: DistInfo | None = None,
+) -> TrainState:
+    """Train one CMD stage: config -> data -> model -> :func:`~reference_models.common.trainer.train`.
+
+    ``cfg``: the model config; stages ``content`` and ``motion`` take ``None`` for the config of the
+    autoencoder ``ae`` (a run directory, checkpoint or ``save_pretrained`` directory), or one that agrees
+    with it. ``train_cfg``: steps, batch, learning rate, output directory, seed, device.
+    ``image_ae`` (stage ``ae``): a diffusers ``AutoencoderKL`` directory to work on its latents;
+    ``diffusers_content`` (stage ``content``): a pretrained diffusers model to fine-tune. Data: moving
+    shapes (``num_videos``, ``max_shapes``) or the video folder ``data``; ``no_cache`` encodes every
+    batch instead of caching latents. ``num_samples``/``sample_steps``/``guidance``: the samples
+    written during training. ``preset`` is only recorded in the checkpoint. ``resume``: as
+    :func:`~reference_models.common.trainer.train`. ``info``: the process group (``None``: this call
+    sets one up). Prints what it builds and a summary; returns the final ``TrainState``.
+    """
+    assert info is not None  # in_process_group
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     say = print if info.is_main else (lambda *a, **k: None)
-    stage = args.stage
-    out = args.out or f"runs/cmd/{stage}"
-    tcfg = train_config_from_args(args, out_dir=out)
+    start = time.perf_counter()
+    seed = train_cfg.seed
     autoencoder: CMDAutoencoder | None = None
     if stage == "ae":
-        codec = load_image_codec(args.image_ae, info.device)
-        cfg = build_config(args)
+        if cfg is None:
+            raise ValueError("stage 'ae' needs a CMDConfig")
+        codec = load_image_codec(image_ae, info.device)
     else:
-        if not args.ae:
+        if not ae:
             raise ValueError(f"--stage {stage} needs --ae: the trained autoencoder (run directory or checkpoint)")
-        autoencoder, _ = load_autoencoder(args.ae, device=info.device)
+        autoencoder, _ = load_autoencoder(ae, device=info.device)
         autoencoder.requires_grad_(False)
         codec = autoencoder.image_codec
-        cfg = build_config(args, autoencoder.cfg)
+        cfg = autoencoder.cfg if cfg is None else cfg
         check_compatible(autoencoder.cfg, cfg, "autoencoder", f"{stage} config")
     factor = codec_factor(codec, cfg.channels)
-    dataset = build_dataset(args, cfg, factor)
+    dataset = make_dataset(cfg, factor, data=data, num_videos=num_videos, max_shapes=max_shapes, seed=seed)
     classes = _num_classes(dataset)
     if cfg.num_classes is not None and classes and classes != cfg.num_classes:
         cfg = dataclasses.replace(cfg, num_classes=classes)  # as many classes as the data has
-    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts them)
     record: dict[str, Any] = {}
     if stage == "ae":
         model: nn.Module = CMDAutoencoder(cfg)
@@ -413,17 +477,17 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
         def loss_fn(m: nn.Module, batch: dict) -> torch.Tensor:
             return ae_loss(m, batch, codec=codec)
     else:
-        train_data = dataset if args.no_cache else encode_clips(autoencoder, dataset, device=info.device)
+        train_data = dataset if no_cache else encode_clips(autoencoder, dataset, device=info.device)
         # The first clips (the same on every rank) fit the target's normaliser; a resume reloads it.
         first = (
             train_data
-            if not args.no_cache
+            if not no_cache
             else encode_clips(
                 autoencoder, torch.utils.data.Subset(dataset, range(min(512, len(dataset)))), device=info.device
             )
         )
         if stage == "content":
-            model, record = _content_model(args, cfg)
+            model, record = _content_model(diffusers_content, cfg)
             target = first.content[:512]
             stage_loss = content_loss
         else:
@@ -446,24 +510,30 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
         f"{f' (image latents, 1/{factor})' if factor > 1 else ''}; {len(dataset)} clips; device {info.device}, "
         f"{info.world_size} process(es)"
     )
-    sample_fn = make_sample_fn(stage, cfg, dataset, codec=codec, autoencoder=autoencoder, args=args)
+    sample_fn = make_sample_fn(
+        stage,
+        cfg,
+        dataset,
+        codec=codec,
+        autoencoder=autoencoder,
+        num_samples=num_samples,
+        sample_steps=sample_steps,
+        guidance=guidance,
+        seed=seed,
+    )
     config_dict = {
         f"cmd_{stage}": cfg.to_dict(),
         "stage": stage,
-        "preset": args.preset if stage == "ae" else None,
-        "image_autoencoder": args.image_ae if stage == "ae" else None,
-        "ae_checkpoint": None if stage == "ae" else str(args.ae),
-        "data": {"dir": args.data, "num_clips": len(dataset)},
+        "preset": preset if stage == "ae" else None,
+        "image_autoencoder": image_ae if stage == "ae" else None,
+        "ae_checkpoint": None if stage == "ae" else str(ae),
+        "data": {"dir": data, "num_clips": len(dataset)},
     }
     if stage == "content":
         config_dict["content_model"] = record
     if stage != "ae" and autoencoder is not None:
         # The codec of the autoencoder run, so a sampler can find it from any of the three checkpoints.
-        from reference_models.common.checkpoint import read_checkpoint_config
-
-        config_dict["image_autoencoder"] = (read_checkpoint_config(args.ae)[1].get("model") or {}).get(
-            "image_autoencoder"
-        )
+        config_dict["image_autoencoder"] = (read_checkpoint_config(ae)[1].get("model") or {}).get("image_autoencoder")
     train_data = dataset if stage == "ae" else train_data
 
     def preflight(m: nn.Module, item: dict) -> None:
@@ -472,28 +542,53 @@ def run_stage(args: argparse.Namespace, info: DistInfo) -> TrainState:
                 (codec.encode(item["video"][None].to(info.device)) if codec is not None else item["video"]).shape
             )
 
-    return train(
-        tcfg,
+    state = train(
+        train_cfg,
         model,
         loss_fn,
         train_data,
         sample_fn=sample_fn,
         config_dict=config_dict,
-        resume=args.resume,
+        resume=resume,
         dist_info=info,
         preflight=preflight,
     )
+    for line in run_summary(state, time.perf_counter() - start):
+        say(line)
+    return state
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     """Train the stage the flags name (``--help``); returns the final ``TrainState``. Runs under ``torchrun``."""
     args = parse_cli_args(build_parser, argv)
-    with distributed_cli(args.device) as (info, say):
-        start = time.perf_counter()
-        state = run_stage(args, info)
-        for line in run_summary(state, time.perf_counter() - start):
-            say(line)
-        return state
+    with distributed_cli(args.device) as (info, _):
+        stage = args.stage
+        train_cfg = train_config_from_args(args, out_dir=args.out or f"runs/cmd/{stage}")
+        if stage == "ae":
+            cfg: CMDConfig | None = build_config(args)
+        elif args.ae:
+            # The autoencoder's config (read from its JSON, no tensors), with --set and the DiT flags.
+            cfg = build_config(args, CMDConfig.from_dict(read_checkpoint_config(args.ae)[1]["model"]["cmd_ae"]))
+        else:
+            cfg = None  # run() names the missing --ae
+        return run(
+            cfg,
+            train_cfg,
+            stage=stage,
+            ae=args.ae,
+            image_ae=args.image_ae,
+            diffusers_content=args.diffusers_content,
+            data=args.data,
+            num_videos=args.num_videos,
+            max_shapes=args.max_shapes,
+            no_cache=args.no_cache,
+            num_samples=args.num_samples,
+            sample_steps=args.sample_steps,
+            guidance=args.guidance,
+            preset=args.preset,
+            resume=args.resume,
+            info=info,
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import math
 import os
@@ -27,6 +29,7 @@ __all__ = [
     "describe_checkpoint",
     "distributed_cli",
     "fps_condition",
+    "in_process_group",
     "parse_cli_args",
     "parse_override",
     "positive_fps",
@@ -268,6 +271,25 @@ def distributed_cli(device: str = "auto") -> Iterator[CLIRun]:
         yield CLIRun(info, print if info.is_main else _quiet)
     finally:
         cleanup()
+
+
+def in_process_group(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Let a system's training function (``run(cfg, train_cfg, *, ..., info=None)``) be called from
+    Python without a process group: with ``info=None`` it runs under :func:`distributed_cli`
+    (``train_cfg.device``) and gets that process's ``DistInfo``; a CLI ``main`` already inside
+    ``distributed_cli`` passes its own ``info``."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        if bound.arguments.get("info") is not None:
+            return fn(*bound.args, **bound.kwargs)
+        with distributed_cli(bound.arguments["train_cfg"].device) as (info, _):
+            bound.arguments["info"] = info
+            return fn(*bound.args, **bound.kwargs)
+
+    return wrapper
 
 
 def _rate(text: str) -> float:

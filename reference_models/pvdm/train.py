@@ -22,6 +22,17 @@ width and plane grid are taken from the autoencoder. Samples: long videos by Alg
 Both stages use :func:`reference_models.common.trainer.train` (AdamW, warm-up, clipping, EMA,
 autocast, DDP under ``torchrun``, exact resume with ``--resume``). Under ``torchrun`` rank 0 writes
 the latent cache while the others wait, then every rank reads it.
+
+From Python, :func:`run` trains one stage from configs (every system's ``train.py`` has the same
+``run(cfg, train_cfg, *, ..., resume=False, info=None)``; ``main`` only turns flags into these)::
+
+    from reference_models.common.trainer import TrainConfig
+    from reference_models.pvdm.config import get_autoencoder_config, get_diffusion_config
+    from reference_models.pvdm.train import run
+
+    run(get_autoencoder_config("tiny"), TrainConfig(steps=1000, lr=1e-3, out_dir="runs/pvdm/ae"), stage="ae")
+    run(get_diffusion_config("tiny"), TrainConfig(steps=1000, lr=1e-3, out_dir="runs/pvdm/diffusion"),
+        stage="diffusion", autoencoder="runs/pvdm/ae")
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from reference_models.common.checkpoint import (
 from reference_models.common.cli import (
     add_training_arguments,
     distributed_cli,
+    in_process_group,
     parse_cli_args,
     parse_override,
     run_summary,
@@ -52,12 +64,14 @@ from reference_models.common.cli import (
 from reference_models.common.distributed import DistInfo, barrier
 from reference_models.common.ema import unwrap_model
 from reference_models.common.metrics import video_psnr
-from reference_models.common.trainer import TrainState, train
+from reference_models.common.trainer import TrainConfig, TrainState, train
 
 from .autoencoder import PVDMAutoencoder
 from .config import (
     AUTOENCODER_PRESETS,
     DIFFUSION_PRESETS,
+    AutoencoderConfig,
+    DiffusionConfig,
     get_autoencoder_config,
     get_diffusion_config,
 )
@@ -88,8 +102,7 @@ __all__ = [
     "main",
     "make_ae_sample_fn",
     "make_long_sample_fn",
-    "train_autoencoder",
-    "train_diffusion",
+    "run",
 ]
 
 # The training flags' defaults (add_training_arguments): the tiny presets of both stages on built-in
@@ -175,33 +188,28 @@ def make_ae_sample_fn(clips: torch.Tensor, *, fps: float):
     return sample_fn
 
 
-def train_autoencoder(args: argparse.Namespace, info: DistInfo, say) -> TrainState:
+def _train_autoencoder(cfg: AutoencoderConfig, tcfg: TrainConfig, info: DistInfo, say, o: dict[str, Any]) -> TrainState:
     """Stage 1: the autoencoder (and discriminator) on clips of ``T`` frames."""
-    cfg = get_autoencoder_config(args.preset, **_overrides(args)) if args.preset in AUTOENCODER_PRESETS else None
-    if cfg is None:
-        raise SystemExit(f"--stage ae takes an autoencoder preset {sorted(AUTOENCODER_PRESETS)}, got {args.preset!r}")
-    out = Path(args.out or "runs/pvdm/ae")
-    tcfg = train_config_from_args(args, out_dir=out)
-    if args.data is not None:
-        record = data_record(args.data, fps=args.fps)
+    if o["data"] is not None:
+        record = data_record(o["data"], fps=o["fps"])
     else:
-        record = data_record(num_samples=args.num_videos, seed=args.seed, max_shapes=args.max_shapes)
+        record = data_record(num_samples=o["num_videos"], seed=tcfg.seed, max_shapes=o["max_shapes"])
     dataset = VideoClips(videos_from_record(record, cfg, cfg.frames), cfg.frames)
-    perceptual = PerceptualLoss(torch.jit.load(args.perceptual, map_location="cpu")) if args.perceptual else None
-    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    perceptual = PerceptualLoss(torch.jit.load(o["perceptual"], map_location="cpu")) if o["perceptual"] else None
+    torch.manual_seed(tcfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     model = AutoencoderObjective(cfg, perceptual=perceptual)
     params = sum(p.numel() for p in model.autoencoder.parameters())
     t, h, w = cfg.latent_grid()
     say(
-        f"PVDM autoencoder preset {args.preset!r}: {params / 1e6:.2f} M parameters; clips of {cfg.frames} x "
+        f"PVDM autoencoder preset {o['preset']!r}: {params / 1e6:.2f} M parameters; clips of {cfg.frames} x "
         f"{cfg.height}x{cfg.width} x {cfg.channels} -> planes {h}x{w}, {t}x{w}, {t}x{h} of C={cfg.latent_channels} "
         f"({(h * w + t * w + t * h) * cfg.latent_channels} numbers); GAN {'on from step ' + str(cfg.gan_start) if cfg.use_gan else 'off'}, "
         f"perceptual {'on' if perceptual else 'off'}; {len(dataset)} clips ({record['source']}); device {info.device}"
     )
     held_out = videos_from_record(record, cfg, cfg.frames, held_out=True)
-    clips = torch.stack([held_out[i]["video"][:, : cfg.frames] for i in range(min(args.num_samples, len(held_out)))])
+    clips = torch.stack([held_out[i]["video"][:, : cfg.frames] for i in range(min(o["num_samples"], len(held_out)))])
     sample_fn = make_ae_sample_fn(clips, fps=float(record.get("fps") or 8.0))
-    config_dict = {AUTOENCODER_KEY: cfg.to_dict(), "preset": args.preset, "data": record}
+    config_dict = {AUTOENCODER_KEY: cfg.to_dict(), "preset": o["preset"], "data": record}
 
     def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["video"])["loss"]
@@ -219,7 +227,7 @@ def train_autoencoder(args: argparse.Namespace, info: DistInfo, say) -> TrainSta
         dataset,
         sample_fn=sample_fn,
         config_dict=config_dict,
-        resume=args.resume,
+        resume=o["resume"],
         dist_info=info,
         preflight=preflight,
     )
@@ -262,38 +270,26 @@ def make_long_sample_fn(
     return sample_fn
 
 
-def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState:
+def _train_diffusion(cfg: DiffusionConfig, tcfg: TrainConfig, info: DistInfo, say, o: dict[str, Any]) -> TrainState:
     """Stage 2: cache the latents of consecutive clip pairs, then train the triplane U-Net on them."""
-    if args.preset not in DIFFUSION_PRESETS:
-        raise SystemExit(f"--stage diffusion takes a diffusion preset {sorted(DIFFUSION_PRESETS)}, got {args.preset!r}")
-    if args.autoencoder is None:
-        raise SystemExit("--stage diffusion needs --autoencoder (the output directory of --stage ae)")
-    ae_manifest = resolve_checkpoint(args.autoencoder)
+    if o["autoencoder"] is None:
+        raise ValueError("stage 'diffusion' needs autoencoder= (the output directory of stage 'ae')")
+    ae_manifest = resolve_checkpoint(o["autoencoder"])
     autoencoder, ae_ckpt = load_autoencoder(ae_manifest, device=info.device)
     for p in autoencoder.parameters():
         p.requires_grad_(False)
     ae_cfg = autoencoder.cfg
-    grid = ae_cfg.latent_grid()
-    user = _overrides(args)
-    cfg = get_diffusion_config(args.preset, **user)
-    tied = dict(
-        latent_channels=ae_cfg.latent_channels, latent_frames=grid[0], latent_height=grid[1], latent_width=grid[2]
-    )
-    clash = {k: (user[k], v) for k, v in tied.items() if k in user and user[k] != v}
-    if clash:
-        raise SystemExit(f"--set {clash} contradicts the autoencoder (the latent width and grid come from it)")
-    cfg = cfg.replace(**tied)
-    out = Path(args.out or "runs/pvdm/diffusion")
-    tcfg = train_config_from_args(args, out_dir=out)  # refuses an --out of another run before the cache
+    cfg = cfg.replace(**_tied_fields(ae_cfg))
+    out = Path(tcfg.out_dir)
 
-    if args.data is not None:
-        record = data_record(args.data, fps=args.fps)
+    if o["data"] is not None:
+        record = data_record(o["data"], fps=o["fps"])
     else:
         _, ae_config = read_checkpoint_config(ae_manifest)
         record = dict((ae_config.get("model") or {}).get("data") or data_record())
-        if args.num_videos is not None:
-            record["num_samples"] = args.num_videos
-    cache = Path(args.cache or out / "latents.safetensors")
+        if o["num_videos"] is not None:
+            record["num_samples"] = o["num_videos"]
+    cache = Path(o["cache"] or out / "latents.safetensors")
     description = {
         "autoencoder": str(ae_manifest.resolve()),
         "step": ae_ckpt.step,
@@ -309,36 +305,36 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
             pairs,
             cache,
             description=description,
-            batch_size=args.encode_batch_size,
+            batch_size=o["encode_batch_size"],
             device=info.device,
-            progress=not args.no_progress,
+            progress=not (not tcfg.progress),
         )
         say(f"latent cache written in {time.perf_counter() - start:.0f} s")
     barrier(info)
     dataset = LatentPairs(cache)
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(tcfg.seed)
     model = TriplaneUNet(cfg)
     params = sum(p.numel() for p in model.parameters())
     z = dataset.z1
     say(
-        f"PVDM diffusion preset {args.preset!r}: {params / 1e6:.2f} M parameters; latents {cfg.latent_size} numbers "
+        f"PVDM diffusion preset {o['preset']!r}: {params / 1e6:.2f} M parameters; latents {cfg.latent_size} numbers "
         f"(grid t,h,w = {cfg.latent_grid}, C={cfg.latent_channels}; cached mean {z.mean():.3f}, std {z.std():.3f}); "
         f"lambda = {cfg.cond_prob}; {len(dataset)} pairs; device {info.device}"
     )
     sample_fn = make_long_sample_fn(
         autoencoder,
-        batch=args.num_samples,
-        clips=args.clips,
-        first_steps=args.first_steps,
-        next_steps=args.next_steps,
-        sampler=args.sampler,
-        seed=args.seed,
+        batch=o["num_samples"],
+        clips=o["clips"],
+        first_steps=o["first_steps"],
+        next_steps=o["next_steps"],
+        sampler=o["sampler"],
+        seed=tcfg.seed,
         fps=float(record.get("fps") or 8.0),
     )
     config_dict = {
         DIFFUSION_KEY: cfg.to_dict(),
-        "preset": args.preset,
+        "preset": o["preset"],
         "data": record,
         "autoencoder": {"checkpoint": str(ae_manifest.resolve()), "step": ae_ckpt.step, "config": ae_cfg.to_dict()},
     }
@@ -360,10 +356,80 @@ def train_diffusion(args: argparse.Namespace, info: DistInfo, say) -> TrainState
         dataset,
         sample_fn=sample_fn,
         config_dict=config_dict,
-        resume=args.resume,
+        resume=o["resume"],
         dist_info=info,
         preflight=preflight,
     )
+
+
+def _tied_fields(ae_cfg: AutoencoderConfig) -> dict[str, int]:
+    """The diffusion config's fields the autoencoder fixes: its latent width and plane grid."""
+    grid = ae_cfg.latent_grid()
+    return dict(
+        latent_channels=ae_cfg.latent_channels, latent_frames=grid[0], latent_height=grid[1], latent_width=grid[2]
+    )
+
+
+@in_process_group
+def run(
+    cfg: AutoencoderConfig | DiffusionConfig,
+    train_cfg: TrainConfig,
+    *,
+    stage: str,
+    autoencoder: str | Path | None = None,
+    perceptual: str | Path | None = None,
+    data: str | Path | None = None,
+    fps: float | None = None,
+    num_videos: int | None = None,
+    max_shapes: int | None = None,
+    cache: str | Path | None = None,
+    encode_batch_size: int = 16,
+    num_samples: int = 4,
+    clips: int = 4,
+    first_steps: int = 100,
+    next_steps: int = 20,
+    sampler: str = "ddim",
+    preset: str | None = None,
+    resume: bool | str | Path = False,
+    info: DistInfo | None = None,
+) -> TrainState:
+    """Train one PVDM stage: config -> data -> model -> :func:`~reference_models.common.trainer.train`.
+
+    ``stage="ae"``: ``cfg`` is a ``AutoencoderConfig``; ``perceptual`` a TorchScript feature network
+    for the LPIPS term. ``stage="diffusion"``: ``cfg`` is a ``DiffusionConfig`` whose latent width
+    and grid are replaced by those of the autoencoder run ``autoencoder``; its latents are cached in
+    ``cache`` (default ``{out}/latents.safetensors``). Data: moving shapes (``num_videos``,
+    ``max_shapes``) or the video folder ``data`` (at ``fps``); the diffusion stage defaults to the
+    autoencoder's data. ``num_samples``/``clips``/``first_steps``/``next_steps``/``sampler``: the samples
+    written during training. ``preset`` is only recorded in the checkpoint. ``info``: the process group
+    (``None``: this call sets one up). Prints what it builds and a summary; returns the ``TrainState``.
+    """
+    assert info is not None  # in_process_group
+    if stage not in ("ae", "diffusion"):
+        raise ValueError(f"stage must be 'ae' or 'diffusion', got {stage!r}")
+    say = print if info.is_main else (lambda *a, **k: None)
+    start = time.perf_counter()
+    options = dict(
+        autoencoder=autoencoder,
+        perceptual=perceptual,
+        data=data,
+        fps=fps,
+        num_videos=num_videos,
+        max_shapes=max_shapes,
+        cache=cache,
+        encode_batch_size=encode_batch_size,
+        num_samples=num_samples,
+        clips=clips,
+        first_steps=first_steps,
+        next_steps=next_steps,
+        sampler=sampler,
+        preset=preset,
+        resume=resume,
+    )
+    state = (_train_autoencoder if stage == "ae" else _train_diffusion)(cfg, train_cfg, info, say, options)
+    for line in run_summary(state, time.perf_counter() - start, prefix=f"{stage}: "):
+        say(line)
+    return state
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
@@ -372,12 +438,50 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> TrainState:
     Runs unchanged under ``torchrun`` (only rank 0 prints, samples and writes checkpoints).
     """
     args = parse_cli_args(build_parser, argv)
-    with distributed_cli(args.device) as (info, say):
-        start = time.perf_counter()
-        state = (train_autoencoder if args.stage == "ae" else train_diffusion)(args, info, say)
-        for line in run_summary(state, time.perf_counter() - start, prefix=f"{args.stage}: "):
-            say(line)
-        return state
+    with distributed_cli(args.device) as (info, _):
+        user = _overrides(args)
+        if args.stage == "ae":
+            if args.preset not in AUTOENCODER_PRESETS:
+                raise SystemExit(
+                    f"--stage ae takes an autoencoder preset {sorted(AUTOENCODER_PRESETS)}, got {args.preset!r}"
+                )
+            cfg: AutoencoderConfig | DiffusionConfig = get_autoencoder_config(args.preset, **user)
+        else:
+            if args.preset not in DIFFUSION_PRESETS:
+                raise SystemExit(
+                    f"--stage diffusion takes a diffusion preset {sorted(DIFFUSION_PRESETS)}, got {args.preset!r}"
+                )
+            if args.autoencoder is None:
+                raise SystemExit("--stage diffusion needs --autoencoder (the output directory of --stage ae)")
+            cfg = get_diffusion_config(args.preset, **user)
+            ae_config = read_checkpoint_config(resolve_checkpoint(args.autoencoder))[1]["model"][AUTOENCODER_KEY]
+            tied = _tied_fields(AutoencoderConfig.from_dict(ae_config))
+            clash = {k: (user[k], v) for k, v in tied.items() if k in user and user[k] != v}
+            if clash:
+                raise SystemExit(f"--set {clash} contradicts the autoencoder (the latent width and grid come from it)")
+        # Refuses an --out of another run before any data is read or the latent cache is written.
+        train_cfg = train_config_from_args(args, out_dir=args.out or f"runs/pvdm/{args.stage}")
+        return run(
+            cfg,
+            train_cfg,
+            stage=args.stage,
+            autoencoder=args.autoencoder,
+            perceptual=args.perceptual,
+            data=args.data,
+            fps=args.fps,
+            num_videos=args.num_videos,
+            max_shapes=args.max_shapes,
+            cache=args.cache,
+            encode_batch_size=args.encode_batch_size,
+            num_samples=args.num_samples,
+            clips=args.clips,
+            first_steps=args.first_steps,
+            next_steps=args.next_steps,
+            sampler=args.sampler,
+            preset=args.preset,
+            resume=args.resume,
+            info=info,
+        )
 
 
 if __name__ == "__main__":

@@ -286,3 +286,20 @@ def test_content_clips_as_the_spec_says_and_motion_always_clips(clip, monkeypatc
     (content_spec, _), (motion_spec, motion_range) = seen
     assert content_spec == cfg.diffusion
     assert motion_spec == cfg.diffusion.replace(clip_sample=True) and motion_range == 1.0  # normaliser not fitted
+
+
+@pytest.mark.timeout(180)
+def test_run_trains_stages_from_configs(tmp_path):
+    """``train.run`` goes from configs to checkpoints without flags; later stages take the AE's config."""
+    from reference_models.common.trainer import TrainConfig
+
+    def train_cfg(stage):
+        return TrainConfig(steps=2, batch_size=4, lr=1e-3, log_every=1, out_dir=tmp_path / stage, progress=False)
+
+    small = dict(num_videos=8, num_samples=2, sample_steps=2)
+    ae = train_mod.run(get_config("tiny", **OVERRIDES), train_cfg("ae"), stage="ae", **small)
+    motion = train_mod.run(None, train_cfg("motion"), stage="motion", ae=tmp_path / "ae", **small)
+    for stage, state in (("ae", ae), ("motion", motion)):
+        assert state.step == 2
+        assert latest_checkpoint(tmp_path / stage / "checkpoints") == state.last_checkpoint
+    assert load_motion_model(tmp_path / "motion")[0].cfg.frames == OVERRIDES["frames"]

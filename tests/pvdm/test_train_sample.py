@@ -269,3 +269,33 @@ def test_sample_cli_rejects_a_zero_fps(capsys):
     with pytest.raises(SystemExit) as exit_info:
         sample_mod.build_parser().parse_args(["--checkpoint", "runs/pvdm", "--fps", "0"])
     assert exit_info.value.code == 2 and "expected a positive frame rate" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(180)
+def test_run_trains_both_stages_from_configs(tmp_path):
+    """``train.run`` goes from configs to checkpoints without flags; the diffusion config takes its
+    latent width and grid from the autoencoder."""
+    from reference_models.common.checkpoint import latest_checkpoint
+    from reference_models.common.trainer import TrainConfig
+    from reference_models.pvdm.config import get_diffusion_config
+
+    def train_cfg(stage):
+        return TrainConfig(steps=2, batch_size=4, lr=1e-3, log_every=1, out_dir=tmp_path / stage, progress=False)
+
+    ae_cfg = get_autoencoder_config("tiny", **{**AE_SETS, "use_gan": False})
+    ae = train_mod.run(ae_cfg, train_cfg("ae"), stage="ae", num_videos=8, num_samples=1)
+    diff = train_mod.run(
+        get_diffusion_config("tiny", **DIFF_SETS),
+        train_cfg("diff"),
+        stage="diffusion",
+        autoencoder=tmp_path / "ae",
+        num_samples=1,
+        clips=2,
+        first_steps=2,
+        next_steps=2,
+    )
+    for stage, state in (("ae", ae), ("diff", diff)):
+        assert state.step == 2
+        assert latest_checkpoint(tmp_path / stage / "checkpoints") == state.last_checkpoint
+    model_cfg = read_checkpoint_config(tmp_path / "diff")[1]["model"]["pvdm_diffusion"]
+    assert model_cfg["latent_channels"] == AE_SETS["latent_channels"]
